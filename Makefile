@@ -1,0 +1,35 @@
+# Set-up and entry points. Needs only python3 and make on a fresh machine.
+PY      ?= python3
+VENV    ?= .venv
+VPY     := $(VENV)/bin/python
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(STAMP)
+
+# torch first and pinned: an unpinned torch (or a dependency range resolved without it) is a
+# multi-GB CUDA build. The constraint file keeps every later install on the same torch.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -qq --upgrade pip
+	$(VPY) -m pip install -qq "$(TORCH)"
+	echo "$(TORCH)" > $(VENV)/constraints.txt
+	$(VPY) -m pip install -qq -c $(VENV)/constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	$(VPY) -m pytest -q tests
+
+test-fast: setup
+	$(VPY) -m pytest -q tests -m "not slow"
+
+demo: setup
+	$(VPY) jobs/embed_corpus.py --demo
+
+bench: setup
+	$(VPY) jobs/bench.py engine
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,47 @@
+"""Attention over packed variable-length sequences: the backends and the one-time selector.
+
+    backend = select_backend(None, device, dtype)   # best that runs here, logged once
+    out = backend.forward(q, k, v, meta)            # q (T, H, D), k/v (T, Hkv, D)
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .base import AttentionBackend, AttentionMetadata, expand_kv
+from .flash import FlashAttention, TorchVarlenAttention
+from .naive import NaiveAttention
+from .sdpa import SdpaAttention
+
+logger = logging.getLogger(__name__)
+
+BACKENDS: dict[str, type[AttentionBackend]] = {
+    cls.name: cls for cls in (FlashAttention, TorchVarlenAttention, SdpaAttention, NaiveAttention)
+}
+# Preference order when the caller does not choose.
+_AUTO_ORDER = {"cuda": ("flash", "torch_varlen", "sdpa"), "cpu": ("sdpa",)}
+
+
+def select_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> AttentionBackend:
+    """Return an instance of the named backend, or the best one that runs on `device` in `dtype`.
+
+    Raises ValueError for an unknown name, and RuntimeError (with the reason) when the named
+    backend cannot run here. Never falls back silently from an explicit choice.
+    """
+    if name is not None:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}")
+        reason = BACKENDS[name].available(device, dtype)
+        if reason:
+            raise RuntimeError(f"attention backend {name!r} cannot run here: {reason}")
+        chosen, why = name, "requested"
+    else:
+        order = _AUTO_ORDER.get(device.type, ("sdpa",))
+        chosen = next(n for n in order if BACKENDS[n].available(device, dtype) is None)
+        why = "auto"
+    logger.info("attention backend: %s (%s; device=%s, dtype=%s)", chosen, why, device, dtype)
+    return BACKENDS[chosen](device, dtype)
+
+
+__all__ = ["AttentionBackend", "AttentionMetadata", "BACKENDS", "expand_kv", "select_backend"]

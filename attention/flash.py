@@ -1,0 +1,66 @@
+"""GPU backends over packed sequences with no padding at all.
+
+`flash`: the flash-attn package's varlen kernel (optional extra `gpu`).
+`torch_varlen`: PyTorch's own varlen flash kernel (`torch.nn.attention.varlen.varlen_attn`), CUDA
+only, so a GPU works without building flash-attn. Both take grouped-query K/V natively.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import AttentionBackend, AttentionMetadata
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _cuda_half_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    if device.type != "cuda":
+        return f"it needs a CUDA device (this engine runs on {device.type})"
+    if dtype not in _HALF:
+        return f"it needs float16 or bfloat16 (got {dtype}); set dtype='bfloat16' or pick 'sdpa'"
+    return None
+
+
+class FlashAttention(AttentionBackend):
+    name = "flash"
+    native_gqa = True
+
+    @classmethod
+    def available(cls, device, dtype):
+        reason = _cuda_half_reason(device, dtype)
+        if reason:
+            return reason
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError as e:
+            return f"the flash-attn package is not importable ({e}); pip install '.[gpu]'"
+        return None
+
+    def _attend(self, q, k, v, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        from flash_attn import flash_attn_varlen_func
+        cu = meta.cu_seqlens
+        return flash_attn_varlen_func(q, k, v, cu, cu, meta.max_seqlen, meta.max_seqlen,
+                                      softmax_scale=scale, causal=meta.causal)
+
+
+class TorchVarlenAttention(AttentionBackend):
+    name = "torch_varlen"
+    native_gqa = True
+
+    @classmethod
+    def available(cls, device, dtype):
+        reason = _cuda_half_reason(device, dtype)
+        if reason:
+            return reason
+        try:
+            from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+        except ImportError:
+            return f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn"
+        return None
+
+    def _attend(self, q, k, v, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        from torch.nn.attention.varlen import varlen_attn
+        cu = meta.cu_seqlens
+        window = (-1, 0) if meta.causal else (-1, -1)
+        return varlen_attn(q, k, v, cu, cu, meta.max_seqlen, meta.max_seqlen, scale=scale,
+                           window_size=window, enable_gqa=k.shape[1] != q.shape[1])

@@ -1,0 +1,81 @@
+"""User configuration of one engine: a frozen dataclass, validated on construction.
+
+Values left as None are resolved from the model folder (pooling, normalize, max length) or the
+machine (dtype, device, attention backend) when the engine starts; see `Engine`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+POOLINGS = ("cls", "mean", "last")
+EXECUTE_LOOPS = ("simple",)
+TRUNCATIONS = ("truncate", "error")
+
+# On CPU, packed batches of a few thousand tokens keep every activation under glibc's mmap
+# threshold region and the caches warm (FACTS.md: 4k-8k chunks beat 16k).
+DEFAULT_CPU_BATCHED_TOKENS = 4096
+DEFAULT_GPU_BATCHED_TOKENS = 32768
+DEFAULT_MAX_NUM_SEQS = 256
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How one engine embeds.
+
+    Args:
+        model: a local model folder (HF `config.json` + tokenizer + `*.safetensors`, optionally a
+            sentence-transformers layout). None: the bundled all-MiniLM-L6-v2.
+        dtype: compute dtype; "auto" is bfloat16 on a GPU or a CPU with bf16 matmul support
+            (AMX / AVX512-BF16), else float32.
+        device: "auto" (cuda if present), "cpu", "cuda" or "cuda:N".
+        attention_backend: None (best available) or one of attention.BACKENDS.
+        max_num_batched_tokens: token budget of one packed batch (None: device default).
+        max_num_seqs: most sequences in one batch (None: 256).
+        max_length: tokens per text including special tokens (None: the model folder's
+            max_seq_length, else its max_position_embeddings).
+        pooling: "cls" | "mean" | "last" (None: the sentence-transformers config, else "cls").
+        normalize: L2-normalize outputs (None: True when the folder declares a Normalize module).
+        dimensions: Matryoshka truncation of the output (then renormalized if normalizing).
+        truncation: "truncate" (default; counted in stats) or "error" for texts over max_length.
+        num_threads: torch intra-op threads for CPU work (None: leave torch's setting).
+        execute_loop: "simple" (build, run, collect, repeat).
+    """
+
+    model: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    attention_backend: str | None = None
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    max_length: int | None = None
+    pooling: str | None = None
+    normalize: bool | None = None
+    dimensions: int | None = None
+    truncation: str = "truncate"
+    num_threads: int | None = None
+    execute_loop: str = "simple"
+
+    def __post_init__(self):
+        _choice("dtype", self.dtype, DTYPES)
+        if not (self.device in DEVICES or self.device.startswith("cuda:")):
+            raise ValueError(f"device={self.device!r} is not one of {DEVICES} or 'cuda:N'")
+        if self.pooling is not None:
+            _choice("pooling", self.pooling, POOLINGS)
+        _choice("truncation", self.truncation, TRUNCATIONS)
+        _choice("execute_loop", self.execute_loop, EXECUTE_LOOPS)
+        for name in ("max_num_batched_tokens", "max_num_seqs", "max_length", "dimensions", "num_threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive integer or None")
+        if (self.max_length and self.max_num_batched_tokens
+                and self.max_length > self.max_num_batched_tokens):
+            raise ValueError(
+                f"max_length={self.max_length} exceeds max_num_batched_tokens="
+                f"{self.max_num_batched_tokens}: one text must fit in a batch; raise the budget")
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")

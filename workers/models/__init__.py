@@ -1,0 +1,22 @@
+"""Model registry: the HF `architectures` string -> our packed-token implementation."""
+from __future__ import annotations
+
+from torch import nn
+
+from .bert import BertModel
+
+MODEL_REGISTRY: dict[str, type[nn.Module]] = {
+    "BertModel": BertModel,
+    "BertForMaskedLM": BertModel,
+    "RobertaModel": BertModel,
+    "RobertaForMaskedLM": BertModel,
+    "XLMRobertaModel": BertModel,
+    "XLMRobertaForMaskedLM": BertModel,
+}
+
+
+def model_class(architecture: str) -> type[nn.Module]:
+    if architecture not in MODEL_REGISTRY:
+        raise ValueError(f"architecture {architecture!r} is not supported; supported: "
+                         f"{sorted(MODEL_REGISTRY)}")
+    return MODEL_REGISTRY[architecture]
