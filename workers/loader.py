@@ -54,7 +54,11 @@ def _copy_into(model: nn.Module, params, name: str, tensor: torch.Tensor) -> str
         source = next(s for s in model.packed_modules_mapping if s in name.split("."))
         shard = model.packed_modules_mapping[source][1]
         size = tensor.shape[0]
-        params[target].data[shard * size:(shard + 1) * size].copy_(tensor)
+        dest = params[target].data[shard * size:(shard + 1) * size]
+        if dest.shape != tensor.shape:
+            raise ValueError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model "
+                             f"expects {tuple(dest.shape)}: config.json does not match the weights")
+        dest.copy_(tensor)
         return f"{target}#{shard}"
     return None
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import ACTIVATIONS
+from .layers import LinearAct
 
 # RoBERTa-style models number positions from padding_idx + 1.
 _OFFSET_POSITION_TYPES = {"roberta", "xlm-roberta", "camembert"}
@@ -73,14 +73,10 @@ class BertAttention(nn.Module):
 class BertIntermediate(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        if cfg.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act={cfg.hidden_act!r} is not supported; "
-                             f"supported: {sorted(ACTIVATIONS)}")
-        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.dense = LinearAct(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
 
     def forward(self, x):
-        return self.act(self.dense(x))
+        return self.dense(x)
 
 
 class BertLayer(nn.Module):

@@ -1,0 +1,166 @@
+"""Engine benchmark: this engine vs its peers on the same real texts, in one run.
+
+    python jobs/bench.py engine                      # 3,000 passages, all systems
+    python jobs/bench.py engine --passages 500 --systems engine-bf16,st-fp32
+
+Prints one table: tokens/s per system, the ratio to sentence-transformers fp32, the model's
+FLOPs/token, the matmul ceiling measured in this run (per dtype, at the model's own shapes) and
+the fraction of it each system reaches, and the worst cosine against sentence-transformers fp32.
+Every system embeds the same texts truncated at the same max length; tokens are counted once.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.samples import sample_passages  # noqa: E402
+from workers import Engine, EngineConfig  # noqa: E402
+from workers.model_folder import default_model_path  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def matmul_ceiling(shapes: list[tuple[int, int, int]], dtype: torch.dtype, reps: int = 8) -> float:
+    """FLOP/s of torch's linear at the model's (M, K, N) shapes, weighted by their FLOPs."""
+    total_flops, total_s = 0.0, 0.0
+    for M, K, N in shapes:
+        x, w = torch.randn(M, K, dtype=dtype), torch.randn(N, K, dtype=dtype)
+        torch.nn.functional.linear(x, w)
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.nn.functional.linear(x, w)
+        total_s += time.perf_counter() - t
+        total_flops += 2.0 * M * K * N * reps
+    return total_flops / total_s
+
+
+def model_cost(engine: Engine, lengths: np.ndarray) -> tuple[float, list[tuple[int, int, int]]]:
+    """FLOPs per token (linears + attention at these lengths) and the linear shapes."""
+    cfg = engine.folder.hf_config
+    h, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    linear = 2 * layers * (3 * h * h + h * h + 2 * h * f)
+    attention = 4 * layers * h * float((lengths.astype(np.float64) ** 2).sum() / lengths.sum())
+    M = engine.resolved.max_num_batched_tokens
+    return linear + attention, [(M, h, 3 * h), (M, h, h), (M, h, f), (M, f, h)]
+
+
+def run_engine(texts, dtype: str, args):
+    engine = Engine(EngineConfig(dtype=dtype, max_length=args.max_length, num_threads=args.threads,
+                                 max_num_batched_tokens=args.batch_tokens))
+    engine.embed(texts[:64])
+    t = time.perf_counter()
+    vectors = engine.embed(texts)
+    return vectors, time.perf_counter() - t
+
+
+def run_st(texts, dtype: str, args):
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(str(default_model_path()), device="cpu")
+    model.max_seq_length = args.max_length
+    model = model.to(DTYPES[dtype])
+    model.encode(texts[:64], batch_size=32)
+    t = time.perf_counter()
+    vectors = model.encode(texts, batch_size=32, convert_to_numpy=True)
+    return vectors.astype(np.float32), time.perf_counter() - t
+
+
+def run_hf_padded(texts, dtype: str, args):
+    """Plain transformers: padded batches of 32 in input order, mean pooling, normalize."""
+    from transformers import AutoModel, AutoTokenizer
+    path = str(default_model_path())
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).to(DTYPES[dtype]).eval()
+
+    def encode(batch):
+        enc = tok(batch, padding=True, truncation=True, max_length=args.max_length, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(**enc).last_hidden_state.float()
+        mask = enc["attention_mask"][..., None].float()
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+
+    encode(texts[:32])
+    t = time.perf_counter()
+    vectors = np.concatenate([encode(texts[i:i + 32]) for i in range(0, len(texts), 32)])
+    return vectors, time.perf_counter() - t
+
+
+SYSTEMS = {
+    "engine-fp32": (run_engine, "float32", "fp32"),
+    "engine-bf16": (run_engine, "bfloat16", "bf16"),
+    "st-fp32": (run_st, "fp32", "fp32"),
+    "st-bf16": (run_st, "bf16", "bf16"),
+    "hf-padded-fp32": (run_hf_padded, "fp32", "fp32"),
+}
+
+
+def bench_engine(args) -> None:
+    torch.set_num_threads(args.threads)
+    texts = sample_passages(args.passages, seed=args.seed)
+    probe = Engine(EngineConfig(dtype="float32", max_length=args.max_length,
+                                max_num_batched_tokens=args.batch_tokens))
+    lengths = np.array([len(ids) for ids in probe.processor(texts).ids])
+    tokens = int(lengths.sum())
+    flops_per_token, shapes = model_cost(probe, lengths)
+    ceilings = {name: matmul_ceiling(shapes, dt) for name, dt in DTYPES.items()}
+    names = args.systems.split(",")
+    results = {}
+    for name in names:
+        fn, dtype, ceil_key = SYSTEMS[name]
+        vectors, seconds = fn(texts, dtype, args)
+        results[name] = (vectors, seconds, ceil_key)
+        print(f"  {name:16s} {tokens / seconds:10,.0f} tokens/s ({seconds:.1f} s)", flush=True)
+    print_table(args, texts, tokens, lengths, flops_per_token, ceilings, results)
+
+
+def print_table(args, texts, tokens, lengths, flops_per_token, ceilings, results) -> None:
+    ref = results.get("st-fp32", (None, None))[0]
+    base = results["st-fp32"][1] if "st-fp32" in results else None
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    print(f"\nmachine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{args.threads} threads")
+    print(f"corpus: {len(texts)} passages, {tokens:,} tokens after truncation at {args.max_length} "
+          f"(median {int(np.median(lengths))}, max {lengths.max()})")
+    print(f"model: all-MiniLM-L6-v2, {flops_per_token / 1e6:.1f} MFLOP/token; matmul ceiling at "
+          f"its shapes: " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in ceilings.items()))
+    print(f"\n| system | tokens/s | vs st-fp32 | % of matmul ceiling | min cosine vs st-fp32 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (vectors, seconds, ceil_key) in results.items():
+        rate = tokens / seconds
+        ratio = f"{base / seconds:.2f}x" if base else "-"
+        frac = rate * flops_per_token / ceilings[ceil_key]
+        cos = "-"
+        if ref is not None:
+            c = (vectors * ref).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(ref, axis=1)
+            cos = f"{c.min():.6f}"
+        print(f"| {name} | {rate:,.0f} | {ratio} | {frac:.0%} ({ceil_key}) | {cos} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    p = sub.add_parser("engine", help="engine vs sentence-transformers and transformers on CPU")
+    p.add_argument("--passages", type=int, default=3000, help="number of real-text passages")
+    p.add_argument("--max-length", type=int, default=256, help="truncation length for every system")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    p.add_argument("--batch-tokens", type=int, default=None, help="engine token budget per batch")
+    p.add_argument("--seed", type=int, default=0, help="corpus sampling seed")
+    p.add_argument("--systems", default=",".join(SYSTEMS),
+                   help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    args = parser.parse_args()
+    bad = set(args.systems.split(",")) - set(SYSTEMS)
+    if bad:
+        parser.error(f"unknown systems {sorted(bad)}; choose from {sorted(SYSTEMS)}")
+    bench_engine(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Tiny random-weight model folders for tests: an HF config, safetensors weights from
+transformers' own model, and the tokenizer files of the bundled MiniLM package."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModel, BertConfig, RobertaConfig, XLMRobertaConfig
+
+from workers.model_folder import default_model_path
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+_SHAPE = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+CONFIGS = {
+    "BertModel": lambda: BertConfig(**_SHAPE, max_position_embeddings=128, type_vocab_size=2),
+    "RobertaModel": lambda: RobertaConfig(**_SHAPE, max_position_embeddings=130, type_vocab_size=1,
+                                          pad_token_id=1, hidden_act="gelu_new"),
+    "XLMRobertaModel": lambda: XLMRobertaConfig(**_SHAPE, max_position_embeddings=130,
+                                                type_vocab_size=1, pad_token_id=1),
+}
+
+
+def copy_tokenizer(folder: Path) -> None:
+    src = default_model_path()
+    for name in TOKENIZER_FILES:
+        shutil.copy(src / name, folder / name)
+
+
+def make_tiny_model(folder: Path, arch: str, seed: int = 0, prefix: str = "",
+                    extra_tensors: dict | None = None, drop: str | None = None):
+    """Write a random `arch` model to `folder`; return the transformers model (eval, fp32)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = CONFIGS[arch]()
+    config.architectures = [arch]
+    model = AutoModel.from_config(config, attn_implementation="eager").eval()
+    # Random, non-trivial LayerNorm and bias values, so a mis-loaded tensor shows.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    config.save_pretrained(folder)
+    tensors = {prefix + k: v.contiguous() for k, v in model.state_dict().items()
+               if not k.endswith(("position_ids", "token_type_ids"))}
+    tensors.update(extra_tensors or {})
+    if drop:
+        tensors.pop(drop)
+    save_file(tensors, str(folder / "model.safetensors"))
+    copy_tokenizer(folder)
+    return model
+
+
+def write_sentence_transformers_files(folder: Path, pooling: str, normalize: bool, max_len: int):
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": pooling == "cls",
+         "pooling_mode_mean_tokens": pooling == "mean"}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len}))
