@@ -168,3 +168,16 @@ def test_max_length_beyond_positions_and_dims_beyond_hidden():
         Engine(EngineConfig(max_length=1000))
     with pytest.raises(ValueError, match="dimensions=500 exceeds the model's hidden size 384"):
         Engine(EngineConfig(dimensions=500))
+
+
+def test_chunked_tokenizing_keeps_vectors_and_fills_batches(monkeypatch):
+    import workers.engine as engine_module
+    texts = [f"passage number {i} " * (i % 7 + 1) for i in range(50)]
+    cfg = EngineConfig(dtype="float32", max_length=64, max_num_batched_tokens=64)
+    whole = Engine(cfg)
+    ref = whole.embed(texts)
+    monkeypatch.setattr(engine_module, "_TOKENIZE_CHUNK", 4)
+    chunked = Engine(cfg)
+    np.testing.assert_allclose(chunked.embed(texts), ref, atol=1e-5)
+    assert chunked.stats.batches == whole.stats.batches  # leftovers carried into the next chunk
+    assert chunked.stats.tokens == whole.stats.tokens

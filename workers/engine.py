@@ -31,6 +31,10 @@ from .workflow import WORKFLOWS
 
 logger = logging.getLogger(__name__)
 
+# Texts tokenized at a time: large enough for the tokenizer's own parallelism, small enough that
+# a shard's token ids never all sit in memory at once.
+_TOKENIZE_CHUNK = 2048
+
 
 @dataclass
 class EngineStats:
@@ -103,21 +107,29 @@ class Engine:
             raise TypeError("embed() takes a list of strings; wrap a single text as [text]")
         texts = list(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        t0 = time.perf_counter()
-        tokenized = self.processor(texts)
-        t1 = time.perf_counter()
-        scheduler = self.workflow.scheduler(self.resolved.max_num_batched_tokens, self.resolved.max_num_seqs)
-        scheduler.add(Request(i, ids) for i, ids in enumerate(tokenized.ids))
-        for indices, vectors in self.execute_loop(scheduler, self.builder, self.runner):
+        for indices, vectors in self._run(texts):
             out[indices] = vectors
-            self.stats.batches += 1
-        s = self.stats
-        s.requests += len(texts)
-        s.tokens += sum(len(ids) for ids in tokenized.ids)
-        s.truncated += tokenized.truncated
-        s.tokenize_seconds += t1 - t0
-        s.seconds += time.perf_counter() - t0
         return out
+
+    def _run(self, texts: list[str]):
+        """Tokenize in chunks and keep the scheduler fed, so memory stays bounded by the chunk."""
+        t0 = time.perf_counter()
+        s = self.stats
+        r = self.resolved
+        scheduler = self.workflow.scheduler(r.max_num_batched_tokens, r.max_num_seqs)
+        for start in range(0, len(texts), _TOKENIZE_CHUNK):
+            t = time.perf_counter()
+            tokenized = self.processor(texts[start:start + _TOKENIZE_CHUNK], first_index=start)
+            s.tokenize_seconds += time.perf_counter() - t
+            s.tokens += sum(len(ids) for ids in tokenized.ids)
+            s.truncated += tokenized.truncated
+            scheduler.add(Request(start + i, ids) for i, ids in enumerate(tokenized.ids))
+            last = start + _TOKENIZE_CHUNK >= len(texts)
+            for indices, vectors in self.execute_loop(scheduler, self.builder, self.runner, drain=last):
+                s.batches += 1
+                yield indices, vectors
+        s.requests += len(texts)
+        s.seconds += time.perf_counter() - t0
 
     def fingerprint(self) -> dict:
         """Everything that determines the vectors, as JSON-able values (for output manifests)."""

@@ -14,10 +14,14 @@ from .runner import ModelRunner
 from .scheduler import Scheduler
 
 
-def simple_loop(scheduler: Scheduler, builder: InputBuilder,
-                runner: ModelRunner) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """1. pop a batch from the scheduler; 2. build it on the CPU; 3. run it; 4. yield; repeat."""
-    while True:
+def simple_loop(scheduler: Scheduler, builder: InputBuilder, runner: ModelRunner,
+                drain: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """1. pop a batch from the scheduler; 2. build it on the CPU; 3. run it; 4. yield; repeat.
+
+    With drain=False the loop stops while the waiting requests cannot fill a whole batch, so the
+    caller can add more input first (no half-empty batches between input chunks).
+    """
+    while drain or scheduler.has_full_batch():
         requests = scheduler.schedule()
         if not requests:
             return

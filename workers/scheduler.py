@@ -28,6 +28,7 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self._waiting: deque[Request] = deque()
+        self._waiting_tokens = 0
 
     def add(self, requests: Iterable[Request]) -> None:
         for r in requests:
@@ -38,9 +39,15 @@ class Scheduler:
                 raise ValueError(f"request {r.index} has no tokens: this tokenizer adds no special "
                                  "tokens, so an empty text cannot be embedded")
             self._waiting.append(r)
+            self._waiting_tokens += r.num_tokens
 
     def __len__(self) -> int:
         return len(self._waiting)
+
+    def has_full_batch(self) -> bool:
+        """Enough waits to fill a batch to its budget (more input would not change the next batch)."""
+        return (self._waiting_tokens >= self.max_num_batched_tokens
+                or len(self._waiting) >= self.max_num_seqs)
 
     def schedule(self) -> list[Request]:
         """Pop the next batch (empty when nothing waits)."""
@@ -53,4 +60,5 @@ class Scheduler:
                 break
             batch.append(r)
             tokens += r.num_tokens
+        self._waiting_tokens -= tokens
         return batch
