@@ -6,6 +6,8 @@ only, so a GPU works without building flash-attn. Both take grouped-query K/V na
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .base import AttentionBackend, AttentionMetadata
@@ -45,7 +47,15 @@ class FlashAttention(AttentionBackend):
 
 class TorchVarlenAttention(AttentionBackend):
     name = "torch_varlen"
-    native_gqa = True
+
+    def __init__(self, device, dtype):
+        super().__init__(device, dtype)
+        from torch.nn.attention.varlen import varlen_attn
+        self._varlen = varlen_attn
+        params = inspect.signature(varlen_attn).parameters
+        # torch 2.11's varlen_attn has no enable_gqa: the interface then repeats K/V heads.
+        self.native_gqa = "enable_gqa" in params
+        self._has_window = "window_size" in params
 
     @classmethod
     def available(cls, device, dtype):
@@ -59,8 +69,12 @@ class TorchVarlenAttention(AttentionBackend):
         return None
 
     def _attend(self, q, k, v, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        from torch.nn.attention.varlen import varlen_attn
         cu = meta.cu_seqlens
-        window = (-1, 0) if meta.causal else (-1, -1)
-        return varlen_attn(q, k, v, cu, cu, meta.max_seqlen, meta.max_seqlen, scale=scale,
-                           window_size=window, enable_gqa=k.shape[1] != q.shape[1])
+        kwargs = {"scale": scale}
+        if self.native_gqa:
+            kwargs["enable_gqa"] = k.shape[1] != q.shape[1]
+        if self._has_window:
+            kwargs["window_size"] = (-1, 0) if meta.causal else (-1, -1)
+        elif meta.causal:
+            kwargs["is_causal"] = True  # older signature
+        return self._varlen(q, k, v, cu, cu, meta.max_seqlen, meta.max_seqlen, **kwargs)

@@ -41,6 +41,16 @@ class EngineConfig:
         truncation: "truncate" (default; counted in stats) or "error" for texts over max_length.
         num_threads: torch intra-op threads for CPU work (None: leave torch's setting).
         execute_loop: "simple" (build, run, collect, repeat).
+        prompt: text prepended to every input (e.g. "query: " or an instruction). None: the
+            folder's sentence-transformers prompt named by `prompt_name` or its default prompt.
+        prompt_name: a key of `prompts` in the folder's config_sentence_transformers.json
+            (e.g. "query", "document"); exclusive with `prompt`.
+        skip_instruction: leave the prompt (and leading special tokens such as BOS/CLS) out of
+            mean pooling, as LLM2Vec does. None: the folder's setting (sentence-transformers
+            `include_prompt: false`, or llm2vec_config.json), else False. Mean pooling only.
+        enable_bidirectional: decoders only. None: read the folder (`is_causal: false` in
+            config.json, or an llm2vec_config.json, means bidirectional), else causal;
+            True/False overrides.
     """
 
     model: str | None = None
@@ -56,6 +66,10 @@ class EngineConfig:
     truncation: str = "truncate"
     num_threads: int | None = None
     execute_loop: str = "simple"
+    prompt: str | None = None
+    prompt_name: str | None = None
+    skip_instruction: bool | None = None
+    enable_bidirectional: bool | None = None
 
     def __post_init__(self):
         _choice("dtype", self.dtype, DTYPES)
@@ -74,6 +88,24 @@ class EngineConfig:
             raise ValueError(
                 f"max_length={self.max_length} exceeds max_num_batched_tokens="
                 f"{self.max_num_batched_tokens}: one text must fit in a batch; raise the budget")
+        self._check_prompt_options()
+
+    def _check_prompt_options(self) -> None:
+        for name in ("prompt", "prompt_name"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name}={value!r} must be a string or None")
+        if self.prompt is not None and self.prompt_name is not None:
+            raise ValueError(f"prompt={self.prompt!r} and prompt_name={self.prompt_name!r} were both "
+                             "given; pass one (prompt is the literal text, prompt_name a key of the "
+                             "model folder's sentence-transformers prompts)")
+        for name in ("skip_instruction", "enable_bidirectional"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be True, False or None")
+        if self.skip_instruction and self.pooling not in (None, "mean"):
+            raise ValueError(f"skip_instruction=True only changes mean pooling, but pooling="
+                             f"{self.pooling!r}; use pooling='mean' or drop skip_instruction")
 
 
 def _choice(name: str, value, allowed) -> None:

@@ -27,7 +27,7 @@ from .platform import resolve_device, resolve_dtype
 from .pooling import POOLERS, Pooler
 from .runner import ModelRunner
 from .scheduler import Request
-from .workflow import WORKFLOWS
+from .workflow import select_workflow
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ class Resolved:
     dimensions: int | None
     max_num_batched_tokens: int
     max_num_seqs: int
+    prompt: str = ""
+    skip_instruction: bool = False
 
 
 class Engine:
@@ -73,13 +75,14 @@ class Engine:
             torch.set_num_threads(config.num_threads)
         self.folder = open_model_folder(config.model)
         model_cls = model_class(self.folder.architecture)
-        self.workflow = WORKFLOWS[getattr(model_cls, "workflow", "encoder")]
+        self.workflow = _workflow(config, self.folder, model_cls)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         self.model = self._load_model(model_cls, device, dtype)
         self.resolved = r = _resolve(config, self.folder, self.model, self.workflow, device, dtype)
         self.backend = select_backend(config.attention_backend, device, dtype)
-        self.processor = self.workflow.input_processor(self.folder.path, r.max_length, config.truncation)
+        self.processor = self.workflow.input_processor(self.folder.path, r.max_length, config.truncation,
+                                                       prompt=r.prompt, skip_instruction=r.skip_instruction)
         self.builder = InputBuilder(self.backend, device, self.workflow.causal, self.model.uses_token_types)
         self.runner = ModelRunner(self.model, self.backend, Pooler(r.pooling, r.normalize, r.dimensions))
         self.execute_loop = self.workflow.execute_loops[config.execute_loop]
@@ -123,7 +126,9 @@ class Engine:
             s.tokenize_seconds += time.perf_counter() - t
             s.tokens += sum(len(ids) for ids in tokenized.ids)
             s.truncated += tokenized.truncated
-            scheduler.add(Request(start + i, ids) for i, ids in enumerate(tokenized.ids))
+            starts = tokenized.pool_starts or [0] * len(tokenized.ids)
+            scheduler.add(Request(start + i, ids, first)
+                          for i, (ids, first) in enumerate(zip(tokenized.ids, starts)))
             last = start + _TOKENIZE_CHUNK >= len(texts)
             for indices, vectors in self.execute_loop(scheduler, self.builder, self.runner, drain=last):
                 s.batches += 1
@@ -134,19 +139,38 @@ class Engine:
     def fingerprint(self) -> dict:
         """Everything that determines the vectors, as JSON-able values (for output manifests)."""
         r = self.resolved
-        return {"model": self.folder.path.name, "model_hash": self.folder.identity(),
-                "architecture": self.folder.architecture, "pooling": r.pooling,
-                "normalize": r.normalize, "dimensions": self.dim, "max_length": r.max_length,
-                "truncation": self.config.truncation, "dtype": str(r.dtype).removeprefix("torch.")}
+        fp = {"model": self.folder.path.name, "model_hash": self.folder.identity(),
+              "architecture": self.folder.architecture, "pooling": r.pooling,
+              "normalize": r.normalize, "dimensions": self.dim, "max_length": r.max_length,
+              "truncation": self.config.truncation, "dtype": str(r.dtype).removeprefix("torch.")}
+        # Added only when they apply, so encoder fingerprints (and their manifests) stay as they were.
+        if self.workflow.name != "encoder":
+            fp["workflow"] = self.workflow.name
+        if r.prompt:
+            fp["prompt"] = r.prompt
+        if r.skip_instruction:
+            fp["skip_instruction"] = True
+        return fp
+
+
+def _workflow(config: EngineConfig, folder: ModelFolder, model_cls):
+    """The model family's workflow; a decoder's attention is the config's enable_bidirectional,
+    else what the folder declares, else causal."""
+    family = getattr(model_cls, "workflow", "encoder")
+    bidirectional = config.enable_bidirectional
+    if bidirectional is None and family != "encoder":
+        bidirectional = folder.declared_bidirectional
+    return select_workflow(family, bidirectional, folder.architecture)
 
 
 def _resolve(config: EngineConfig, folder: ModelFolder, model, workflow, device, dtype) -> Resolved:
     limit = model.max_length
-    max_length = config.max_length or min(folder.st_max_length or limit, limit)
+    llm2vec = folder.llm2vec or {}
+    max_length = config.max_length or min(folder.st_max_length or llm2vec.get("max_length") or limit, limit)
     if max_length > limit:
         raise ValueError(f"max_length={max_length} exceeds what {folder.architecture} at "
                          f"{folder.path} supports ({limit} positions); lower max_length")
-    pooling = config.pooling or folder.st_pooling or workflow.default_pooling
+    pooling = config.pooling or folder.st_pooling or llm2vec.get("pooling") or workflow.default_pooling
     if pooling not in POOLERS:
         raise ValueError(f"{folder.path} asks for pooling {pooling!r}, which is not supported; "
                          f"pass pooling= one of {sorted(POOLERS)}")
@@ -160,4 +184,30 @@ def _resolve(config: EngineConfig, folder: ModelFolder, model, workflow, device,
         raise ValueError(f"max_num_batched_tokens={budget} is below max_length={max_length}: one "
                          "text must fit in a batch; raise the budget or lower max_length")
     return Resolved(device, dtype, max_length, pooling, normalize, config.dimensions, budget,
-                    config.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
+                    config.max_num_seqs or DEFAULT_MAX_NUM_SEQS, _prompt(config, folder),
+                    _skip_instruction(config, folder, pooling))
+
+
+def _prompt(config: EngineConfig, folder: ModelFolder) -> str:
+    """config.prompt, else the folder's sentence-transformers prompt by name (or its default)."""
+    if config.prompt is not None:
+        return config.prompt
+    name = config.prompt_name or folder.st_default_prompt_name
+    if name is None:
+        return ""
+    if name not in folder.st_prompts:
+        raise ValueError(f"prompt_name={name!r} is not among the prompts of {folder.path} "
+                         f"({sorted(folder.st_prompts) or 'none'}, from config_sentence_transformers"
+                         ".json); pass one of them, or the text itself as prompt=")
+    return folder.st_prompts[name]
+
+
+def _skip_instruction(config: EngineConfig, folder: ModelFolder, pooling: str) -> bool:
+    """config.skip_instruction, else the folder's (ST include_prompt=false, LLM2Vec), mean only."""
+    if config.skip_instruction is not None:
+        if config.skip_instruction and pooling != "mean":
+            raise ValueError(f"skip_instruction=True only changes mean pooling, but pooling resolved "
+                             f"to {pooling!r}; pass pooling='mean' or drop skip_instruction")
+        return config.skip_instruction
+    from_folder = (not folder.st_include_prompt) or bool((folder.llm2vec or {}).get("skip_instruction"))
+    return from_folder and pooling == "mean"

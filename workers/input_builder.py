@@ -24,6 +24,7 @@ class PackedBatch:
     seq_ids: torch.Tensor            # (T,) int64: which sequence each token belongs to
     seqlens: torch.Tensor            # (B,) int64
     attn: AttentionMetadata          # cu_seqlens (B+1,), max_seqlen, backend plan
+    pool_starts: torch.Tensor | None = None  # (B,) int64 first pooled position; None: all 0
 
     @property
     def num_tokens(self) -> int:
@@ -58,4 +59,9 @@ class InputBuilder:
             seq_ids=torch.from_numpy(seq_ids).to(dev),
             seqlens=torch.from_numpy(lens).to(dev),
             attn=self.backend.prepare(meta),
+            pool_starts=self._pool_starts(requests),
         )
+
+    def _pool_starts(self, requests: list[Request]) -> torch.Tensor | None:
+        starts = np.fromiter((r.pool_start for r in requests), dtype=np.int64, count=len(requests))
+        return torch.from_numpy(starts).to(self.device) if starts.any() else None

@@ -2,8 +2,11 @@
 
 Checkpoint names are mapped once: known task prefixes (`bert.`, `roberta.`, `model.`) are
 stripped, old LayerNorm names (`gamma`/`beta`) renamed, fused projections filled shard by shard
-per the model's `packed_modules_mapping`. Loading fails with the lists of parameters that were
-never filled and checkpoint tensors that were not used (unless explicitly ignored).
+per the model's `packed_modules_mapping`: `source -> (target, shard)` for equal-size shards
+(BERT's q/k/v), or `source -> (target, shard, first_row, rows)` where shard sizes differ (q/k/v
+under grouped-query attention); rows are counted along dim 0 of both weight and bias. Loading
+fails with the lists of parameters that were never filled and checkpoint tensors that were not
+used (unless explicitly ignored).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def _known(name: str, model: nn.Module, params) -> bool:
 
 def _packed_target(name: str, model: nn.Module) -> str | None:
     parts = name.split(".")
-    for source, (target, _) in getattr(model, "packed_modules_mapping", {}).items():
+    for source, (target, *_) in getattr(model, "packed_modules_mapping", {}).items():
         if source in parts:
             return ".".join(target if p == source else p for p in parts)
     return None
@@ -52,9 +55,10 @@ def _copy_into(model: nn.Module, params, name: str, tensor: torch.Tensor) -> str
     target = _packed_target(name, model)
     if target in params:
         source = next(s for s in model.packed_modules_mapping if s in name.split("."))
-        shard = model.packed_modules_mapping[source][1]
-        size = tensor.shape[0]
-        dest = params[target].data[shard * size:(shard + 1) * size]
+        entry = model.packed_modules_mapping[source]
+        shard = entry[1]
+        start, rows = entry[2:] if len(entry) == 4 else (shard * tensor.shape[0], tensor.shape[0])
+        dest = params[target].data[start:start + rows]
         if dest.shape != tensor.shape:
             raise ValueError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model "
                              f"expects {tuple(dest.shape)}: config.json does not match the weights")
@@ -78,7 +82,7 @@ def load_weights(model: nn.Module, files: list[Path] | tuple[Path, ...]) -> None
                 (filled.add(done) if done else unexpected.append(raw))
     expected = set()
     for name in params:
-        sources = [s for s, (t, _) in getattr(model, "packed_modules_mapping", {}).items()
+        sources = [s for s, (t, *_) in getattr(model, "packed_modules_mapping", {}).items()
                    if t in name.split(".")]
         expected.update(f"{name}#{model.packed_modules_mapping[s][1]}" for s in sources) if sources \
             else expected.add(name)

@@ -1,5 +1,6 @@
 """A local model folder, read once: HF config, tokenizer files, safetensors weights, and the
-sentence-transformers defaults (pooling, normalize, max length) when the folder has them.
+sentence-transformers defaults (pooling, normalize, max length, prompts) or LLM2Vec's
+`llm2vec_config.json` (pooling, max length, skip_instruction; bidirectional) when present.
 
 Nothing here downloads anything or runs code from the folder.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
@@ -25,6 +26,19 @@ class ModelFolder:
     st_pooling: str | None          # from 1_Pooling/config.json (may name an unsupported mode)
     st_normalize: bool              # modules.json names a Normalize module
     st_max_length: int | None       # sentence_bert_config.json max_seq_length
+    st_prompts: dict[str, str] = field(default_factory=dict)  # config_sentence_transformers.json
+    st_default_prompt_name: str | None = None
+    st_include_prompt: bool = True  # 1_Pooling include_prompt (False: skip the prompt in pooling)
+    llm2vec: dict | None = None     # llm2vec_config.json, when the folder is an LLM2Vec model
+
+    @property
+    def declared_bidirectional(self) -> bool | None:
+        """What the folder says about attention: `is_causal` in config.json, else True for an
+        LLM2Vec folder (LLM2Vec enables bidirectional attention by default), else None."""
+        is_causal = getattr(self.hf_config, "is_causal", None)
+        if is_causal is not None:
+            return not is_causal
+        return True if self.llm2vec is not None else None
 
     @property
     def architecture(self) -> str:
@@ -77,16 +91,17 @@ def open_model_folder(model: str | None) -> ModelFolder:
     if not any((path / n).is_file() for n in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         raise FileNotFoundError(f"model folder {str(path)!r} has no tokenizer (tokenizer.json or vocab.txt)")
     hf_config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    return ModelFolder(path, hf_config, weights, *_sentence_transformers_defaults(path))
+    return ModelFolder(path, hf_config, weights, **_sentence_transformers_defaults(path),
+                       **_llm2vec_defaults(path))
 
 
 def _read_json(path: Path) -> dict | list | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _sentence_transformers_defaults(path: Path) -> tuple[str | None, bool, int | None]:
+def _sentence_transformers_defaults(path: Path) -> dict:
     modules = _read_json(path / "modules.json") or []
-    pooling, normalize = None, False
+    pooling, normalize, include_prompt = None, False, True
     for module in modules:
         kind = module.get("type", "")
         if kind.endswith("models.Normalize"):
@@ -98,5 +113,25 @@ def _sentence_transformers_defaults(path: Path) -> tuple[str | None, bool, int |
             # Anything but exactly one supported mode is left for the engine to reject, so that
             # an explicit `pooling=` can still override it.
             pooling = "+".join(modes) if modes else None
+            include_prompt = cfg.get("include_prompt", True)
     st_cfg = _read_json(path / "sentence_bert_config.json") or {}
-    return pooling, normalize, st_cfg.get("max_seq_length")
+    prompts_cfg = _read_json(path / "config_sentence_transformers.json") or {}
+    return dict(st_pooling=pooling, st_normalize=normalize, st_max_length=st_cfg.get("max_seq_length"),
+                st_prompts=dict(prompts_cfg.get("prompts") or {}),
+                st_default_prompt_name=prompts_cfg.get("default_prompt_name"),
+                st_include_prompt=bool(include_prompt))
+
+
+# LLM2Vec pooling_mode -> ours (names we lack pass through for the engine to reject)
+_LLM2VEC_POOLING = {"mean": "mean", "eos_token": "last", "last_token": "last"}
+
+
+def _llm2vec_defaults(path: Path) -> dict:
+    """llm2vec_config.json fills what a sentence-transformers layout did not."""
+    cfg = _read_json(path / "llm2vec_config.json")
+    if not isinstance(cfg, dict):
+        return {}
+    mode = cfg.get("pooling_mode")
+    return dict(llm2vec={"pooling": _LLM2VEC_POOLING.get(mode, mode),
+                         "max_length": cfg.get("max_length"),
+                         "skip_instruction": cfg.get("skip_instruction", True)})

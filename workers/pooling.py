@@ -1,7 +1,8 @@
 """Poolers over packed hidden states, then normalization and Matryoshka truncation.
 
 A pooler maps (T, H) hidden states plus the batch layout to (B, H) float32 vectors. Mean pooling
-sums per sequence in float32 (index_add over segment ids), never padding.
+sums per sequence in float32 (index_add over segment ids), never padding; when the batch carries
+per-sequence pool starts (a skipped instruction), only tokens from there on are averaged.
 """
 from __future__ import annotations
 
@@ -24,8 +25,13 @@ def last_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
 def mean_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     B = batch.seqlens.shape[0]
     sums = torch.zeros(B, hidden.shape[1], dtype=torch.float32, device=hidden.device)
-    sums.index_add_(0, batch.seq_ids, hidden.float())
-    return sums / batch.seqlens[:, None].float()
+    if batch.pool_starts is None:
+        sums.index_add_(0, batch.seq_ids, hidden.float())
+        return sums / batch.seqlens[:, None].float()
+    # Skip each sequence's instruction: only positions >= its pool start count.
+    rows = (batch.positions >= batch.pool_starts[batch.seq_ids]).nonzero().squeeze(1)  # (T',)
+    sums.index_add_(0, batch.seq_ids[rows], hidden[rows].float())
+    return sums / (batch.seqlens - batch.pool_starts)[:, None].float()
 
 
 POOLERS: dict[str, Callable[[torch.Tensor, PackedBatch], torch.Tensor]] = {

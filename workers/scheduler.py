@@ -17,6 +17,7 @@ import numpy as np
 class Request:
     index: int            # position of the text in the caller's input
     ids: np.ndarray       # (L,) int64 token ids, special tokens included
+    pool_start: int = 0   # first token mean pooling counts (after a skipped instruction)
 
     @property
     def num_tokens(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from .bert import BertModel
+from .decoder import DecoderModel
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "BertModel": BertModel,
@@ -12,6 +13,9 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "RobertaForMaskedLM": BertModel,
     "XLMRobertaModel": BertModel,
     "XLMRobertaForMaskedLM": BertModel,
+    # Decoders: the *ForCausalLM checkpoints load without their LM head.
+    **{f"{family}{suffix}": DecoderModel for family in ("Qwen2", "Qwen3", "Llama", "Mistral")
+       for suffix in ("Model", "ForCausalLM")},
 }
 
 

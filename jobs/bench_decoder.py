@@ -1,0 +1,189 @@
+"""Decoder benchmark: this engine vs plain transformers (padded) on a random ~0.5B Qwen2-shaped
+model in bfloat16 on the CPU, same real texts, one run.
+
+    python jobs/bench_decoder.py                        # 64 passages, max length 256, 24 layers
+    python jobs/bench_decoder.py --passages 300 --layers 4 --rounds 1
+
+The model has Qwen2-0.5B's shapes (hidden 896, 24 layers, 14 heads / 2 KV heads, intermediate
+4864, q/k/v bias) with random weights. No Qwen tokenizer ships offline, so a byte-level BPE is
+trained here in a few seconds on other sample passages (~16k ids; like Qwen's: no BOS, no EOS)
+and the vocabulary is shrunk to 32,768 (Qwen2: 151,936): that only changes an embedding lookup,
+not the FLOPs per token. The texts are a fixed random subset of the same 300 real passages.
+transformers runs padded batches of 16 in input order with last-token pooling (what a plain
+script does); the engine packs by token budget. The two run alternately, best of `--rounds`,
+so a burst of load from other processes does not land on one system only. Prints one table:
+tokens/s, ratio, the share of the bf16 matmul ceiling measured here at the model's shapes, and
+the worst cosine between the two systems' vectors.
+
+Sizing: the full model costs ~0.75 GFLOP/token; at the ~180-400 GFLOP/s a shared 2-core EPYC
+gives in bf16 that is only 150-400 tokens/s, and transformers pads its batches to ~2x the real
+tokens. The defaults (64 of the 300 passages, all 24 layers, 2 rounds) keep a run near 4
+minutes; `--passages 300 --layers 4 --rounds 1` covers all texts at a sixth of the depth
+(throughput scales ~1/layers).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.samples import sample_passages  # noqa: E402
+from workers import Engine, EngineConfig  # noqa: E402
+
+VOCAB = 32768
+
+
+def write_tokenizer(folder: Path) -> None:
+    """A Qwen-like byte-level BPE trained on sample passages (not the benchmark's own)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(sample_passages(2000, seed=1), trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|endoftext|>",
+         "pad_token": "<|endoftext|>", "model_max_length": 32768}))
+
+
+def write_model(folder: Path, layers: int) -> None:
+    """A random Qwen2-0.5B-shaped model saved as bf16 safetensors, plus a trained tokenizer."""
+    from safetensors.torch import save_file
+    from transformers import AutoModel, Qwen2Config
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=896, num_hidden_layers=layers,
+                      num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
+                      max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False,
+                      architectures=["Qwen2Model"])
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = AutoModel.from_config(cfg)
+    tensors = {name: (torch.randn(p.shape) * 0.02).to(torch.bfloat16)
+               for name, p in model.state_dict().items()}
+    for name in tensors:
+        if "norm" in name:
+            tensors[name] = torch.ones_like(tensors[name])
+    cfg.save_pretrained(folder)
+    save_file(tensors, str(folder / "model.safetensors"))
+    write_tokenizer(folder)
+
+
+def make_engine(folder: Path, args):
+    engine = Engine(EngineConfig(model=str(folder), dtype="bfloat16", max_length=args.max_length,
+                                 num_threads=args.threads, normalize=False))
+    return engine.embed
+
+
+def make_hf_padded(folder: Path, args):
+    """transformers: padded batches of 16 in input order (right padding), last real token."""
+    from transformers import AutoModel, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModel.from_pretrained(str(folder), dtype=torch.bfloat16,
+                                      attn_implementation="sdpa").eval()
+
+    def encode(batch):
+        enc = tok(batch, padding=True, truncation=True, max_length=args.max_length,
+                  return_tensors="pt", return_token_type_ids=False)
+        with torch.inference_mode():
+            hidden = model(**enc).last_hidden_state                      # (b, L, hidden)
+        last = enc["attention_mask"].sum(1) - 1
+        return hidden[torch.arange(len(batch)), last].float().numpy()
+
+    return lambda texts: np.concatenate([encode(texts[i:i + 16]) for i in range(0, len(texts), 16)])
+
+
+def timed_rounds(systems: dict, texts: list[str], rounds: int) -> dict:
+    """Warm each system up, then time them alternately; keep each one's best round."""
+    results = {}
+    for fn in systems.values():
+        fn(texts[:2])
+    for r in range(rounds):
+        for name, fn in systems.items():
+            t = time.perf_counter()
+            vectors = fn(texts)
+            seconds = time.perf_counter() - t
+            print(f"  round {r + 1}: {name:16s} {seconds:.1f} s", flush=True)
+            if name not in results or seconds < results[name][1]:
+                results[name] = (vectors, seconds)
+    return results
+
+
+def matmul_ceiling(shapes: list[tuple[int, int, int]], reps: int = 4) -> float:
+    """bf16 FLOP/s of torch's linear at the model's (M, K, N) shapes, weighted by their FLOPs."""
+    flops, seconds = 0.0, 0.0
+    for M, K, N in shapes:
+        x, w = torch.randn(M, K, dtype=torch.bfloat16), torch.randn(N, K, dtype=torch.bfloat16)
+        torch.nn.functional.linear(x, w)
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.nn.functional.linear(x, w)
+        seconds += time.perf_counter() - t
+        flops += 2.0 * M * K * N * reps
+    return flops / seconds
+
+
+def flops_per_token(layers: int, lengths: np.ndarray) -> float:
+    h, kv, f = 896, 2 * 64, 4864
+    linear = 2 * layers * (h * (h + 2 * kv) + h * h + 3 * h * f)
+    attention = 4 * layers * h * float((lengths.astype(np.float64) ** 2).sum() / lengths.sum())
+    return linear + attention
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--passages", type=int, default=64, help="number of real-text passages")
+    parser.add_argument("--max-length", type=int, default=256, help="truncation length for both systems")
+    parser.add_argument("--layers", type=int, default=24, help="decoder layers (Qwen2-0.5B: 24)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating timed rounds (best kept)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    corpus = sample_passages(300, seed=0)
+    texts = random.Random(0).sample(corpus, min(args.passages, len(corpus)))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_model(folder, args.layers)
+        systems = {"engine-bf16": make_engine(folder, args), "hf-padded-bf16": make_hf_padded(folder, args)}
+        results = timed_rounds(systems, texts, args.rounds)
+        probe = Engine(EngineConfig(model=str(folder), dtype="bfloat16", max_length=args.max_length))
+        lengths = np.array([len(ids) for ids in probe.processor(texts).ids])
+    print_table(args, texts, lengths, results)
+
+
+def print_table(args, texts, lengths, results) -> None:
+    tokens = int(lengths.sum())
+    fpt = flops_per_token(args.layers, lengths)
+    ceiling = matmul_ceiling([(4096, 896, 1152), (4096, 896, 896), (4096, 896, 9728), (4096, 4864, 896)])
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    print(f"\nmachine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads")
+    print(f"corpus: {len(texts)} passages, {tokens:,} tokens after truncation at {args.max_length} "
+          f"(median {int(np.median(lengths))}, max {lengths.max()})")
+    print(f"model: random Qwen2-0.5B shape, {args.layers} layers, {fpt / 1e9:.2f} GFLOP/token "
+          f"(linears + attention at these lengths); best of {args.rounds} alternating rounds; "
+          f"bf16 matmul ceiling at its shapes {ceiling / 1e9:,.0f} GFLOP/s")
+    base = results["hf-padded-bf16"][1]
+    a, b = results["engine-bf16"][0], results["hf-padded-bf16"][0]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    print("\n| system | tokens/s | vs hf-padded | % of bf16 matmul ceiling |")
+    print("|---|---:|---:|---:|")
+    for name, (_, seconds) in results.items():
+        rate = tokens / seconds
+        print(f"| {name} | {rate:,.0f} | {base / seconds:.2f}x | {rate * fpt / ceiling:.0%} |")
+    print(f"\nmin cosine engine vs transformers: {cos.min():.5f}")
+
+
+if __name__ == "__main__":
+    main()
