@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench bench-assets clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,13 @@ demo: setup
 
 bench: setup
 	$(VPY) jobs/bench.py engine
+
+# Tokenizer files for jobs/bench_gpu.sh on a GPU machine that lacks this project's packages.
+bench-assets: setup
+	mkdir -p .bench_assets/tokenizer
+	$(VPY) -c "import shutil; from workers.model_folder import default_model_path as p; \
+	[shutil.copy(p() / f, '.bench_assets/tokenizer/') for f in \
+	 ('tokenizer.json', 'tokenizer_config.json', 'vocab.txt', 'special_tokens_map.json')]"
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
