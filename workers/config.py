@@ -10,7 +10,7 @@ from dataclasses import dataclass
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("cls", "mean", "last")
-EXECUTE_LOOPS = ("simple",)
+EXECUTE_LOOPS = ("simple", "double_buffer")
 TRUNCATIONS = ("truncate", "error")
 
 # On CPU, packed batches of a few thousand tokens keep every activation under glibc's mmap
@@ -40,7 +40,8 @@ class EngineConfig:
         dimensions: Matryoshka truncation of the output (then renormalized if normalizing).
         truncation: "truncate" (default; counted in stats) or "error" for texts over max_length.
         num_threads: torch intra-op threads for CPU work (None: leave torch's setting).
-        execute_loop: "simple" (build, run, collect, repeat).
+        execute_loop: "simple" (build, run, collect, repeat) or "double_buffer" (a producer
+            thread tokenizes and builds batch k+1 while batch k runs; same vectors).
         prompt: text prepended to every input (e.g. "query: " or an instruction). None: the
             folder's sentence-transformers prompt named by `prompt_name` or its default prompt.
         prompt_name: a key of `prompts` in the folder's config_sentence_transformers.json

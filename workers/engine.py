@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Hashable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from .models import model_class
 from .platform import resolve_device, resolve_dtype
 from .pooling import POOLERS, Pooler
 from .runner import ModelRunner
-from .scheduler import Request
+from .feeder import feed_batches
 from .workflow import select_workflow
 
 logger = logging.getLogger(__name__)
@@ -44,12 +45,20 @@ class EngineStats:
     tokens: int = 0
     truncated: int = 0
     batches: int = 0
-    seconds: float = 0.0
-    tokenize_seconds: float = 0.0
+    seconds: float = 0.0            # wall time inside embed / embed_stream
+    tokenize_seconds: float = 0.0   # CPU side: tokenizer calls
+    build_seconds: float = 0.0      # CPU side: scheduling + packed batch building
+    forward_seconds: float = 0.0    # device side: model forward + pooling + copy back
+    idle_seconds: float = 0.0       # device side: waiting for the next batch
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def idle_fraction(self) -> float:
+        """Share of wall time the compute side sat waiting for input."""
+        return self.idle_seconds / self.seconds if self.seconds else 0.0
 
 
 @dataclass(frozen=True)
@@ -114,27 +123,35 @@ class Engine:
             out[indices] = vectors
         return out
 
-    def _run(self, texts: list[str]):
-        """Tokenize in chunks and keep the scheduler fed, so memory stays bounded by the chunk."""
+    def embed_stream(self, items: Iterable[tuple[Hashable, str]]) -> Iterator[tuple[Hashable, np.ndarray]]:
+        """Embed an iterable of (key, text) lazily; yields (key, float32 vector) per text.
+
+        Input is pulled a chunk at a time and results leave as each batch finishes (batch order,
+        not input order), so memory stays bounded however long the stream is. Example:
+
+            for key, vector in engine.embed_stream((row_id, text) for row_id, text in rows):
+                sink.write(key, vector)
+        """
+        keys: dict[int, Hashable] = {}
+
+        def texts():
+            for i, (key, text) in enumerate(items):
+                keys[i] = key
+                yield text
+
+        for indices, vectors in self._run(texts()):
+            for i, vector in zip(indices.tolist(), vectors):
+                yield keys.pop(i), vector
+
+    def _run(self, texts: Iterable[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         t0 = time.perf_counter()
-        s = self.stats
         r = self.resolved
         scheduler = self.workflow.scheduler(r.max_num_batched_tokens, r.max_num_seqs)
-        for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            t = time.perf_counter()
-            tokenized = self.processor(texts[start:start + _TOKENIZE_CHUNK], first_index=start)
-            s.tokenize_seconds += time.perf_counter() - t
-            s.tokens += sum(len(ids) for ids in tokenized.ids)
-            s.truncated += tokenized.truncated
-            starts = tokenized.pool_starts or [0] * len(tokenized.ids)
-            scheduler.add(Request(start + i, ids, first)
-                          for i, (ids, first) in enumerate(zip(tokenized.ids, starts)))
-            last = start + _TOKENIZE_CHUNK >= len(texts)
-            for indices, vectors in self.execute_loop(scheduler, self.builder, self.runner, drain=last):
-                s.batches += 1
-                yield indices, vectors
-        s.requests += len(texts)
-        s.seconds += time.perf_counter() - t0
+        batches = feed_batches(texts, self.processor, scheduler, self.builder, self.stats, _TOKENIZE_CHUNK)
+        try:
+            yield from self.execute_loop(batches, self.runner, self.stats)
+        finally:
+            self.stats.seconds += time.perf_counter() - t0
 
     def fingerprint(self) -> dict:
         """Everything that determines the vectors, as JSON-able values (for output manifests)."""

@@ -48,20 +48,27 @@ class InputBuilder:
         seq_ids = np.repeat(np.arange(len(lens)), lens)                   # (T,)
         positions = np.arange(T, dtype=np.int64) - starts[seq_ids]        # (T,)
         cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)      # (B+1,)
-        dev = self.device
-        meta = AttentionMetadata(cu_seqlens=torch.from_numpy(cu).to(dev), max_seqlen=int(lens.max()),
+        dev, put = self.device, self._to_device
+        meta = AttentionMetadata(cu_seqlens=put(cu), max_seqlen=int(lens.max()),
                                  seqlens=lens.tolist(), causal=self.causal)
         return PackedBatch(
             indices=np.fromiter((r.index for r in requests), dtype=np.int64, count=len(requests)),
-            input_ids=torch.from_numpy(ids).to(dev),
-            positions=torch.from_numpy(positions).to(dev),
+            input_ids=put(ids),
+            positions=put(positions),
             token_type_ids=torch.zeros(T, dtype=torch.int64, device=dev) if self.token_types else None,
-            seq_ids=torch.from_numpy(seq_ids).to(dev),
-            seqlens=torch.from_numpy(lens).to(dev),
+            seq_ids=put(seq_ids),
+            seqlens=put(lens),
             attn=self.backend.prepare(meta),
             pool_starts=self._pool_starts(requests),
         )
 
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """CPU: a zero-copy view. CUDA: through pinned memory, so the copy does not block the host."""
+        t = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     def _pool_starts(self, requests: list[Request]) -> torch.Tensor | None:
         starts = np.fromiter((r.pool_start for r in requests), dtype=np.int64, count=len(requests))
-        return torch.from_numpy(starts).to(self.device) if starts.any() else None
+        return self._to_device(starts) if starts.any() else None

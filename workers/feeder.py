@@ -1,0 +1,44 @@
+"""The CPU side of the engine as one generator: texts in, packed batches out.
+
+Pulls texts lazily in chunks (so a stream or a shard is never materialized whole), tokenizes
+each chunk in one call, feeds the scheduler, and builds every batch the scheduler can fill. The
+execute loop decides on which thread this generator runs.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Iterable, Iterator
+
+from .input_builder import InputBuilder, PackedBatch
+from .input_processor import InputProcessor
+from .scheduler import Request, Scheduler
+
+
+def feed_batches(texts: Iterable[str], processor: InputProcessor, scheduler: Scheduler,
+                 builder: InputBuilder, stats, chunk: int) -> Iterator[PackedBatch]:
+    """Yield packed batches for `texts`; request indices count from 0 in input order."""
+    it = iter(texts)
+    start = 0
+    while True:
+        texts_chunk = list(itertools.islice(it, chunk))
+        last = len(texts_chunk) < chunk
+        if texts_chunk:
+            t = time.perf_counter()
+            tok = processor(texts_chunk, first_index=start)
+            stats.tokenize_seconds += time.perf_counter() - t
+            stats.tokens += sum(len(ids) for ids in tok.ids)
+            stats.truncated += tok.truncated
+            stats.requests += len(texts_chunk)
+            pool_starts = tok.pool_starts or [0] * len(tok.ids)
+            scheduler.add(Request(start + i, ids, first)
+                          for i, (ids, first) in enumerate(zip(tok.ids, pool_starts)))
+            start += len(texts_chunk)
+        # Between chunks only full batches go out; the remainder waits for the next chunk.
+        while len(scheduler) and (last or scheduler.has_full_batch()):
+            t = time.perf_counter()
+            batch = builder.build(scheduler.schedule())
+            stats.build_seconds += time.perf_counter() - t
+            yield batch
+        if last:
+            return
