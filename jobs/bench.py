@@ -1,7 +1,8 @@
-"""Engine benchmark: this engine vs its peers on the same real texts, in one run.
+"""Engine benchmarks: this engine vs its peers on the same real texts, in one run.
 
     python jobs/bench.py engine                      # 3,000 passages, all systems
     python jobs/bench.py engine --passages 500 --systems engine-bf16,st-fp32
+    python jobs/bench.py loops                       # simple vs double_buffer execute loops
 
 Prints one table: tokens/s per system, the ratio to sentence-transformers fp32, the model's
 FLOPs/token, the matmul ceiling measured in this run (per dtype, at the model's own shapes) and
@@ -144,6 +145,36 @@ def print_table(args, texts, tokens, lengths, flops_per_token, ceilings, results
         print(f"| {name} | {rate:,.0f} | {ratio} | {frac:.0%} ({ceil_key}) | {cos} |")
 
 
+def bench_loops(args) -> None:
+    """simple vs double_buffer, per dtype and torch thread count, with per-stage shares."""
+    texts = sample_passages(args.passages, seed=args.seed)
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}; {len(texts)} passages")
+    print("\n| dtype | loop | torch threads | tokens/s | vs simple | tokenize % | build % | "
+          "forward % | compute idle % |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for dtype in ("bfloat16", "float32"):
+        base = None
+        for loop, threads in (("simple", os.cpu_count()), ("double_buffer", os.cpu_count()),
+                              ("double_buffer", max(1, os.cpu_count() - 1))):
+            engine = Engine(EngineConfig(dtype=dtype, execute_loop=loop, num_threads=threads,
+                                         max_num_batched_tokens=args.batch_tokens))
+            engine.embed(texts[:64])
+            best = None
+            for _ in range(args.repeats):
+                engine.stats = type(engine.stats)()
+                engine.embed(texts)
+                if best is None or engine.stats.seconds < best.seconds:
+                    best = engine.stats
+            rate = best.tokens_per_second
+            base = base or rate
+            pct = {k: 100 * getattr(best, f"{k}_seconds") / best.seconds
+                   for k in ("tokenize", "build", "forward", "idle")}
+            print(f"| {dtype} | {loop} | {threads} | {rate:,.0f} | {rate / base:.2f}x | "
+                  f"{pct['tokenize']:.1f} | {pct['build']:.1f} | {pct['forward']:.1f} | "
+                  f"{pct['idle']:.1f} |", flush=True)
+    torch.set_num_threads(os.cpu_count())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -155,7 +186,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="corpus sampling seed")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    p = sub.add_parser("loops", help="simple vs double_buffer execute loops on CPU")
+    p.add_argument("--passages", type=int, default=3000, help="number of real-text passages")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per setting (best kept)")
+    p.add_argument("--batch-tokens", type=int, default=None, help="engine token budget per batch")
+    p.add_argument("--seed", type=int, default=0, help="corpus sampling seed")
     args = parser.parse_args()
+    if args.bench == "loops":
+        return bench_loops(args)
     bad = set(args.systems.split(",")) - set(SYSTEMS)
     if bad:
         parser.error(f"unknown systems {sorted(bad)}; choose from {sorted(SYSTEMS)}")
