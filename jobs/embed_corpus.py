@@ -1,0 +1,142 @@
+"""Embed a corpus into Parquet/Arrow parts with a pool of engine actors on Ray.
+
+On a cluster (here a local head; on a real one use its address):
+
+    RAY_AUTH_MODE=disabled ray start --head --node-ip-address=127.0.0.1
+    RAY_AUTH_MODE=disabled ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python jobs/embed_corpus.py --input /data/corpus/ --output /data/embeddings/
+
+Alone (starts a local Ray):
+
+    python jobs/embed_corpus.py --input 'corpus/*.parquet' --output embeddings/ --id-column doc_id
+    python jobs/embed_corpus.py --demo        # sample corpus from Python docstrings (make demo)
+
+Rerunning with the same --output resumes; exit codes: 0 done, 1 the run failed (a shard kept
+failing, every actor died), 2 bad arguments or input, 3 the output holds a different run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a plain script from a checkout or a job's working dir
+    sys.path.insert(0, str(ROOT))
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISMATCH = 0, 1, 2, 3
+DEMO_DIR = ROOT / "out" / "demo"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="embed_corpus.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + "\n".join(
+            line for line in __doc__.splitlines() if line.strip().startswith(("python", "RAY_AUTH"))))
+    p.add_argument("--input", help="Parquet file, folder or glob (local or s3://, gs://...), "
+                                   "or a datasets save_to_disk folder")
+    p.add_argument("--output", help="output folder for the parts and _manifest.json; rerun to resume")
+    p.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
+    p.add_argument("--id-column", default=None, help="column copied to the output id (default: global row index)")
+    p.add_argument("--passthrough", nargs="*", default=(), metavar="COLUMN",
+                   help="input columns copied unchanged into the output")
+    p.add_argument("--model", default=None, help="local model folder (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="engine actors (default: one per GPU, else one per 8 CPU cores at most)")
+    p.add_argument("--threads-per-worker", type=int, default=None,
+                   help="torch threads / reserved CPUs per CPU actor (default: an even split)")
+    p.add_argument("--dtype", default="auto", help="engine compute dtype: auto, float32, bfloat16, float16")
+    p.add_argument("--batch-tokens", type=int, default=None, help="engine token budget per packed batch")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
+    p.add_argument("--shard-rows", type=int, default=None, help="rows per shard (default: sized from the corpus)")
+    p.add_argument("--output-format", default="parquet", choices=["parquet", "arrow"], help="part file format")
+    p.add_argument("--output-dtype", default="float32", choices=["float32", "float16"], help="embedding values")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="record rows with a null text in _errors/ and go on (default: stop the run)")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous run in --output and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
+    p.add_argument("--summary-json", default=None, help="also write the run statistics to this JSON file")
+    p.add_argument("--demo", action="store_true",
+                   help="embed a sample corpus of Python docstrings into out/demo/ (the README's main job)")
+    p.add_argument("--demo-rows", type=int, default=2000, help="passages in the --demo corpus (default: 2000)")
+    args = p.parse_args(argv)
+    if not args.demo and not (args.input and args.output):
+        p.error("--input and --output are required (or pass --demo)")
+    return args
+
+
+def build_demo_corpus(rows: int) -> Path:
+    """Write `rows` docstring passages to out/demo/corpus.parquet (id, text); returns its path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pipeline.samples import sample_passages
+    texts = sample_passages(rows, seed=0)
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    path = DEMO_DIR / "corpus.parquet"
+    ids = [f"doc-{i:06d}" for i in range(rows)]
+    pq.write_table(pa.table({"id": ids, "text": texts}), path, row_group_size=500)
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # `ray job stop` and schedulers send SIGTERM: exit through the driver's cleanup, which saves
+    # the manifest (every finished shard stays committed) and stops the actors.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    import pipeline
+    if args.demo:
+        t0 = time.perf_counter()
+        args.input = str(build_demo_corpus(args.demo_rows))
+        args.output, args.id_column, args.overwrite = str(DEMO_DIR / "embeddings"), "id", True
+        print(f"demo corpus: {args.demo_rows:,} passages of Python docstrings -> {args.input} "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    engine = {"dtype": args.dtype, "max_num_batched_tokens": args.batch_tokens, "max_length": args.max_length}
+    try:
+        result = pipeline.run(
+            args.input, output=args.output, model=args.model, text_column=args.text_column,
+            id_column=args.id_column, num_workers=args.num_workers,
+            threads_per_worker=args.threads_per_worker, shard_rows=args.shard_rows,
+            passthrough_columns=tuple(args.passthrough), output_format=args.output_format,
+            output_dtype=args.output_dtype, skip_bad_rows=args.skip_bad_rows,
+            overwrite=args.overwrite, progress=not args.no_progress,
+            **{k: v for k, v in engine.items() if v is not None})
+    except pipeline.FingerprintMismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_MISMATCH
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (pipeline.ShardFailedError, RuntimeError, TimeoutError) as e:
+        print(f"error: the run failed: {e}\nCommitted shards are kept; rerun the same command to "
+              "resume.", file=sys.stderr)
+        return EXIT_FAILED
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(result.stats.to_dict(), indent=1))
+    if args.demo:
+        show_demo(result.output)
+    return EXIT_OK
+
+
+def show_demo(output: str) -> None:
+    """Read the demo's vectors back and show the nearest neighbours of one passage."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import pipeline
+    table = pipeline.read_embeddings(output)
+    vectors = pipeline.to_numpy(table)
+    ids = table.column("id").to_pylist()
+    texts = dict(zip(*pq.read_table(DEMO_DIR / "corpus.parquet", columns=["id", "text"]).to_pydict().values()))
+    scores = vectors @ vectors[0]
+    print(f"\nread back {vectors.shape[0]:,} x {vectors.shape[1]} vectors with pipeline.read_embeddings({output!r})")
+    print(f"nearest neighbours of {ids[0]}: {texts[ids[0]][:90]!r}")
+    for i in np.argsort(-scores)[1:4]:
+        print(f"  {scores[i]:.3f}  {ids[i]}: {texts[ids[i]][:90]!r}")
+    print(f"\nfiles: {output}/part-*.parquet, manifest {output}/_manifest.json, corpus {DEMO_DIR / 'corpus.parquet'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

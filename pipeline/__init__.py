@@ -1,0 +1,115 @@
+"""Embed a whole corpus with a pool of engine actors on Ray; read the vectors back.
+
+    import pipeline
+    result = pipeline.run("corpus/*.parquet", output="embeddings/")
+    table = pipeline.read_embeddings("embeddings/")          # id, embedding, pass-through
+    matrix = pipeline.read_embeddings("embeddings/", as_numpy=True)
+
+The data flow (plan, resume, dispatch, embed, write, commit, finish) is in DESIGN.md; each step
+has its own module here. The actor class lives in `pipeline/actor.py`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from .config import PipelineConfig
+from .driver import RunResult, engine_option_names, execute
+from .manifest import FingerprintMismatch, Manifest
+from .pool import ShardFailedError
+from .progress import RunStats, WorkerStats
+from .writer import read_part, resolve_output, to_numpy
+
+__all__ = ["run", "read_embeddings", "to_numpy", "RunResult", "RunStats", "WorkerStats",
+           "PipelineConfig", "FingerprintMismatch", "ShardFailedError"]
+
+
+def run(data, *, output=None, model=None, text_column="text", id_column=None, num_workers=None,
+        **options) -> RunResult:
+    """Embed every row of `data` with `model` on Ray; write Parquet/Arrow parts or return vectors.
+
+    Args:
+        data: a Parquet file, folder or glob (local or a pyarrow filesystem URI such as
+            "s3://bucket/corpus/*.parquet"; several paths as a list of `pathlib.Path`), a
+            `datasets.Dataset` or its `save_to_disk` folder, a `ray.data.Dataset`, a
+            `pyarrow.Table`, a `pandas.DataFrame`, or a list of strings.
+        output: folder (or URI) for the parts and `_manifest.json`. Rerunning into it resumes:
+            committed shards are skipped, a different model/settings/input is refused with
+            `FingerprintMismatch`. None (in-memory inputs only): vectors in `result.embeddings`.
+        model: a local model folder; None is the bundled all-MiniLM-L6-v2.
+        text_column: the column with the texts. id_column: the column copied to `id`
+            (None: the global row index).
+        num_workers: engine actors (None: one per GPU, or one per 8 CPU cores at most).
+        **options: `PipelineConfig` fields (shard_rows, threads_per_worker, output_format,
+            output_dtype, passthrough_columns, skip_bad_rows, overwrite, max_retries,
+            max_restarts, progress) and `workers.EngineConfig` fields (dtype, device,
+            max_num_batched_tokens, max_length, pooling, normalize, dimensions, ...).
+
+    Returns:
+        RunResult with `.output`, `.stats` (rows, tokens, seconds, tokens_per_s, per worker,
+        truncated, bad_rows), `.manifest`, and `.embeddings` for in-memory runs.
+
+    Uses the Ray cluster already initialised (or RAY_ADDRESS); else starts a local one and shuts
+    it down afterwards.
+
+    Examples:
+        >>> import pipeline
+        >>> result = pipeline.run(["a first passage", "and a second"], progress=False)
+        >>> result.embeddings.shape
+        (2, 384)
+        >>> result.stats.rows
+        2
+    """
+    pipe_names = {f.name for f in dataclasses.fields(PipelineConfig)}
+    engine_names = engine_option_names()
+    unknown = set(options) - pipe_names - engine_names
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}; pipeline options are "
+                         f"{sorted(pipe_names)}, engine options are {sorted(engine_names)}")
+    config = PipelineConfig(text_column=text_column, id_column=id_column, num_workers=num_workers,
+                            **{k: v for k, v in options.items() if k in pipe_names})
+    engine_options = {k: v for k, v in options.items() if k in engine_names and k not in pipe_names}
+    if model is not None:
+        engine_options["model"] = os.fspath(model)
+    return execute(data, output, config, engine_options)
+
+
+def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False):
+    """The vectors of a finished run, in input order, as a pyarrow Table (or an (n, dim) array).
+
+    Only the parts named by the manifest are read, so leftovers of a crash are never seen.
+
+    Args:
+        path: the `output` folder of `pipeline.run` (local or URI).
+        columns: columns to read (default: all: `id`, `embedding`, pass-through).
+        as_numpy: return the embedding matrix only, as float32/float16 NumPy.
+        allow_partial: read the committed shards of an unfinished run instead of raising.
+
+    Examples:
+        >>> import pipeline, tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> _ = pipeline.run(["one", "two", "three"], output=out, progress=False)
+        >>> pipeline.read_embeddings(out).column_names
+        ['id', 'embedding']
+        >>> pipeline.read_embeddings(out, as_numpy=True).shape
+        (3, 384)
+    """
+    fs, folder = resolve_output(path)
+    manifest = Manifest.load(fs, folder)
+    if manifest is None:
+        raise FileNotFoundError(f"{path} has no _manifest.json: not the output of pipeline.run")
+    if not manifest.data.get("complete") and not allow_partial:
+        raise ValueError(f"the run writing {path} has not finished ({len(manifest.shards)} of "
+                         f"{manifest.plan['num_shards']} shards committed); rerun pipeline.run "
+                         "with the same output to finish it, or pass allow_partial=True")
+    if as_numpy:
+        columns = ["embedding"]
+    records = [manifest.shards[k] for k in sorted(manifest.shards, key=int)]
+    tables = [read_part(fs, f"{folder}/{r['path']}", columns) for r in records]
+    if not tables:
+        return np.zeros((0, 0), dtype=np.float32) if as_numpy else pa.table({})
+    table = pa.concat_tables(tables)
+    return to_numpy(table) if as_numpy else table

@@ -1,0 +1,101 @@
+"""User configuration of one pipeline run: a frozen dataclass, validated on construction.
+
+The engine has its own `workers.EngineConfig`; this one says how the corpus is read, sharded,
+dispatched and written. Values derived at run time (shard size, thread split) live in the driver.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OUTPUT_FORMATS = ("parquet", "arrow")
+OUTPUT_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How a corpus is sharded, embedded by a pool of Ray actors, and written.
+
+    Args:
+        text_column: column holding the texts (a list of strings is read as this column).
+        id_column: column copied to the output `id`; None: the global row index (int64).
+        passthrough_columns: extra input columns copied unchanged into every output part.
+        num_workers: engine actors; None: one per GPU, or on CPU-only clusters one per
+            `threads_per_worker` cores.
+        threads_per_worker: torch threads (and reserved CPUs) of each CPU actor; None: the
+            cluster's CPUs split evenly across the workers (at most 8 each).
+        shard_rows: rows per shard, the unit of dispatch, retry and resume; None: sized from the
+            corpus (about 8 shards per worker, 256..20,000 rows). A resumed run keeps the size
+            recorded in the output's manifest.
+        output_format: "parquet" (default) or "arrow" (Arrow IPC file) parts.
+        output_dtype: "float32" or "float16" embedding values.
+        max_retries: times one shard is redone after its actor died or it raised, before the run
+            fails naming the shard.
+        max_restarts: times Ray restarts one dead actor.
+        skip_bad_rows: record rows whose text is null (id + reason) in the output's `_errors/`
+            files and go on; False: such a row stops the run naming its shard and row.
+        overwrite: delete a previous run's parts and manifest in `output` and start over.
+        progress: print a live progress bar and the final summary (to stderr / stdout).
+    """
+
+    text_column: str = "text"
+    id_column: str | None = None
+    passthrough_columns: tuple[str, ...] = ()
+    num_workers: int | None = None
+    threads_per_worker: int | None = None
+    shard_rows: int | None = None
+    output_format: str = "parquet"
+    output_dtype: str = "float32"
+    max_retries: int = 2
+    max_restarts: int = 3
+    skip_bad_rows: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.text_column, str) or not self.text_column:
+            raise ValueError(f"text_column={self.text_column!r} must be a non-empty column name")
+        if self.id_column is not None and (not isinstance(self.id_column, str) or not self.id_column):
+            raise ValueError(f"id_column={self.id_column!r} must be a column name or None")
+        if isinstance(self.passthrough_columns, str):
+            raise ValueError(f"passthrough_columns={self.passthrough_columns!r} must be a tuple of "
+                             f"column names, e.g. ({self.passthrough_columns!r},)")
+        object.__setattr__(self, "passthrough_columns", tuple(self.passthrough_columns))
+        reserved = {"id", "embedding"}
+        clash = reserved.intersection(self.passthrough_columns)
+        if clash:
+            raise ValueError(f"passthrough_columns {sorted(clash)} clash with the output columns "
+                             f"{sorted(reserved)}; rename them in the input first")
+        for name in ("num_workers", "threads_per_worker", "shard_rows"):
+            _positive_or_none(name, getattr(self, name))
+        for name in ("max_retries", "max_restarts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}={value!r} must be an integer >= 0")
+        _choice("output_format", self.output_format, OUTPUT_FORMATS)
+        _choice("output_dtype", self.output_dtype, OUTPUT_DTYPES)
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The input columns an actor reads: text, then id, then pass-through (no repeats)."""
+        cols = [self.text_column, self.id_column, *self.passthrough_columns]
+        return list(dict.fromkeys(c for c in cols if c is not None))
+
+    def fingerprint(self) -> dict:
+        """The part of the output fingerprint this config owns (columns and output form)."""
+        return {
+            "text_column": self.text_column,
+            "id_column": self.id_column,
+            "passthrough_columns": list(self.passthrough_columns),
+            "output_format": self.output_format,
+            "output_dtype": self.output_dtype,
+        }
+
+
+def _positive_or_none(name: str, value) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{name}={value!r} must be a positive integer or None (automatic)")
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")

@@ -1,0 +1,93 @@
+"""The shard plan: the corpus cut into fixed row ranges, the unit of dispatch, retry and resume.
+
+Shard k covers global rows [k*S, min((k+1)*S, N)); it may span fragment (file) boundaries, so
+thousands of small files do not become thousands of tiny tasks. The plan depends only on the
+fragments' row counts and S, so it is the same in every run over the same input; its digest is
+kept in the manifest and compared on resume.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from .sources import Fragment, Source
+
+MIN_SHARD_ROWS = 256
+MAX_SHARD_ROWS = 20_000
+SHARDS_PER_WORKER = 8
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows [start, stop) of fragment `fragment`."""
+
+    fragment: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work: `num_rows` rows starting at global row `row_offset`, read as `pieces`."""
+
+    index: int
+    row_offset: int
+    num_rows: int
+    pieces: tuple[Piece, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.index:06d}"
+
+    def describe(self) -> str:
+        return f"shard {self.id} (rows {self.row_offset}..{self.row_offset + self.num_rows - 1})"
+
+
+def default_shard_rows(total_rows: int, num_workers: int) -> int:
+    """About SHARDS_PER_WORKER shards per worker, clamped so a shard takes seconds to minutes."""
+    rows = -(-total_rows // max(1, num_workers * SHARDS_PER_WORKER))
+    return max(MIN_SHARD_ROWS, min(MAX_SHARD_ROWS, rows))
+
+
+def plan_shards(fragments: tuple[Fragment, ...] | list[Fragment], shard_rows: int) -> list[Shard]:
+    """Cut the fragments, in order, into shards of `shard_rows` rows (the last may be shorter)."""
+    assert shard_rows > 0
+    shards, pieces, offset, filled = [], [], 0, 0
+    for f_index, fragment in enumerate(fragments):
+        start = 0
+        while start < fragment.num_rows:
+            take = min(fragment.num_rows - start, shard_rows - filled)
+            pieces.append(Piece(f_index, start, start + take))
+            start, filled = start + take, filled + take
+            if filled == shard_rows:
+                shards.append(Shard(len(shards), offset, filled, tuple(pieces)))
+                pieces, offset, filled = [], offset + filled, 0
+    if filled:
+        shards.append(Shard(len(shards), offset, filled, tuple(pieces)))
+    return shards
+
+
+def plan_record(source: Source, shard_rows: int, num_shards: int) -> dict:
+    """What the manifest keeps about the plan, to recognise the same input on resume."""
+    digest = hashlib.sha256(json.dumps([[f.key, f.num_rows] for f in source.fragments]).encode())
+    return {
+        "source": source.kind,
+        "num_rows": source.num_rows,
+        "num_fragments": len(source.fragments),
+        "input_digest": digest.hexdigest()[:16],
+        "shard_rows": shard_rows,
+        "num_shards": num_shards,
+    }
+
+
+def read_shard(source: Source, shard: Shard, columns: list[str]) -> pa.Table:
+    """The shard's rows (only `columns`), read by the actor straight from the source."""
+    tables = [source.read(p.fragment, p.start, p.stop, columns) for p in shard.pieces]
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+    if table.num_rows != shard.num_rows:
+        raise RuntimeError(f"{shard.describe()}: read {table.num_rows} rows, the plan says "
+                           f"{shard.num_rows}; the input changed since it was planned")
+    return table

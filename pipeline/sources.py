@@ -1,0 +1,283 @@
+"""Input sources: what the driver may know about a corpus without reading it, and how an actor reads rows.
+
+A source is an ordered list of fragments (a Parquet file, a Ray block, one in-memory table),
+each with a stable key and a row count taken from metadata only. The driver plans shards over
+those counts (see `shards.py`); the source object itself is shipped to every actor, which calls
+`read(fragment, start, stop)` to pull its own rows straight from storage or the object store.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+
+from .config import PipelineConfig
+
+_TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """One readable unit of the input: a stable `key` (path or content hash) and its row count."""
+
+    key: str
+    num_rows: int
+
+
+class Source:
+    """Base class: `fragments` in input order, and `read` of a row range of one fragment."""
+
+    kind = "abstract"
+    in_memory = False
+    fragments: tuple[Fragment, ...] = ()
+
+    def read(self, index: int, start: int, stop: int, columns: list[str]) -> pa.Table:
+        raise NotImplementedError
+
+    @property
+    def num_rows(self) -> int:
+        return sum(f.num_rows for f in self.fragments)
+
+
+class ParquetSource(Source):
+    """Parquet files on any pyarrow filesystem; only footers are read when planning."""
+
+    kind = "parquet"
+
+    def __init__(self, filesystem: pafs.FileSystem, paths: list[str], counts: list[int], sizes: list[int]):
+        self.filesystem = filesystem
+        self.paths = list(paths)
+        self.fragments = tuple(Fragment(f"{p}#{s}", n) for p, n, s in zip(paths, counts, sizes))
+
+    def read(self, index, start, stop, columns):
+        # Only the row groups that overlap [start, stop) are read, and only the asked columns.
+        pf = pq.ParquetFile(self.paths[index], filesystem=self.filesystem)
+        groups, first, offset = [], None, 0
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if offset < stop and offset + n > start:
+                groups.append(g)
+                first = offset if first is None else first
+            offset += n
+        if not groups:
+            return pf.schema_arrow.empty_table().select(columns)
+        table = pf.read_row_groups(groups, columns=columns)
+        return table.slice(start - first, stop - start)
+
+
+class TableSource(Source):
+    """An in-memory pyarrow Table (from a list, pandas, or an in-memory HF dataset), put in Ray's object store once."""
+
+    kind = "table"
+    in_memory = True
+
+    def __init__(self, table: pa.Table, ref=None):
+        self.ref = ref
+        self.fragments = (Fragment(f"memory:{_table_digest(table)}", table.num_rows),)
+        self._table = table if ref is None else None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.ref is not None:
+            state["_table"] = None  # actors get the table from the object store, zero-copy
+        return state
+
+    def read(self, index, start, stop, columns):
+        if self._table is None:
+            self._table = ray.get(self.ref)
+        return self._table.slice(start, stop - start).select(columns)
+
+
+class HFDatasetSource(Source):
+    """A Hugging Face `datasets.Dataset` backed by Arrow files on disk (memory-mapped; pickles by path)."""
+
+    kind = "hf_dataset"
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        files = ",".join(f["filename"] for f in dataset.cache_files)
+        self.fragments = (Fragment(f"hf:{files}:{dataset._fingerprint}", len(dataset)),)
+
+    def read(self, index, start, stop, columns):
+        return self.dataset.select_columns(columns).with_format("arrow")[start:stop]
+
+
+class RayBlocksSource(Source):
+    """A Ray Dataset, executed into Arrow blocks that stay in the object store (never the driver's heap)."""
+
+    kind = "ray_dataset"
+
+    def __init__(self, refs: list, counts: list[int]):
+        self.refs = list(refs)
+        self.fragments = tuple(Fragment(f"ray_block:{i}", n) for i, n in enumerate(counts))
+
+    def read(self, index, start, stop, columns):
+        return ray.get(self.refs[index]).slice(start, stop - start).select(columns)
+
+
+def open_source(data, config: PipelineConfig) -> Source:
+    """Turn any supported input into a Source, reading metadata only, and check its columns.
+
+    `data`: Parquet path / folder / glob / list of paths (local or a pyarrow filesystem URI), a
+    `datasets.Dataset` or its `save_to_disk` folder, a `ray.data.Dataset`, a `pyarrow.Table`, a
+    `pandas.DataFrame`, or a list of strings (read as `config.text_column`).
+    Table-like sources need Ray initialized (they are put in the object store).
+    """
+    source, schema = _open(data, config)
+    check_schema(schema, config, where=source.kind)
+    return source
+
+
+def _open(data, config):
+    if isinstance(data, (str, os.PathLike)) or _is_path_list(data):
+        return _open_paths(data)
+    if isinstance(data, pa.Table):
+        return _table_source(data), data.schema
+    if type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame":
+        table = pa.Table.from_pandas(data, preserve_index=False)
+        return _table_source(table), table.schema
+    if _is_hf_dataset(data):
+        return _open_hf(data)
+    if type(data).__module__.startswith("ray.data"):
+        return _open_ray_dataset(data)
+    if isinstance(data, (list, tuple)):
+        table = _strings_table(data, config.text_column)
+        return _table_source(table), table.schema
+    raise TypeError(
+        f"cannot read input of type {type(data).__name__}; pass a Parquet path/glob, a "
+        "datasets.Dataset (or its save_to_disk folder), a ray.data.Dataset, a pyarrow.Table, "
+        "a pandas.DataFrame, or a list of strings")
+
+
+def check_schema(schema: pa.Schema, config: PipelineConfig, where: str) -> None:
+    """Raise ValueError naming the column if the text/id/pass-through columns are missing or the text is not a string."""
+    for name in config.input_columns:
+        if schema.get_field_index(name) < 0:
+            raise ValueError(f"column {name!r} not found in the {where} input; its columns are "
+                             f"{schema.names} (set text_column= / id_column= to one of them)")
+    text_type = schema.field(config.text_column).type
+    if text_type not in _TEXT_TYPES and text_type != pa.null():
+        raise ValueError(f"text column {config.text_column!r} has type {text_type}, not a string; "
+                         "cast it to string or point text_column= at the text")
+
+
+def _table_source(table: pa.Table) -> TableSource:
+    return TableSource(table, ray.put(table) if ray.is_initialized() else None)
+
+
+def _strings_table(items, column: str) -> pa.Table:
+    bad = next((i for i, t in enumerate(items) if t is not None and not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"item {bad} of the input list is a {type(items[bad]).__name__}, not a str")
+    return pa.table({column: pa.array(list(items), type=pa.large_string())})
+
+
+def _table_digest(table: pa.Table) -> str:
+    # A content hash, so a resume into an output made from different in-memory data is refused.
+    # IPC of one combined batch normalises slicing and chunking.
+    sink = pa.BufferOutputStream()
+    combined = table.combine_chunks()
+    with pa.ipc.new_stream(sink, combined.schema) as writer:
+        writer.write_table(combined)
+    return hashlib.sha256(sink.getvalue()).hexdigest()[:16]
+
+
+def _is_path_list(data) -> bool:
+    return (isinstance(data, (list, tuple)) and len(data) > 0
+            and all(isinstance(p, os.PathLike) for p in data))
+
+
+def _is_hf_dataset(data) -> bool:
+    return type(data).__module__.startswith("datasets") and hasattr(data, "cache_files")
+
+
+def _open_paths(data):
+    specs = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    fs, paths = None, []
+    for spec in specs:
+        spec_fs, found = _expand(os.fspath(spec))
+        if isinstance(found, tuple):  # a save_to_disk folder
+            return found
+        fs = fs or spec_fs
+        paths.extend(found)
+    if not paths:
+        raise FileNotFoundError(f"no Parquet files match {data!r}")
+    with ThreadPoolExecutor(8) as pool:  # footers only; many small files are common
+        metas = list(pool.map(lambda p: pq.ParquetFile(p, filesystem=fs).metadata, paths))
+    sizes = [info.size for info in fs.get_file_info(paths)]
+    schema = metas[0].schema.to_arrow_schema()
+    for path, meta in zip(paths[1:], metas[1:]):
+        other = meta.schema.to_arrow_schema()
+        if other.names != schema.names:
+            raise ValueError(f"Parquet file {path} has columns {other.names}, but {paths[0]} has "
+                             f"{schema.names}; all input files must share one schema")
+    return ParquetSource(fs, paths, [m.num_rows for m in metas], sizes), schema
+
+
+def _expand(spec: str):
+    """(filesystem, sorted Parquet paths) for a file, folder or glob; or (source, schema) for an HF folder."""
+    if "://" in spec:
+        fs, path = pafs.FileSystem.from_uri(spec)
+    else:
+        fs, path = pafs.LocalFileSystem(), os.path.abspath(spec)
+    if _GLOB_CHARS.intersection(path):
+        parts = path.split("/")
+        cut = next(i for i, part in enumerate(parts) if _GLOB_CHARS.intersection(part))
+        base = "/".join(parts[:cut]) or "/"
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return fs, sorted(i.path for i in infos if i.is_file and fnmatch.fnmatchcase(i.path, path)
+                          and not _hidden(i.path[len(base):]))
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"input {spec!r} does not exist")
+    if info.type == pafs.FileType.File:
+        return fs, [path]
+    names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(path))}
+    if "state.json" in names or "dataset_dict.json" in names:
+        return fs, _open_hf_folder(path, names)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return fs, sorted(i.path for i in infos if i.is_file and i.base_name.endswith(".parquet")
+                      and not _hidden(i.path[len(path):]))
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith((".", "_")) for part in relative.split("/") if part)
+
+
+def _open_hf_folder(path: str, names: set[str]):
+    import datasets
+    if "dataset_dict.json" in names:
+        splits = sorted(datasets.load_from_disk(path).keys())
+        raise ValueError(f"{path} is a DatasetDict with splits {splits}; pass one split's folder, "
+                         f"e.g. {path}/{splits[0]}")
+    return _open_hf(datasets.load_from_disk(path))
+
+
+def _open_hf(dataset):
+    if hasattr(dataset, "keys") and not hasattr(dataset, "features"):
+        raise ValueError(f"a DatasetDict with splits {list(dataset.keys())}; pass one split, e.g. ds['train']")
+    schema = dataset.features.arrow_schema
+    if dataset.cache_files:
+        return HFDatasetSource(dataset), schema
+    return _table_source(dataset.with_format("arrow")[:]), schema
+
+
+def _open_ray_dataset(ds):
+    refs = ds.to_arrow_refs()
+    counts = ray.get([_count_rows.options(num_cpus=0).remote(r) for r in refs])
+    keep = [(r, n) for r, n in zip(refs, counts) if n > 0]
+    schema = ds.schema().base_schema if hasattr(ds.schema(), "base_schema") else ds.schema()
+    return RayBlocksSource([r for r, _ in keep], [n for _, n in keep]), schema
+
+
+@ray.remote
+def _count_rows(table) -> int:
+    return table.num_rows

@@ -1,0 +1,164 @@
+"""`jobs/embed_corpus.py` as a user runs it: exit codes, a driver SIGKILLed mid-run then resumed,
+and `ray job submit` against a real local head bound to 127.0.0.1.
+
+Each subprocess starts its own Ray (or uses the test's head), so this module has no Ray fixture.
+Vectors are checked against `Engine.embed` on the same texts in this process (float32).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline
+from pipeline.samples import sample_passages
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = "jobs/embed_corpus.py"
+N = 160
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A Parquet corpus with string ids, and the reference vectors of its texts."""
+    from workers import Engine, EngineConfig
+    texts = sample_passages(N, seed=5, max_chars=300)
+    ids = [f"d{i:04d}" for i in range(N)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.parquet"
+    pq.write_table(pa.table({"doc": ids, "text": texts}), path, row_group_size=64)
+    vectors = Engine(EngineConfig(dtype="float32", num_threads=2)).embed(texts)
+    return path, ids, vectors
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, **kwargs)
+
+
+def assert_output(out, ids, vectors):
+    table = pipeline.read_embeddings(out)
+    assert table.column("id").to_pylist() == ids
+    np.testing.assert_allclose(pipeline.to_numpy(table), vectors, atol=2e-5, rtol=0)
+    named = {r["path"] for r in json.loads((Path(out) / "_manifest.json").read_text())["shards"].values()}
+    assert {p.name for p in Path(out).iterdir() if p.name != "_manifest.json"} == named
+
+
+def test_help_and_usage_errors(tmp_path):
+    helped = cli("--help")
+    assert helped.returncode == 0 and "ray job submit" in helped.stdout and "--batch-tokens" in helped.stdout
+    assert cli().returncode == 2  # neither --input/--output nor --demo
+    missing = cli("--input", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "out"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+@pytest.mark.slow
+def test_driver_sigkilled_mid_run_then_resumed(corpus, tmp_path):
+    path, ids, vectors = corpus
+    out = tmp_path / "out"
+    args = ["--input", str(path), "--output", str(out), "--id-column", "doc", "--num-workers", "2",
+            "--shard-rows", "20", "--dtype", "float32", "--no-progress"]
+    driver = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest, deadline = out / "_manifest.json", time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and driver.poll() is None:
+            if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 2:
+                break
+            time.sleep(0.1)
+        assert driver.poll() is None, "the run ended before it could be interrupted"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        _kill_group(driver.pid)  # the local Ray that driver started, now orphaned
+    committed = json.loads(manifest.read_text())
+    assert not committed["complete"] and 2 <= len(committed["shards"]) < N // 20
+    with pytest.raises(ValueError, match="has not finished"):
+        pipeline.read_embeddings(out)
+    partial = pipeline.read_embeddings(out, allow_partial=True)
+    assert partial.num_rows == 20 * len(committed["shards"])
+
+    resumed = cli(*args, "--summary-json", str(tmp_path / "stats.json"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["resumed_shards"] == len(committed["shards"])
+    assert stats["rows"] == N - 20 * len(committed["shards"]) and stats["rows_total"] == N
+    assert_output(out, ids, vectors)
+
+    # Exit code 3: the same output with a different max length (another vector space) is refused.
+    refused = cli(*args, "--max-length", "64")
+    assert refused.returncode == 3 and "max_length: 256 in the output, 64 in this run" in refused.stderr
+
+
+@pytest.mark.slow
+def test_ray_job_submit_on_local_head(corpus, tmp_path):
+    path, ids, vectors = corpus
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    gcs, dash, client = _free_ports(3)
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+         "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert head.wait(timeout=120) == 0, head.stdout.read()[-2000:]
+        out = tmp_path / "out"
+        job = subprocess.run(
+            [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+             "--", "python", SCRIPT, "--input", str(path), "--output", str(out), "--id-column", "doc",
+             "--dtype", "float32", "--no-progress"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        assert "succeeded" in job.stdout
+        assert_output(out, ids, vectors)
+    finally:
+        _kill_group(head.pid)  # only this head's processes; `ray stop` would kill every Ray here
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGTERM then SIGKILL every process left in the session this test started."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        for _ in range(50):
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                return True
+    return False

@@ -1,0 +1,105 @@
+"""Output parts, the manifest and the progress/summary text (no Ray, no engine)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.manifest import FingerprintMismatch, Manifest, check_resumable, fingerprint_diff
+from pipeline.progress import Progress, RunStats, WorkerStats, summary_table
+from pipeline.writer import (FINGERPRINT_KEY, part_table, read_part, resolve_output, stray_files,
+                             to_numpy, write_errors, write_part)
+
+FP = {"engine": {"model_hash": "abc", "pooling": "mean", "dimensions": 4}, "text_column": "text"}
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_part_round_trip(tmp_path, fmt, dtype):
+    fs, folder = resolve_output(tmp_path)
+    vectors = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    extra = pa.table({"title": ["a", "b", "c", "d", "e"]})
+    table = part_table(pa.array(np.arange(10, 15)), vectors, extra, dtype, FP)
+    record = write_part(fs, folder, "000003", table, fmt)
+    path = tmp_path / record["path"]
+    assert record["path"].startswith("part-000003-") and record["path"].endswith("." + fmt)
+    assert record["rows"] == 5 and record["bytes"] == path.stat().st_size
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [p.name for p in tmp_path.iterdir()] == [record["path"]]  # no temporary left behind
+    back = read_part(fs, str(path))
+    assert back.column_names == ["id", "embedding", "title"]
+    assert back.schema.field("embedding").type == pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), 4)
+    assert json.loads(back.schema.metadata[FINGERPRINT_KEY]) == FP
+    assert back.column("id").to_pylist() == [10, 11, 12, 13, 14]
+    np.testing.assert_array_equal(to_numpy(back), vectors.astype(dtype))
+
+
+def test_to_numpy_multi_chunk_and_sliced():
+    vectors = np.arange(24, dtype=np.float32).reshape(6, 4)
+    t = part_table(pa.array(range(6)), vectors, None, "float32", FP)
+    chunked = pa.concat_tables([t.slice(0, 2), t.slice(2, 3), t.slice(5)])
+    np.testing.assert_array_equal(to_numpy(chunked), vectors)
+    np.testing.assert_array_equal(to_numpy(t.slice(1, 3)), vectors[1:4])
+
+
+def test_stray_files_only_ours(tmp_path):
+    fs, folder = resolve_output(tmp_path)
+    kept = write_part(fs, folder, "000000", part_table(pa.array([0]), np.zeros((1, 2)), None, "float32", FP), "parquet")
+    stray = write_part(fs, folder, "000001", part_table(pa.array([1]), np.zeros((1, 2)), None, "float32", FP), "parquet")
+    errors = write_errors(fs, folder, "000001", [{"row": 1, "id": 1, "reason": "null"}])
+    (tmp_path / ".part-0123.tmp").write_text("half written")
+    (tmp_path / "notes.txt").write_text("the user's")
+    (tmp_path / "part-of-my-thesis.parquet").write_text("the user's")
+    assert stray_files(fs, folder, keep={kept["path"]}) == sorted(
+        [".part-0123.tmp", errors, stray["path"]])
+
+
+def test_manifest_save_is_atomic_and_loads_back(tmp_path):
+    fs, folder = resolve_output(tmp_path)
+    assert Manifest.load(fs, folder) is None
+    m = Manifest.new(fs, folder, FP, {"num_shards": 2, "shard_rows": 10})
+    m.commit("000001", {"path": "part-000001-aa.parquet", "rows": 10})
+    m.save(force=True)
+    m.commit("000000", {"path": "part-000000-bb.parquet", "rows": 10, "errors": "_errors/x.jsonl"})
+    m.save()  # throttled: within a second of the last save, nothing is written
+    assert set(Manifest.load(fs, folder).shards) == {"000001"}
+    m.save(force=True)
+    loaded = Manifest.load(fs, folder)
+    assert loaded.fingerprint == FP and set(loaded.shards) == {"000000", "000001"}
+    assert loaded.files() == {"part-000001-aa.parquet", "part-000000-bb.parquet", "_errors/x.jsonl"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_manifest.json"]
+
+
+def test_fingerprint_mismatch_names_what_differs(tmp_path):
+    fs, folder = resolve_output(tmp_path)
+    plan = {"source": "parquet", "num_rows": 5, "num_fragments": 1, "input_digest": "d1"}
+    m = Manifest.new(fs, folder, FP, plan)
+    check_resumable(m, json.loads(json.dumps(FP)), dict(plan))  # same: no error
+    other = {**FP, "engine": {**FP["engine"], "dimensions": 2}}
+    assert fingerprint_diff(FP, other) == ["engine.dimensions: 4 in the output, 2 in this run"]
+    with pytest.raises(FingerprintMismatch) as info:
+        check_resumable(m, other, {**plan, "input_digest": "d2"})
+    message = str(info.value)
+    assert "engine.dimensions: 4 in the output, 2 in this run" in message
+    assert "input input_digest: 'd1' in the output, 'd2' in this run" in message
+    assert "overwrite" in message
+
+
+def test_progress_lines_and_summary():
+    stream = io.StringIO()
+    progress = Progress(total_rows=100, done_rows=20, stream=stream)
+    progress.update(30, 3000)
+    progress.close()
+    text = stream.getvalue()
+    assert "50/100 rows" in text and "50.0%" in text and "tok/s" in text
+    stats = RunStats(rows=30, rows_total=50, tokens=3000, seconds=2.0, startup_seconds=0.5,
+                     truncated=1, bad_rows=0, shards=3, resumed_shards=2, retries=0,
+                     workers=(WorkerStats(0, 3, 30, 3000, 1.5),))
+    table = summary_table(stats, "/out", "parquet")
+    assert "1,500 tokens/s overall" in table and "2 shard(s) already done" in table
+    assert "2,000" in table  # worker 0 tokens/s over its engine time
+    assert stats.to_dict()["workers"][0]["tokens_per_s"] == 2000
