@@ -172,9 +172,13 @@ def _actor_pids(state: str) -> list[int]:
 
 @pytest.mark.slow
 def test_actor_killed_mid_shard_is_replaced_nothing_lost(ray_local, texts, reference, tmp_path):
+    # The corpus repeated 8 times in 30 shards: long enough (seconds) that an actor is reliably
+    # caught mid-shard after the throttled manifest first shows a commit, even on a quiet machine.
+    repeat = 8
+    corpus = texts * repeat
     box = {}
     run = threading.Thread(target=lambda: box.setdefault("result", pipeline.run(
-        texts, output=str(tmp_path), num_workers=2, shard_rows=8, **F32)))
+        corpus, output=str(tmp_path), num_workers=2, shard_rows=24, **F32)))
     run.start()
     deadline, killed = time.monotonic() + 120, None
     while killed is None and time.monotonic() < deadline and run.is_alive():
@@ -183,10 +187,11 @@ def test_actor_killed_mid_shard_is_replaced_nothing_lost(ray_local, texts, refer
         if busy and manifest.exists() and json.loads(manifest.read_text())["shards"]:
             os.kill(busy[0], signal.SIGKILL)  # after one shard is committed, while another runs
             killed = busy[0]
-        time.sleep(0.05)
+        time.sleep(0.02)
     run.join(timeout=300)
     assert killed is not None, "no actor was caught mid-shard"
     stats = box["result"].stats
     assert stats.retries >= 1 and sum(w.restarts for w in stats.workers) == 1
-    assert stats.rows == N
-    check_output(tmp_path, texts, reference, list(range(N)))
+    assert stats.rows == N * repeat
+    tiled = (np.tile(reference[0], (repeat, 1)),)
+    check_output(tmp_path, corpus, tiled, list(range(N * repeat)))
