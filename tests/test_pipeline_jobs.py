@@ -26,7 +26,7 @@ from pipeline.samples import sample_passages
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "jobs/embed_corpus.py"
-N = 160
+N = 400  # 20 shards of 20: seconds of work, so the driver is reliably caught mid-run
 
 
 @pytest.fixture(scope="module")
