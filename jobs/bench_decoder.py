@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.samples import sample_passages  # noqa: E402
 from workers import Engine, EngineConfig  # noqa: E402
 
+from bench import matmul_ceiling  # noqa: E402  (jobs/bench.py, beside this script)
+
 VOCAB = 32768
 
 
@@ -120,20 +122,6 @@ def timed_rounds(systems: dict, texts: list[str], rounds: int) -> dict:
     return results
 
 
-def matmul_ceiling(shapes: list[tuple[int, int, int]], reps: int = 4) -> float:
-    """bf16 FLOP/s of torch's linear at the model's (M, K, N) shapes, weighted by their FLOPs."""
-    flops, seconds = 0.0, 0.0
-    for M, K, N in shapes:
-        x, w = torch.randn(M, K, dtype=torch.bfloat16), torch.randn(N, K, dtype=torch.bfloat16)
-        torch.nn.functional.linear(x, w)
-        t = time.perf_counter()
-        for _ in range(reps):
-            torch.nn.functional.linear(x, w)
-        seconds += time.perf_counter() - t
-        flops += 2.0 * M * K * N * reps
-    return flops / seconds
-
-
 def flops_per_token(layers: int, lengths: np.ndarray) -> float:
     h, kv, f = 896, 2 * 64, 4864
     linear = 2 * layers * (h * (h + 2 * kv) + h * h + 3 * h * f)
@@ -165,7 +153,8 @@ def main() -> None:
 def print_table(args, texts, lengths, results) -> None:
     tokens = int(lengths.sum())
     fpt = flops_per_token(args.layers, lengths)
-    ceiling = matmul_ceiling([(4096, 896, 1152), (4096, 896, 896), (4096, 896, 9728), (4096, 4864, 896)])
+    ceiling = matmul_ceiling([(4096, 896, 1152), (4096, 896, 896), (4096, 896, 9728), (4096, 4864, 896)],
+                             torch.bfloat16, reps=4)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
     print(f"\nmachine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads")
