@@ -26,10 +26,6 @@ class PackedBatch:
     attn: AttentionMetadata          # cu_seqlens (B+1,), max_seqlen, backend plan
     pool_starts: torch.Tensor | None = None  # (B,) int64 first pooled position; None: all 0
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.input_ids.shape[0])
-
 
 class InputBuilder:
     def __init__(self, backend: AttentionBackend, device: torch.device, causal: bool,
