@@ -11,7 +11,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("cls", "mean", "last")
 EXECUTE_LOOPS = ("simple", "double_buffer")
-TRUNCATIONS = ("truncate", "error")
+TRUNCATIONS = ("truncate", "error", "chunk")
 
 # On CPU, packed batches of a few thousand tokens keep every activation under glibc's mmap
 # threshold region and the caches warm (FACTS.md: 4k-8k chunks beat 16k).
@@ -38,7 +38,11 @@ class EngineConfig:
         pooling: "cls" | "mean" | "last" (None: the sentence-transformers config, else "cls").
         normalize: L2-normalize outputs (None: True when the folder declares a Normalize module).
         dimensions: Matryoshka truncation of the output (then renormalized if normalizing).
-        truncation: "truncate" (default; counted in stats) or "error" for texts over max_length.
+        truncation: for texts over max_length: "truncate" (default; counted in stats), "error",
+            or "chunk": split into windows of max_length that overlap by `chunk_overlap` tokens,
+            embed each, and return their token-weighted mean (normalized again if normalizing).
+        chunk_overlap: tokens shared by consecutive windows in chunk mode (None: an eighth of
+            the window, e.g. 31 of MiniLM's 254).
         num_threads: torch intra-op threads for CPU work (None: leave torch's setting).
         execute_loop: "simple" (build, run, collect, repeat) or "double_buffer" (a producer
             thread tokenizes and builds batch k+1 while batch k runs; same vectors).
@@ -65,6 +69,7 @@ class EngineConfig:
     normalize: bool | None = None
     dimensions: int | None = None
     truncation: str = "truncate"
+    chunk_overlap: int | None = None
     num_threads: int | None = None
     execute_loop: str = "simple"
     prompt: str | None = None
@@ -80,6 +85,9 @@ class EngineConfig:
             _choice("pooling", self.pooling, POOLINGS)
         _choice("truncation", self.truncation, TRUNCATIONS)
         _choice("execute_loop", self.execute_loop, EXECUTE_LOOPS)
+        if self.chunk_overlap is not None and (not isinstance(self.chunk_overlap, int)
+                                               or self.chunk_overlap < 0):
+            raise ValueError(f"chunk_overlap={self.chunk_overlap!r} must be an integer >= 0 or None")
         for name in ("max_num_batched_tokens", "max_num_seqs", "max_length", "dimensions", "num_threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

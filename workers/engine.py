@@ -27,6 +27,7 @@ from .models import model_class
 from .platform import resolve_device, resolve_dtype
 from .pooling import POOLERS, Pooler
 from .runner import ModelRunner
+from .chunking import WindowLedger, combine_windows
 from .feeder import feed_batches
 from .workflow import select_workflow
 
@@ -44,6 +45,7 @@ class EngineStats:
     requests: int = 0
     tokens: int = 0
     truncated: int = 0
+    chunked: int = 0                # texts split into windows (truncation="chunk")
     batches: int = 0
     seconds: float = 0.0            # wall time inside embed / embed_stream
     tokenize_seconds: float = 0.0   # CPU side: tokenizer calls
@@ -91,7 +93,8 @@ class Engine:
         self.resolved = r = _resolve(config, self.folder, self.model, self.workflow, device, dtype)
         self.backend = select_backend(config.attention_backend, device, dtype)
         self.processor = self.workflow.input_processor(self.folder.path, r.max_length, config.truncation,
-                                                       prompt=r.prompt, skip_instruction=r.skip_instruction)
+                                                       prompt=r.prompt, skip_instruction=r.skip_instruction,
+                                                       chunk_overlap=config.chunk_overlap)
         self.builder = InputBuilder(self.backend, device, self.workflow.causal, self.model.uses_token_types)
         self.runner = ModelRunner(self.model, self.backend, Pooler(r.pooling, r.normalize, r.dimensions))
         self.execute_loop = self.workflow.execute_loops[config.execute_loop]
@@ -112,8 +115,10 @@ class Engine:
         """Embed `texts`; returns float32 (len(texts), dim) in input order.
 
         An empty string embeds as the model's special tokens alone (as sentence-transformers
-        does); texts over max_length are truncated and counted in `stats.truncated`, or raise
-        when truncation="error". Non-string items raise TypeError naming their index.
+        does); texts over max_length are truncated and counted in `stats.truncated`, raise when
+        truncation="error", or with truncation="chunk" embed as the token-weighted mean of
+        overlapping windows (counted in `stats.chunked`). Non-string items raise TypeError
+        naming their index.
         """
         if isinstance(texts, str):
             raise TypeError("embed() takes a list of strings; wrap a single text as [text]")
@@ -147,9 +152,12 @@ class Engine:
         t0 = time.perf_counter()
         r = self.resolved
         scheduler = self.workflow.scheduler(r.max_num_batched_tokens, r.max_num_seqs)
-        batches = feed_batches(texts, self.processor, scheduler, self.builder, self.stats, _TOKENIZE_CHUNK)
+        ledger = WindowLedger()
+        batches = feed_batches(texts, self.processor, scheduler, self.builder, self.stats,
+                               _TOKENIZE_CHUNK, ledger)
         try:
-            yield from self.execute_loop(batches, self.runner, self.stats)
+            yield from combine_windows(self.execute_loop(batches, self.runner, self.stats), ledger,
+                                       r.normalize)
         finally:
             self.stats.seconds += time.perf_counter() - t0
 
@@ -167,6 +175,8 @@ class Engine:
             fp["prompt"] = r.prompt
         if r.skip_instruction:
             fp["skip_instruction"] = True
+        if self.config.truncation == "chunk":
+            fp["chunk_overlap"] = self.processor.chunk_overlap
         return fp
 
 
