@@ -31,7 +31,11 @@ class EngineConfig:
             (AMX / AVX512-BF16), else float32.
         device: "auto" (cuda if present), "cpu", "cuda" or "cuda:N".
         attention_backend: None (best available) or one of attention.BACKENDS.
-        max_num_batched_tokens: token budget of one packed batch (None: device default).
+        max_num_batched_tokens: token budget of one packed batch. None: on CPU 4096 tokens (the
+            benchmark's choice); on CUDA the largest budget whose profiled activation memory fits
+            in `gpu_memory_utilization` of the card (see `workers/memory.py`).
+        gpu_memory_utilization: share of the GPU's memory this engine may fill (weights, the
+            profiled activations of the largest batch, and what others already use). Default 0.9.
         max_num_seqs: most sequences in one batch (None: 256).
         max_length: tokens per text including special tokens (None: the model folder's
             max_seq_length, else its max_position_embeddings).
@@ -56,6 +60,10 @@ class EngineConfig:
         enable_bidirectional: decoders only. None: read the folder (`is_causal: false` in
             config.json, or an llm2vec_config.json, means bidirectional), else causal;
             True/False overrides.
+        profile_dir: write a torch profiler trace (Chrome JSON, open in Perfetto or
+            chrome://tracing) of `profile_batches` batches, after one warm-up batch, into this
+            folder; once per engine. None: no profiling.
+        profile_batches: batches the profiler window covers.
     """
 
     model: str | None = None
@@ -76,6 +84,9 @@ class EngineConfig:
     prompt_name: str | None = None
     skip_instruction: bool | None = None
     enable_bidirectional: bool | None = None
+    gpu_memory_utilization: float = 0.9
+    profile_dir: str | None = None
+    profile_batches: int = 8
 
     def __post_init__(self):
         _choice("dtype", self.dtype, DTYPES)
@@ -98,6 +109,11 @@ class EngineConfig:
                 f"max_length={self.max_length} exceeds max_num_batched_tokens="
                 f"{self.max_num_batched_tokens}: one text must fit in a batch; raise the budget")
         self._check_prompt_options()
+        util = self.gpu_memory_utilization
+        if isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1:
+            raise ValueError(f"gpu_memory_utilization={util!r} must be a fraction in (0, 1], e.g. 0.9")
+        if not isinstance(self.profile_batches, int) or self.profile_batches < 1:
+            raise ValueError(f"profile_batches={self.profile_batches!r} must be a positive integer")
 
     def _check_prompt_options(self) -> None:
         for name in ("prompt", "prompt_name"):

@@ -9,7 +9,9 @@ execute loop.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Iterator
@@ -22,6 +24,7 @@ from attention import select_backend
 from .config import DEFAULT_CPU_BATCHED_TOKENS, DEFAULT_GPU_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, EngineConfig
 from .input_builder import InputBuilder
 from .loader import load_weights
+from .memory import profile_token_budget
 from .model_folder import ModelFolder, open_model_folder
 from .models import model_class
 from .platform import resolve_device, resolve_dtype
@@ -50,8 +53,14 @@ class EngineStats:
     seconds: float = 0.0            # wall time inside embed / embed_stream
     tokenize_seconds: float = 0.0   # CPU side: tokenizer calls
     build_seconds: float = 0.0      # CPU side: scheduling + packed batch building
-    forward_seconds: float = 0.0    # device side: model forward + pooling + copy back
+    copy_in_seconds: float = 0.0    # CPU side: pinning and issuing input copies (CUDA only)
+    forward_seconds: float = 0.0    # device side: model forward + pooling
+    copy_out_seconds: float = 0.0   # device side: vectors back to the host (CUDA: incl. the sync)
     idle_seconds: float = 0.0       # device side: waiting for the next batch
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Per-stage seconds by name (tokenize, build, copy_in, forward, copy_out, idle)."""
+        return {name: getattr(self, f"{name}_seconds") for name in STAGES}
 
     @property
     def tokens_per_second(self) -> float:
@@ -79,6 +88,9 @@ class Resolved:
     skip_instruction: bool = False
 
 
+STAGES = ("tokenize", "build", "copy_in", "forward", "copy_out", "idle")
+
+
 class Engine:
     def __init__(self, config: EngineConfig | None = None):
         self.config = config = config or EngineConfig()
@@ -99,7 +111,11 @@ class Engine:
         self.runner = ModelRunner(self.model, self.backend, Pooler(r.pooling, r.normalize, r.dimensions))
         self.execute_loop = self.workflow.execute_loops[config.execute_loop]
         self.dim = r.dimensions or self.folder.hf_config.hidden_size
+        if device.type == "cuda" and config.max_num_batched_tokens is None:
+            budget = max(profile_token_budget(self), r.max_length)
+            self.resolved = r = dataclasses.replace(r, max_num_batched_tokens=budget)
         self.stats = EngineStats()
+        self._trace = _TraceWindow(config.profile_dir, config.profile_batches, device)
         logger.info("engine ready: %s (%s) on %s in %s, pooling=%s normalize=%s max_length=%d",
                     self.folder.path, self.folder.architecture, device, dtype, r.pooling,
                     r.normalize, r.max_length)
@@ -156,8 +172,8 @@ class Engine:
         batches = feed_batches(texts, self.processor, scheduler, self.builder, self.stats,
                                _TOKENIZE_CHUNK, ledger)
         try:
-            yield from combine_windows(self.execute_loop(batches, self.runner, self.stats), ledger,
-                                       r.normalize)
+            results = self._trace.wrap(self.execute_loop(batches, self.runner, self.stats))
+            yield from combine_windows(results, ledger, r.normalize)
         finally:
             self.stats.seconds += time.perf_counter() - t0
 
@@ -178,6 +194,52 @@ class Engine:
         if self.config.truncation == "chunk":
             fp["chunk_overlap"] = self.processor.chunk_overlap
         return fp
+
+
+class _TraceWindow:
+    """The profile switch: a torch profiler trace of a few batches, once per engine.
+
+    The window opens after the first batch of the first `embed` (warm-up) and closes after
+    `batches` more, or when that call ends; the Chrome trace goes to
+    `<folder>/engine-<pid>-<n>.json` (`.path` once written). Ops on the caller's thread are
+    recorded (the forward, pooling, copies); CUDA kernels too on a GPU.
+    """
+
+    def __init__(self, folder: str | None, batches: int, device: torch.device):
+        self.folder, self.batches, self.device = folder, batches, device
+        self.path: str | None = None
+
+    def wrap(self, results):
+        if self.folder is None or self.path is not None:
+            yield from results
+            return
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+        prof = None
+        try:
+            for n, item in enumerate(results):
+                if n == 1:
+                    prof = profile(activities=activities)
+                    prof.start()
+                elif prof is not None and n == 1 + self.batches:
+                    self._write(prof)
+                    prof = None
+                yield item
+        finally:
+            if prof is not None:
+                self._write(prof)
+
+    def _write(self, prof) -> None:
+        prof.stop()
+        os.makedirs(self.folder, exist_ok=True)
+        n = 0
+        while os.path.exists(path := os.path.join(self.folder, f"engine-{os.getpid()}-{n}.json")):
+            n += 1
+        prof.export_chrome_trace(path)
+        self.path = path
+        logger.info("profiler trace of %d batch(es) written to %s", self.batches, path)
 
 
 def _workflow(config: EngineConfig, folder: ModelFolder, model_cls):

@@ -30,9 +30,15 @@ def simple_loop(batches: Iterator[PackedBatch], runner: ModelRunner,
             return
         t = time.perf_counter()
         vectors = runner.run(batch)
-        stats.forward_seconds += time.perf_counter() - t
-        stats.batches += 1
+        _device_time(stats, batch, time.perf_counter() - t)
         yield batch.indices, vectors
+
+
+def _device_time(stats, batch: PackedBatch, seconds: float) -> None:
+    """Split one runner call's wall time into forward and copy-out."""
+    stats.copy_out_seconds += batch.copy_out_seconds
+    stats.forward_seconds += seconds - batch.copy_out_seconds
+    stats.batches += 1
 
 
 class _Failed:
@@ -84,8 +90,7 @@ def double_buffer_loop(batches: Iterator[PackedBatch], runner: ModelRunner,
                 raise item.error
             t = time.perf_counter()
             vectors = runner.run(item)
-            stats.forward_seconds += time.perf_counter() - t
-            stats.batches += 1
+            _device_time(stats, item, time.perf_counter() - t)
             slots.release()
             yield item.indices, vectors
     finally:

@@ -49,7 +49,8 @@ def feed_batches(texts: Iterable[str], processor: InputProcessor, scheduler: Sch
         while len(scheduler) and (last or scheduler.has_full_batch()):
             t = time.perf_counter()
             batch = builder.build(scheduler.schedule())
-            stats.build_seconds += time.perf_counter() - t
+            stats.copy_in_seconds += batch.copy_in_seconds
+            stats.build_seconds += time.perf_counter() - t - batch.copy_in_seconds
             yield batch
         if last:
             return

@@ -2,9 +2,16 @@
 
 Everything is built with a handful of NumPy calls (no Python loop per token); the attention
 backend's per-batch plan is computed here too, so the device side only runs the model.
+
+On CUDA the host arrays go through pinned memory and are copied on a side stream owned by the
+builder (it runs on the producer thread in the double-buffered loop, so batch k+1's copy overlaps
+batch k's forward); an event recorded after the copies is what the compute stream waits on (see
+`runner.py`). The batch's device tensors are freed only after the runner has synchronized on its
+output, so no cross-stream reuse of their memory can happen (no `record_stream` needed).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +32,9 @@ class PackedBatch:
     seqlens: torch.Tensor            # (B,) int64
     attn: AttentionMetadata          # cu_seqlens (B+1,), max_seqlen, backend plan
     pool_starts: torch.Tensor | None = None  # (B,) int64 first pooled position; None: all 0
+    ready: "torch.cuda.Event | None" = None  # CUDA: recorded on the copy stream after the inputs
+    copy_in_seconds: float = 0.0     # host time pinning and issuing the input copies
+    copy_out_seconds: float = 0.0    # set by the runner: waiting for and copying the vectors back
 
 
 class InputBuilder:
@@ -34,8 +44,20 @@ class InputBuilder:
         self.device = device
         self.causal = causal
         self.token_types = token_types
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._copy_seconds = 0.0
 
     def build(self, requests: list[Request]) -> PackedBatch:
+        if self.copy_stream is None:
+            return self._build(requests)
+        with torch.cuda.stream(self.copy_stream):
+            batch = self._build(requests)
+            batch.ready = torch.cuda.Event()
+            batch.ready.record(self.copy_stream)
+        return batch
+
+    def _build(self, requests: list[Request]) -> PackedBatch:
+        self._copy_seconds = 0.0
         lens = np.fromiter((r.num_tokens for r in requests), dtype=np.int64, count=len(requests))
         T = int(lens.sum())
         ids = np.concatenate([r.ids for r in requests])                     # (T,)
@@ -56,6 +78,7 @@ class InputBuilder:
             seqlens=put(lens),
             attn=self.backend.prepare(meta),
             pool_starts=self._pool_starts(requests),
+            copy_in_seconds=self._copy_seconds,
         )
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
@@ -63,7 +86,10 @@ class InputBuilder:
         t = torch.from_numpy(array)
         if self.device.type != "cuda":
             return t
-        return t.pin_memory().to(self.device, non_blocking=True)
+        start = time.perf_counter()
+        out = t.pin_memory().to(self.device, non_blocking=True)
+        self._copy_seconds += time.perf_counter() - start
+        return out
 
     def _pool_starts(self, requests: list[Request]) -> torch.Tensor | None:
         starts = np.fromiter((r.pool_start for r in requests), dtype=np.int64, count=len(requests))
