@@ -3,6 +3,8 @@
     python jobs/bench.py engine                      # 3,000 passages, all systems
     python jobs/bench.py engine --passages 500 --systems engine-bf16,st-fp32
     python jobs/bench.py loops                       # simple vs double_buffer execute loops
+    python jobs/bench.py loops --cheap               # ... on a 2-layer, 128-wide model, where
+                                                     # tokenizing is a large share of the time
 
 Prints one table: tokens/s per system, the ratio to sentence-transformers fp32, the model's
 FLOPs/token, the matmul ceiling measured in this run (per dtype, at the model's own shapes) and
@@ -145,10 +147,37 @@ def print_table(args, texts, tokens, lengths, flops_per_token, ceilings, results
         print(f"| {name} | {rate:,.0f} | {ratio} | {frac:.0%} ({ceil_key}) | {cos} |")
 
 
+def cheap_model(folder: Path) -> str:
+    """A random 2-layer, 128-wide BERT with the bundled tokenizer: forward costs ~1/20 of
+    MiniLM's, so tokenizing becomes a large share of the time (the case double buffering is for)."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from transformers import AutoModel, BertConfig
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=512, max_position_embeddings=512)
+    config.architectures = ["BertModel"]
+    model = AutoModel.from_config(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()
+               if not k.endswith(("position_ids", "token_type_ids"))}, str(folder / "model.safetensors"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(default_model_path() / name, folder / name)
+    return str(folder)
+
+
 def bench_loops(args) -> None:
     """simple vs double_buffer, per dtype and torch thread count, with per-stage shares."""
+    import tempfile
     texts = sample_passages(args.passages, seed=args.seed)
-    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}; {len(texts)} passages")
+    model = args.model
+    if args.cheap:
+        model = cheap_model(Path(tempfile.mkdtemp()) / "cheap-bert")
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}; {len(texts)} passages; "
+          f"model: {'cheap 2-layer 128-wide BERT (random weights)' if args.cheap else model or 'bundled MiniLM'}")
     print("\n| dtype | loop | torch threads | tokens/s | vs simple | tokenize % | build % | "
           "forward % | compute idle % |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -156,8 +185,8 @@ def bench_loops(args) -> None:
         base = None
         for loop, threads in (("simple", os.cpu_count()), ("double_buffer", os.cpu_count()),
                               ("double_buffer", max(1, os.cpu_count() - 1))):
-            engine = Engine(EngineConfig(dtype=dtype, execute_loop=loop, num_threads=threads,
-                                         max_num_batched_tokens=args.batch_tokens))
+            engine = Engine(EngineConfig(model=model, dtype=dtype, execute_loop=loop, num_threads=threads,
+                                         max_num_batched_tokens=args.batch_tokens, max_length=256))
             engine.embed(texts[:64])
             best = None
             for _ in range(args.repeats):
@@ -189,6 +218,9 @@ def main() -> None:
     p = sub.add_parser("loops", help="simple vs double_buffer execute loops on CPU")
     p.add_argument("--passages", type=int, default=3000, help="number of real-text passages")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per setting (best kept)")
+    p.add_argument("--model", default=None, help="model folder (default: the bundled MiniLM)")
+    p.add_argument("--cheap", action="store_true",
+                   help="a random 2-layer 128-wide BERT, so tokenizing is a large share of the time")
     p.add_argument("--batch-tokens", type=int, default=None, help="engine token budget per batch")
     p.add_argument("--seed", type=int, default=0, help="corpus sampling seed")
     args = parser.parse_args()
