@@ -25,17 +25,19 @@ def hf():
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
 
-def _reference(hf, text, max_length=256, overlap=31):
+def _reference(hf, text, max_length=256, overlap=31, prompt="", skip_prompt=False):
     tok, model = hf
     content = tok(text, add_special_tokens=False)["input_ids"]
-    window = max_length - 2
+    head = [tok.cls_token_id, *tok(prompt, add_special_tokens=False)["input_ids"]]
+    window = max_length - len(head) - 1
     vectors, weights, start = [], [], 0
     while True:
         body = content[start:start + window]
-        ids = torch.tensor([[tok.cls_token_id, *body, tok.sep_token_id]])
+        ids = torch.tensor([[*head, *body, tok.sep_token_id]])
         with torch.no_grad():
             hidden = model(input_ids=ids).last_hidden_state[0]
-        vectors.append(torch.nn.functional.normalize(hidden.mean(0), dim=0).numpy())
+        pooled = hidden[len(head):] if skip_prompt else hidden
+        vectors.append(torch.nn.functional.normalize(pooled.mean(0), dim=0).numpy())
         weights.append(len(body))
         if start + window >= len(content):
             break
@@ -55,6 +57,14 @@ def test_long_text_is_the_token_weighted_mean_of_its_windows(chunked, hf):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     truncated = Engine(EngineConfig(dtype="float32")).embed([LONG])[0]
     assert float(truncated @ want) < 0.9999  # the windows past the first really count
+
+
+def test_every_window_carries_the_prompt_and_skips_it_in_pooling(hf):
+    engine = Engine(EngineConfig(dtype="float32", truncation="chunk", prompt="query: ",
+                                 skip_instruction=True, chunk_overlap=16))
+    want, n_windows = _reference(hf, LONG, overlap=16, prompt="query: ", skip_prompt=True)
+    assert n_windows >= 3
+    assert float(engine.embed([LONG])[0] @ want) >= 0.99999
 
 
 def test_texts_that_fit_embed_exactly_as_in_truncate_mode(chunked):
