@@ -4,6 +4,7 @@ VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
+DEMO_QUERY ?= how do I compress data and write it to a file
 
 .PHONY: setup test test-fast demo bench bench-assets clean
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -qq --upgrade pip
 	$(VPY) -m pip install -qq "$(TORCH)"
 	echo "$(TORCH)" > $(VENV)/constraints.txt
-	$(VPY) -m pip install -qq -c $(VENV)/constraints.txt -e ".[dev]"
+	$(VPY) -m pip install -qq -c $(VENV)/constraints.txt -e ".[dev,index]"
 	touch $(STAMP)
 
 test: setup
@@ -25,8 +26,11 @@ test: setup
 test-fast: setup
 	$(VPY) -m pytest -q tests -m "not slow"
 
+# Embed the sample corpus, index it (exact inner product) and search it.
 demo: setup
 	$(VPY) jobs/embed_corpus.py --demo
+	$(VPY) jobs/build_index.py --embeddings out/demo/embeddings --index out/demo/index.faiss
+	$(VPY) jobs/search.py --index out/demo/index.faiss -k 5 --query "$(DEMO_QUERY)"
 
 bench: setup
 	$(VPY) jobs/bench.py engine

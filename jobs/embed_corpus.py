@@ -11,8 +11,17 @@ Alone (starts a local Ray):
     python jobs/embed_corpus.py --input 'corpus/*.parquet' --output embeddings/ --id-column doc_id
     python jobs/embed_corpus.py --demo        # sample corpus from Python docstrings (make demo)
 
-Rerunning with the same --output resumes; exit codes: 0 done, 1 the run failed (a shard kept
-failing, every actor died), 2 bad arguments or input, 3 the output holds a different run.
+Rerunning with the same --output resumes. Exit codes:
+
+    0  done: every input row is embedded in --output
+    1  the run failed (a shard kept failing: e.g. disk full; every actor died); committed
+       shards are kept, rerun the same command to resume
+    2  bad arguments or input, found before any work (missing column, non-string text
+       without --cast, a model folder that cannot load, an output folder holding other files,
+       bad rows with --on-bad-row error)
+    3  --output holds a different run (another model, settings or input); --overwrite or a new folder
+    4  done, but some rows are reported in --output/_errors.parquet (id, shard, row, reason):
+       null, empty or whitespace-only texts (not embedded) and repeated ids (embedded)
 """
 from __future__ import annotations
 
@@ -27,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout or a job's working dir
     sys.path.insert(0, str(ROOT))
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISMATCH = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISMATCH, EXIT_REPORTED = 0, 1, 2, 3, 4
 DEMO_DIR = ROOT / "out" / "demo"
 
 
@@ -36,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="embed_corpus.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n" + "\n".join(
-            line for line in __doc__.splitlines() if line.strip().startswith(("python", "RAY_AUTH"))))
+            line for line in __doc__.splitlines() if line.strip().startswith(("python", "RAY_AUTH")))
+        + "\n\nexit codes:\n" + __doc__.split("Exit codes:\n\n")[1])
     p.add_argument("--input", help="Parquet file, folder or glob (local or s3://, gs://...), "
                                    "or a datasets save_to_disk folder")
     p.add_argument("--output", help="output folder for the parts and _manifest.json; rerun to resume")
@@ -52,11 +62,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="engine compute dtype: auto, float32, bfloat16, float16")
     p.add_argument("--batch-tokens", type=int, default=None, help="engine token budget per packed batch")
     p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
+    p.add_argument("--truncation", default="truncate", choices=["truncate", "error", "chunk"],
+                   help="texts over --max-length: truncate (default, counted), error, or chunk "
+                        "(overlapping windows, embedded and averaged by tokens)")
+    p.add_argument("--chunk-overlap", type=int, default=None,
+                   help="tokens shared by consecutive windows with --truncation chunk (default: 1/8 window)")
+    p.add_argument("--profile-dir", default=None,
+                   help="each worker writes a torch profiler trace of a few batches here (Chrome JSON)")
     p.add_argument("--shard-rows", type=int, default=None, help="rows per shard (default: sized from the corpus)")
     p.add_argument("--output-format", default="parquet", choices=["parquet", "arrow"], help="part file format")
-    p.add_argument("--output-dtype", default="float32", choices=["float32", "float16"], help="embedding values")
+    p.add_argument("--output-dtype", default="float32", choices=["float32", "float16", "int8", "ubinary"],
+                   help="stored embedding values (int8: calibrated on a corpus sample; ubinary: packed sign bits)")
+    p.add_argument("--dimensions", type=int, default=None,
+                   help="Matryoshka: keep the first N dimensions (renormalized) before quantizing")
+    p.add_argument("--on-bad-row", default="record", choices=["record", "error"],
+                   help="a null, empty or whitespace-only text: record it in _errors.parquet and "
+                        "go on (default; exit code 4), or stop the run (exit code 2)")
     p.add_argument("--skip-bad-rows", action="store_true",
-                   help="record rows with a null text in _errors/ and go on (default: stop the run)")
+                   help="deprecated: the default now (--on-bad-row record)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load a model folder whose only weights are pickle files (pytorch_model.bin) "
+                        "with torch.load(weights_only=True); default: refused (exit code 2)")
+    p.add_argument("--cast", action="store_true",
+                   help="cast a non-string text column (int, float, bool, binary) to string")
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in --output and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
     p.add_argument("--summary-json", default=None, help="also write the run statistics to this JSON file")
@@ -94,19 +122,29 @@ def main(argv=None) -> int:
         args.output, args.id_column, args.overwrite = str(DEMO_DIR / "embeddings"), "id", True
         print(f"demo corpus: {args.demo_rows:,} passages of Python docstrings -> {args.input} "
               f"({time.perf_counter() - t0:.1f} s)", flush=True)
-    engine = {"dtype": args.dtype, "max_num_batched_tokens": args.batch_tokens, "max_length": args.max_length}
+    engine = {"dtype": args.dtype, "max_num_batched_tokens": args.batch_tokens, "max_length": args.max_length,
+              "dimensions": args.dimensions, "allow_pickle": args.allow_pickle or None,
+              "truncation": args.truncation, "chunk_overlap": args.chunk_overlap,
+              "profile_dir": args.profile_dir}
     try:
         result = pipeline.run(
             args.input, output=args.output, model=args.model, text_column=args.text_column,
             id_column=args.id_column, num_workers=args.num_workers,
             threads_per_worker=args.threads_per_worker, shard_rows=args.shard_rows,
             passthrough_columns=tuple(args.passthrough), output_format=args.output_format,
-            output_dtype=args.output_dtype, skip_bad_rows=args.skip_bad_rows,
+            output_dtype=args.output_dtype, on_bad_row=args.on_bad_row, cast_text=args.cast,
             overwrite=args.overwrite, progress=not args.no_progress,
             **{k: v for k, v in engine.items() if v is not None})
     except pipeline.FingerprintMismatch as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_MISMATCH
+    except pipeline.ShardFailedError as e:
+        if "cannot be embedded" in str(e):  # a bad row under --on-bad-row error: the input's fault
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"error: the run failed: {e}\nCommitted shards are kept; rerun the same command to "
+              "resume.", file=sys.stderr)
+        return EXIT_FAILED
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -118,6 +156,11 @@ def main(argv=None) -> int:
         Path(args.summary_json).write_text(json.dumps(result.stats.to_dict(), indent=1))
     if args.demo:
         show_demo(result.output)
+    if result.stats.reported_rows:
+        print(f"warning: {result.stats.bad_rows_total:,} row(s) not embedded (bad text) and "
+              f"{result.stats.duplicate_ids:,} row(s) with a repeated id are listed in "
+              f"{result.output}/_errors.parquet", file=sys.stderr)
+        return EXIT_REPORTED
     return EXIT_OK
 
 
@@ -127,7 +170,7 @@ def show_demo(output: str) -> None:
     import pyarrow.parquet as pq
     import pipeline
     table = pipeline.read_embeddings(output)
-    vectors = pipeline.to_numpy(table)
+    vectors = pipeline.to_numpy(table, dequantize=True)  # float32 whatever --output-dtype stored
     ids = table.column("id").to_pylist()
     texts = dict(zip(*pq.read_table(DEMO_DIR / "corpus.parquet", columns=["id", "text"]).to_pydict().values()))
     scores = vectors @ vectors[0]

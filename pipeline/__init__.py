@@ -21,7 +21,9 @@ from .driver import RunResult, engine_option_names, execute
 from .manifest import FingerprintMismatch, Manifest
 from .pool import ShardFailedError
 from .progress import RunStats, WorkerStats
-from .writer import read_part, resolve_output, to_numpy
+from .quantize import QUANT_KEY
+from .quantize import decode as _decode
+from .writer import embedding_array, read_part, resolve_output, to_numpy
 
 __all__ = ["run", "read_embeddings", "to_numpy", "RunResult", "RunStats", "WorkerStats",
            "PipelineConfig", "FingerprintMismatch", "ShardFailedError"]
@@ -44,13 +46,21 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             (None: the global row index).
         num_workers: engine actors (None: one per GPU, or one per 8 CPU cores at most).
         **options: `PipelineConfig` fields (shard_rows, threads_per_worker, output_format,
-            output_dtype, passthrough_columns, skip_bad_rows, overwrite, max_retries,
+            output_dtype, passthrough_columns, on_bad_row, cast_text, overwrite, max_retries,
             max_restarts, progress) and `workers.EngineConfig` fields (dtype, device,
             max_num_batched_tokens, max_length, pooling, normalize, dimensions, ...).
 
     Returns:
         RunResult with `.output`, `.stats` (rows, tokens, seconds, tokens_per_s, per worker,
-        truncated, bad_rows), `.manifest`, and `.embeddings` for in-memory runs.
+        truncated, bad_rows, duplicate_ids), `.manifest`, and `.embeddings` / `.errors` for
+        in-memory runs.
+
+    Every input row is embedded or reported: a null, empty or whitespace-only text is not
+    embedded and, with on_bad_row="record" (default), listed with its id, shard, row and reason
+    in `output/_errors.parquet`; rows whose id repeats are embedded and listed there too.
+    Missing columns, a non-string text column (unless cast_text=True), a model folder that
+    cannot load and an output folder holding files the pipeline did not write are refused with
+    ValueError / FileNotFoundError before Ray starts.
 
     Uses the Ray cluster already initialised (or RAY_ADDRESS); else starts a local one and shuts
     it down afterwards.
@@ -77,7 +87,7 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
     return execute(data, output, config, engine_options)
 
 
-def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False):
+def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False, dequantize=False):
     """The vectors of a finished run, in input order, as a pyarrow Table (or an (n, dim) array).
 
     Only the parts named by the manifest are read, so leftovers of a crash are never seen.
@@ -85,8 +95,11 @@ def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False):
     Args:
         path: the `output` folder of `pipeline.run` (local or URI).
         columns: columns to read (default: all: `id`, `embedding`, pass-through).
-        as_numpy: return the embedding matrix only, as float32/float16 NumPy.
+        as_numpy: return the embedding matrix only, as NumPy of the stored dtype (float32,
+            float16, int8 codes, or ubinary's packed uint8 bytes, dim/8 per row).
         allow_partial: read the committed shards of an unfinished run instead of raising.
+        dequantize: the embeddings as float32 (n, dim): int8 decoded with the calibration in
+            the manifest, ubinary unpacked to +-1/sqrt(dim) (dot product = sign-vector cosine).
 
     Examples:
         >>> import pipeline, tempfile
@@ -112,4 +125,13 @@ def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False):
     if not tables:
         return np.zeros((0, 0), dtype=np.float32) if as_numpy else pa.table({})
     table = pa.concat_tables(tables)
-    return to_numpy(table) if as_numpy else table
+    if not dequantize or "embedding" not in table.column_names:
+        return to_numpy(table) if as_numpy else table
+    matrix = _decode(to_numpy(table), manifest.data.get("quantization"))
+    if as_numpy:
+        return matrix
+    index = table.column_names.index("embedding")
+    table = table.set_column(index, "embedding", embedding_array(matrix, "float32"))
+    # The values are decoded now: drop the record, so they are never decoded twice.
+    metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != QUANT_KEY}
+    return table.replace_schema_metadata(metadata)

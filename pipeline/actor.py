@@ -11,21 +11,37 @@ Writing a part also happens outside the engine lock, overlapping the next shard'
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from .config import PipelineConfig
+from .manifest import Manifest
 from .shards import Shard, read_shard
+from .sources import text_as_string
+from .validate import BadRowsError, split_bad_rows  # noqa: F401 (BadRowsError: pool.py's import)
 from .writer import part_table, write_errors, write_part
 
 
-class BadRowsError(ValueError):
-    """A shard holds rows that cannot be embedded (null text) and skip_bad_rows is off."""
+CRASH_FILE_ENV = "PIPELINE_CRASH_FILE"
+
+
+def _crash_point(shard: Shard, point: str) -> None:
+    """TEST-ONLY fault injection (tests/test_pipeline_crash.py): when the file named by
+    $PIPELINE_CRASH_FILE (set in the Ray workers' environment) holds "<shard id> <point>", it is
+    removed and this actor SIGKILLs itself there, once. Never set it outside tests."""
+    path = os.environ.get(CRASH_FILE_ENV)
+    if not path or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        armed = f.read().split()
+    if armed == [shard.id, point]:
+        os.remove(path)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class EmbedWorker:
@@ -41,6 +57,7 @@ class EmbedWorker:
         self.config, self._sources = config, {}
         self.fs, self.folder = output if output is not None else (None, None)
         self.lock = threading.Lock()
+        self._quant = None  # the output's quantization record, read from its manifest once
         self._fingerprint = {"engine": self.engine.fingerprint(), **config.fingerprint()}
 
     def fingerprint(self) -> dict:
@@ -50,6 +67,24 @@ class EmbedWorker:
     def info(self) -> dict:
         return {"pid": os.getpid(), "dim": self.engine.dim, "node": os.uname().nodename}
 
+    def sample(self, source_box: list, shards: list[Shard]) -> np.ndarray:
+        """Embed the texts of `shards` that are not blank (the int8 calibration sample): (n, dim)."""
+        source, column = self._source(source_box[0]), self.config.text_column
+        tables = [text_as_string(read_shard(source, s, [column]), self.config) for s in shards]
+        texts = [t for table in tables for t in table.column(column).to_pylist() if t and t.strip()]
+        with self.lock:
+            return self.engine.embed(texts)
+
+    def quantization(self) -> dict | None:
+        """The quantization record the driver committed to the output's manifest before dispatch."""
+        if self._quant is None and self.folder is not None:
+            manifest = Manifest.load(self.fs, self.folder)
+            self._quant = manifest.data.get("quantization") if manifest else None
+            if self._quant is None and self.config.output_dtype == "int8":
+                raise RuntimeError(f"{self.folder}/_manifest.json has no int8 calibration; the "
+                                   "driver writes it before dispatch, so rerun to resume")
+        return self._quant
+
     def process(self, source_box: list, shard: Shard) -> dict:
         """Embed one shard; write its part (or return the vectors when there is no output folder).
 
@@ -58,31 +93,36 @@ class EmbedWorker:
         """
         t0 = time.perf_counter()
         source = self._source(source_box[0])
-        table = read_shard(source, shard, self.config.input_columns)
-        good, errors = self._split_bad_rows(shard, table)
+        table = text_as_string(read_shard(source, shard, self.config.input_columns), self.config)
+        good, errors, keep = split_bad_rows(shard, table, self.config)
         texts = good.column(self.config.text_column).to_pylist()
         t1 = time.perf_counter()
         with self.lock:
-            before = self.engine.stats
-            tokens0, truncated0 = before.tokens, before.truncated
+            stats = self.engine.stats  # cumulative: this shard's share is after - before
+            tokens0, truncated0, chunked0 = stats.tokens, stats.truncated, stats.chunked
+            stages0 = stats.stage_seconds()
             start = time.perf_counter()
             vectors = self.engine.embed(texts)
             seconds = time.perf_counter() - start
-            after = self.engine.stats
-        record = {"rows": good.num_rows, "tokens": after.tokens - tokens0,
-                  "truncated": after.truncated - truncated0, "bad_rows": len(errors),
-                  "embed_seconds": seconds, "read_seconds": t1 - t0, "pid": os.getpid()}
-        ids = self._ids(shard, table, good)
+            stages = {k: v - stages0[k] for k, v in stats.stage_seconds().items()}
+        _crash_point(shard, "mid_shard")
+        record = {"rows": good.num_rows, "tokens": stats.tokens - tokens0,
+                  "truncated": stats.truncated - truncated0, "chunked": stats.chunked - chunked0,
+                  "bad_rows": errors.num_rows, "embed_seconds": seconds,
+                  "read_seconds": t1 - t0, "stages": stages, "pid": os.getpid()}
+        ids = self._ids(shard, good, keep)
         extra = good.select(list(self.config.passthrough_columns)) if self.config.passthrough_columns else None
         if self.folder is None:
-            record.update(ids=ids, vectors=vectors, extra=extra, errors_list=errors)
+            record.update(ids=ids, vectors=vectors, extra=extra, errors_list=errors.to_pylist())
             return record
         t2 = time.perf_counter()
-        part = part_table(ids, vectors, extra, self.config.output_dtype, self._fingerprint)
+        part = part_table(ids, vectors, extra, self.config.output_dtype, self._fingerprint,
+                          self.quantization())
         record.update(write_part(self.fs, self.folder, shard.id, part, self.config.output_format))
-        if errors:
+        if errors.num_rows:
             record["errors"] = write_errors(self.fs, self.folder, shard.id, errors)
         record["write_seconds"] = time.perf_counter() - t2
+        _crash_point(shard, "after_write")
         return record
 
     def _source(self, ref):
@@ -91,33 +131,8 @@ class EmbedWorker:
             self._sources = {key: ray.get(ref)}  # one run at a time: drop the previous source
         return self._sources[key]
 
-    def _ids(self, shard: Shard, table: pa.Table, good: pa.Table) -> pa.Array:
+    def _ids(self, shard: Shard, good: pa.Table, keep: np.ndarray | None) -> pa.Array:
         if self.config.id_column is not None:
             return good.column(self.config.id_column).combine_chunks()
         rows = np.arange(shard.row_offset, shard.row_offset + shard.num_rows, dtype=np.int64)
-        if good.num_rows != table.num_rows:
-            rows = rows[self._valid_mask(table)]
-        return pa.array(rows)
-
-    def _valid_mask(self, table: pa.Table) -> np.ndarray:
-        valid = pc.is_valid(table.column(self.config.text_column))
-        return valid.to_numpy(zero_copy_only=False)
-
-    def _split_bad_rows(self, shard: Shard, table: pa.Table) -> tuple[pa.Table, list[dict]]:
-        """(rows to embed, [{"row", "id", "reason"}] for null texts); raises unless skipping bad rows."""
-        if table.column(self.config.text_column).null_count == 0:
-            return table, []
-        valid = self._valid_mask(table)
-        bad = np.flatnonzero(~valid)
-        id_col = self.config.id_column
-        ids = table.column(id_col).take(pa.array(bad)).to_pylist() if id_col else None
-        records = [{"row": int(shard.row_offset + r), "id": ids[i] if ids else int(shard.row_offset + r),
-                    "reason": f"text column {self.config.text_column!r} is null"}
-                   for i, r in enumerate(bad)]
-        if not self.config.skip_bad_rows:
-            first = records[0]
-            raise BadRowsError(
-                f"{shard.describe()}: {len(records)} row(s) have a null text, first at row "
-                f"{first['row']} (id {first['id']!r}); clean the input or pass skip_bad_rows=True "
-                "(--skip-bad-rows) to record them in _errors/ and go on")
-        return table.filter(pa.array(valid)), records
+        return pa.array(rows if keep is None else rows[keep])

@@ -5,10 +5,12 @@ dispatched and written. Values derived at run time (shard size, thread split) li
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 OUTPUT_FORMATS = ("parquet", "arrow")
-OUTPUT_DTYPES = ("float32", "float16")
+BAD_ROW_POLICIES = ("record", "error")
+OUTPUT_DTYPES = ("float32", "float16", "int8", "ubinary")
 
 
 @dataclass(frozen=True)
@@ -27,12 +29,20 @@ class PipelineConfig:
             corpus (about 8 shards per worker, 256..20,000 rows). A resumed run keeps the size
             recorded in the output's manifest.
         output_format: "parquet" (default) or "arrow" (Arrow IPC file) parts.
-        output_dtype: "float32" or "float16" embedding values.
+        output_dtype: stored embedding values: "float32", "float16", "int8" (per-dimension
+            ranges calibrated on a sample of the corpus, kept in the manifest) or "ubinary"
+            (sign bits packed 8 per byte); see `pipeline/quantize.py`. Files only: an
+            in-memory run returns float32.
         max_retries: times one shard is redone after its actor died or it raised, before the run
             fails naming the shard.
         max_restarts: times Ray restarts one dead actor.
-        skip_bad_rows: record rows whose text is null (id + reason) in the output's `_errors/`
-            files and go on; False: such a row stops the run naming its shard and row.
+        on_bad_row: what a row whose text is null, empty or whitespace-only does. "record"
+            (default): it is not embedded, it is listed (id, shard, row, reason) in the output's
+            `_errors.parquet` (in memory: `result.errors`) and counted in `stats.bad_rows`;
+            "error": the run stops naming its shard, row and id.
+        skip_bad_rows: deprecated alias: True means on_bad_row="record", False "error".
+        cast_text: cast a non-string text column (integers, floats, booleans, binary UTF-8)
+            to string with pyarrow instead of refusing it.
         overwrite: delete a previous run's parts and manifest in `output` and start over.
         progress: print a live progress bar and the final summary (to stderr / stdout).
     """
@@ -47,7 +57,9 @@ class PipelineConfig:
     output_dtype: str = "float32"
     max_retries: int = 2
     max_restarts: int = 3
-    skip_bad_rows: bool = False
+    on_bad_row: str = "record"
+    skip_bad_rows: bool | None = None
+    cast_text: bool = False
     overwrite: bool = False
     progress: bool = True
 
@@ -71,6 +83,11 @@ class PipelineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name}={value!r} must be an integer >= 0")
+        if self.skip_bad_rows is not None:
+            warnings.warn("skip_bad_rows is deprecated; use on_bad_row='record' or 'error'",
+                          DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "on_bad_row", "record" if self.skip_bad_rows else "error")
+        _choice("on_bad_row", self.on_bad_row, BAD_ROW_POLICIES)
         _choice("output_format", self.output_format, OUTPUT_FORMATS)
         _choice("output_dtype", self.output_dtype, OUTPUT_DTYPES)
 

@@ -9,18 +9,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import ray
 
+from . import quantize
 from .config import PipelineConfig
 from .manifest import Manifest, check_resumable
 from .pool import Pool
 from .progress import Progress, RunStats, WorkerStats, summary_table
 from .shards import default_shard_rows, plan_record, plan_shards
 from .sources import open_source
+from .validate import check_model, check_output_folder, duplicate_id_errors, write_errors_file
 from .writer import resolve_output, stray_files
 
 log = logging.getLogger("pipeline")
@@ -35,9 +39,11 @@ class RunResult:
         output: the output folder (None when the vectors came back in memory).
         stats: a `RunStats` (rows, tokens, seconds, tokens_per_s, per-worker, truncated, bad rows).
         manifest: the output's manifest as a dict (None without an output folder).
-        embeddings: with no output folder, an (n, dim) array in input order (rows skipped as bad
-            are NaN); else None — use `pipeline.read_embeddings(result.output)`.
-        errors: with no output folder, the skipped bad rows as {"row", "id", "reason"} dicts.
+        embeddings: with no output folder, an (n, dim) array in input order (bad rows are NaN);
+            else None — use `pipeline.read_embeddings(result.output)`.
+        errors: with no output folder, the reported rows as {"id", "shard", "row", "reason"}
+            dicts in row order (bad texts, and rows whose id repeats); else in the output's
+            `_errors.parquet`.
     """
 
     output: str | None
@@ -51,6 +57,9 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
     """Run the pipeline with validated configs (see `pipeline.run` for the documented entry)."""
     from workers import EngineConfig  # validates the engine options before anything starts
     EngineConfig(**engine_options)
+    if engine_options.get("profile_dir") and "://" not in engine_options["profile_dir"]:
+        # Actors may run in another working directory: a relative trace folder is the driver's.
+        engine_options = {**engine_options, "profile_dir": os.path.abspath(engine_options["profile_dir"])}
     t0 = time.perf_counter()
     # File inputs are planned before Ray starts, so a wrong path fails at once; in-memory ones
     # after, so they go to the object store.
@@ -58,6 +67,9 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
         raise ValueError("output= is required for file inputs (the corpus may not fit in "
                          "memory); pass a folder, e.g. output='embeddings/'")
     source = open_source(data, config) if _is_path(data) else None
+    if output is not None:
+        check_output_folder(*resolve_output(output))
+    _check_model_here(engine_options)
     started_ray = _ensure_ray()
     pool = manifest = None
     try:
@@ -73,7 +85,9 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
         fingerprint = pool.fingerprint()
         if target:
             manifest = _prepare_output(target, manifest, fingerprint, plan)
+            _record_run(manifest, pool, source, config, engine_options, data)
             todo = _pending(shards, manifest)
+            _crash_point("plan", 0)
         progress = Progress(source.num_rows, source.num_rows - sum(s.num_rows for s in todo),
                             enabled=config.progress)
         collector = _Collector(manifest, progress, source.num_rows, pool.dim)
@@ -105,10 +119,19 @@ def _pending(shards, manifest: Manifest | None):
 
 
 def _finish(stats: RunStats, collector, manifest, target, config: PipelineConfig) -> RunResult:
-    """Mark the manifest complete, print the summary, build the result."""
+    """Report bad rows and duplicate ids (`_errors.parquet`, written before the manifest says
+    complete), mark the manifest complete, print the summary, build the result."""
     if manifest:
+        fs, folder = target
+        for rel in stray_files(fs, folder, keep=manifest.files()):  # e.g. the part of an actor
+            fs.delete_file(f"{folder}/{rel}")                        # that died before reporting
+        bad_rows, duplicates = write_errors_file(fs, folder, manifest)
+        stats = dataclasses.replace(stats, bad_rows_total=bad_rows, duplicate_ids=duplicates)
         manifest.finish(stats.to_dict())
         manifest.save(force=True)
+    else:
+        collector.errors, duplicates = collector.error_records(config.id_column is not None)
+        stats = dataclasses.replace(stats, bad_rows_total=stats.bad_rows, duplicate_ids=duplicates)
     folder = target[1] if target else None
     if config.progress:
         print(summary_table(stats, folder, config.output_format), flush=True)
@@ -187,40 +210,81 @@ def _prepare_output(target, manifest: Manifest | None, fingerprint: dict, plan: 
     return manifest
 
 
+def _record_run(manifest: Manifest, pool: Pool, source, config: PipelineConfig,
+                engine_options: dict, data) -> None:
+    """Add what reading and searching the output needs to the manifest: the quantization record
+    (int8: calibrated now by one actor on a sample of the corpus; a resumed run keeps the stored
+    one), the engine options (model as an absolute path) and the input path (file inputs)."""
+    if "quantization" not in manifest.data:
+        calibration = None
+        if config.output_dtype == "int8":
+            windows = quantize.calibration_shards(source.fragments)
+            sample = ray.get(pool.workers[0].handle.sample.remote(pool.source_box, windows))
+            calibration = quantize.calibrate(sample)
+        manifest.put("quantization", quantize.record(config.output_dtype, pool.dim, calibration))
+    options = dict(engine_options)
+    if options.get("model") and "://" not in options["model"]:
+        options["model"] = os.path.abspath(options["model"])
+    manifest.put("engine_options", options)
+    paths = [data] if isinstance(data, (str, os.PathLike)) else data if _is_path(data) else None
+    paths = [p if "://" in p else os.path.abspath(p) for p in map(str, paths)] if paths else None
+    manifest.put("input", paths)
+    manifest.save(force=True)
+
+
 class _Collector:
     """Receives finished shards: commits them to the manifest, or keeps in-memory vectors."""
 
     def __init__(self, manifest: Manifest | None, progress: Progress, total_rows: int, dim: int):
         self.manifest, self.progress, self.total_rows, self.dim = manifest, progress, total_rows, dim
-        self.rows = self.tokens = self.truncated = self.bad_rows = self.shards = 0
+        self.rows = self.tokens = self.truncated = self.chunked = self.bad_rows = self.shards = 0
         self.parts, self.errors = {}, []
+        self.stages: dict[str, float] = {}
+        self.io = {"read_seconds": 0.0, "write_seconds": 0.0}
 
     def done(self, shard, worker, record: dict) -> None:
         worker.shards, worker.rows = worker.shards + 1, worker.rows + record["rows"]
         worker.tokens, worker.busy = worker.tokens + record["tokens"], worker.busy + record["embed_seconds"]
         self.rows, self.tokens = self.rows + record["rows"], self.tokens + record["tokens"]
         self.truncated += record["truncated"]
+        self.chunked += record.get("chunked", 0)
         self.bad_rows += record["bad_rows"]
         self.shards += 1
+        for name, sec in record.get("stages", {}).items():
+            self.stages[name] = self.stages.get(name, 0.0) + sec
+        for key in self.io:
+            self.io[key] += record.get(key, 0.0)
         self.progress.update(record["rows"] + record["bad_rows"], record["tokens"])
         if self.manifest is None:
-            self.parts[shard.index] = (shard, record.pop("vectors"), record.pop("errors_list"))
-            self.errors.extend(self.parts[shard.index][2])
+            self.parts[shard.index] = (shard, record.pop("vectors"), record.pop("errors_list"),
+                                       record.pop("ids"))
             return
+        _crash_point("after_publish", self.shards)  # the part is published, not yet committed
         record = {k: v for k, v in record.items() if k not in ("pid",)}
         self.manifest.commit(shard.id, {**record, "row_offset": shard.row_offset,
                                         "input_rows": shard.num_rows, "worker": worker.index})
         self.manifest.save()
+        _crash_point("mid_run", self.shards, self.manifest)  # other shards are still running
 
     def matrix(self) -> np.ndarray:
         """In-memory result: vectors in input order, NaN rows for skipped bad rows."""
         out = np.full((self.total_rows, self.dim), np.nan, dtype=np.float32)
-        for shard, vectors, errors in self.parts.values():
-            rows = np.arange(shard.row_offset, shard.row_offset + shard.num_rows)
-            if errors:
-                rows = np.setdiff1d(rows, [e["row"] for e in errors])
-            out[rows] = vectors
+        for shard, vectors, errors, _ in self.parts.values():
+            out[_kept_rows(shard, errors)] = vectors
         return out
+
+    def error_records(self, check_ids: bool) -> tuple[list[dict], int]:
+        """In-memory run: (bad rows and, with an id column, rows of repeated ids, as dicts in row
+        order; the number of repeated-id rows)."""
+        parts = [self.parts[k] for k in sorted(self.parts)]
+        bad = [e for _, _, errors, _ in parts for e in errors]
+        if not check_ids or not parts:
+            return sorted(bad, key=lambda e: e["row"]), 0
+        ids = pa.concat_arrays([p[3] for p in parts])
+        shard_ids = pa.array(np.concatenate([np.full(len(p[3]), p[0].index, np.int32) for p in parts]))
+        rows = pa.array(np.concatenate([_kept_rows(s, errors) for s, _, errors, _ in parts]))
+        duplicates = duplicate_id_errors(ids, shard_ids, rows).to_pylist()
+        return sorted(bad + duplicates, key=lambda e: (e["row"], e["reason"])), len(duplicates)
 
     def stats(self, pool: Pool, seconds: float, startup: float, resumed: int) -> RunStats:
         committed = sum(r["rows"] for r in self.manifest.shards.values()) if self.manifest else self.rows
@@ -228,7 +292,39 @@ class _Collector:
         return RunStats(rows=self.rows, rows_total=committed, tokens=self.tokens, seconds=seconds,
                         startup_seconds=startup, truncated=self.truncated, bad_rows=self.bad_rows,
                         shards=self.shards, resumed_shards=resumed, retries=pool.retries,
-                        workers=workers)
+                        workers=workers, chunked=self.chunked, stages=dict(self.stages), **self.io)
+
+
+def _kept_rows(shard, errors: list[dict]) -> np.ndarray:
+    """Global rows of a shard's embedded rows: its range minus its bad rows."""
+    rows = np.arange(shard.row_offset, shard.row_offset + shard.num_rows, dtype=np.int64)
+    return np.setdiff1d(rows, [e["row"] for e in errors]) if errors else rows
+
+
+def _check_model_here(engine_options: dict) -> None:
+    """Open the model folder before Ray starts; on a cluster (RAY_ADDRESS) a folder this node
+    does not have is left for the actors' nodes to open (and report)."""
+    model = engine_options.get("model")
+    if model and os.environ.get("RAY_ADDRESS") and not os.path.exists(os.path.expanduser(model)):
+        return
+    check_model(engine_options)
+
+
+CRASH_ENV = "PIPELINE_CRASH_AT"
+
+
+def _crash_point(name: str, count: int, manifest: Manifest | None = None) -> None:
+    """TEST-ONLY fault injection (tests/test_pipeline_crash.py): PIPELINE_CRASH_AT=plan,
+    after_publish:N or mid_run:N SIGKILLs this driver at that point (N: the Nth finished shard;
+    mid_run saves the manifest first). Never set it outside tests."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    point, _, n = spec.partition(":")
+    if point == name and count == int(n or 0):
+        if manifest is not None:
+            manifest.save(force=True)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def engine_option_names() -> set[str]:

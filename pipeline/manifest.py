@@ -71,6 +71,11 @@ class Manifest:
         self.data["complete"] = False
         self._dirty = True
 
+    def put(self, key: str, value) -> None:
+        """Keep `value` (JSON-able) under `key` (e.g. "quantization", "engine_options", "input")."""
+        self.data[key] = value
+        self._dirty = True
+
     def uncommit(self, shard_id: str) -> None:
         self.shards.pop(shard_id, None)
         self._dirty = True
@@ -87,10 +92,22 @@ class Manifest:
             return
         body = json.dumps(self.data, indent=1, sort_keys=True).encode()
         tmp = f"{self.folder}/{MANIFEST_NAME}.{uuid.uuid4().hex[:12]}.tmp"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(body)
-        self.fs.move(tmp, f"{self.folder}/{MANIFEST_NAME}")
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(body)
+            self.fs.move(tmp, f"{self.folder}/{MANIFEST_NAME}")
+        except OSError as e:
+            _remove_quietly(self.fs, tmp)
+            raise OSError(f"saving {self.folder}/{MANIFEST_NAME} failed ({e}); the previous "
+                          "manifest is intact: free space, then rerun to resume") from e
         self._save_cost, self._last_save, self._dirty = time.monotonic() - now, now, False
+
+
+def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except OSError:
+        pass  # never created: nothing to remove
 
 
 def fingerprint_diff(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,13 @@ class RunStats:
     `rows`/`tokens`/`seconds` count this call's work; `rows_total` is every row now in the
     output (including shards committed by an earlier, resumed run). `seconds` is the whole call
     (Ray start, actor and model start, embedding, writing); `startup_seconds` is the part before
-    the first shard was dispatched.
+    the first shard was dispatched. `bad_rows` counts this call's rows not embedded (null,
+    empty or whitespace-only text); `bad_rows_total` those of the whole output, and
+    `duplicate_ids` the output's rows whose id is not unique (embedded, and listed in
+    `_errors.parquet` next to the bad rows). `chunked` counts texts embedded as several windows
+    (truncation="chunk"). `stages` sums the engines' per-stage seconds over this call's shards
+    (tokenize, build, copy_in, forward, copy_out, idle; see `workers.EngineStats`) and
+    `read_seconds`/`write_seconds` the actors' input reads and part writes.
     """
 
     rows: int
@@ -47,10 +53,21 @@ class RunStats:
     resumed_shards: int
     retries: int
     workers: tuple[WorkerStats, ...]
+    bad_rows_total: int = 0
+    duplicate_ids: int = 0
+    chunked: int = 0
+    stages: dict = field(default_factory=dict)
+    read_seconds: float = 0.0
+    write_seconds: float = 0.0
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def reported_rows(self) -> int:
+        """Rows listed in the errors file: bad texts of the whole output plus repeated ids."""
+        return self.bad_rows_total + self.duplicate_ids
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -107,11 +124,15 @@ def summary_table(stats: RunStats, output: str | None, fmt: str) -> str:
     lines = [
         f"rows embedded   {stats.rows:,} in {stats.shards} shard(s); {stats.resumed_shards} shard(s) "
         f"already done, {stats.rows_total:,} rows in the output",
-        f"tokens          {stats.tokens:,} ({stats.truncated:,} text(s) truncated)",
+        f"tokens          {stats.tokens:,} ({stats.truncated:,} text(s) truncated"
+        + (f", {stats.chunked:,} embedded in windows)" if stats.chunked else ")"),
         f"wall time       {stats.seconds:.1f} s (start-up {stats.startup_seconds:.1f} s)",
         f"throughput      {stats.tokens_per_s:,.0f} tokens/s overall",
-        f"bad rows        {stats.bad_rows:,}" + (" (listed in _errors/)" if stats.bad_rows and output else ""),
+        f"bad rows        {stats.bad_rows:,} not embedded ({stats.bad_rows_total:,} in the whole output); "
+        f"{stats.duplicate_ids:,} row(s) with a repeated id"
+        + (" (listed in _errors.parquet)" if stats.reported_rows and output else ""),
         f"shard retries   {stats.retries}",
+        *_stage_lines(stats),
         "",
         f"{'worker':>6} {'shards':>7} {'rows':>10} {'tokens':>12} {'busy s':>8} {'tokens/s':>10} {'restarts':>8}",
     ]
@@ -121,6 +142,17 @@ def summary_table(stats: RunStats, output: str | None, fmt: str) -> str:
     if output:
         lines += ["", f"output          {output} ({fmt} parts; manifest {output.rstrip('/')}/_manifest.json)"]
     return "\n".join(lines)
+
+
+def _stage_lines(stats: RunStats) -> list[str]:
+    """Where the workers' time went: actor I/O, then the engine's stages, in seconds and shares."""
+    if not stats.stages:
+        return []
+    parts = {"read": stats.read_seconds, **stats.stages, "write": stats.write_seconds}
+    total = sum(parts.values()) or 1.0
+    shown = " · ".join(f"{name} {sec:.1f} s ({sec / total:.0%})" for name, sec in parts.items())
+    return [f"worker time     {shown}",
+            "                (summed over workers; idle: the model waiting for its next batch)"]
 
 
 def _clock(seconds: float) -> str:

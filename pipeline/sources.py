@@ -132,7 +132,11 @@ def open_source(data, config: PipelineConfig) -> Source:
     Table-like sources need Ray initialized (they are put in the object store).
     """
     source, schema = _open(data, config)
-    check_schema(schema, config, where=source.kind)
+    where = source.kind
+    if isinstance(source, ParquetSource):
+        more = len(source.paths) - 1
+        where = f"Parquet file {source.paths[0]}" + (f" (and {more} more)" if more else "")
+    check_schema(schema, config, where=where)
     return source
 
 
@@ -161,12 +165,30 @@ def check_schema(schema: pa.Schema, config: PipelineConfig, where: str) -> None:
     """Raise ValueError naming the column if the text/id/pass-through columns are missing or the text is not a string."""
     for name in config.input_columns:
         if schema.get_field_index(name) < 0:
-            raise ValueError(f"column {name!r} not found in the {where} input; its columns are "
+            raise ValueError(f"column {name!r} not found in the input {where}; its columns are "
                              f"{schema.names} (set text_column= / id_column= to one of them)")
     text_type = schema.field(config.text_column).type
-    if text_type not in _TEXT_TYPES and text_type != pa.null():
-        raise ValueError(f"text column {config.text_column!r} has type {text_type}, not a string; "
-                         "cast it to string or point text_column= at the text")
+    if text_type in _TEXT_TYPES or text_type == pa.null():
+        return
+    if not config.cast_text:
+        raise ValueError(f"text column {config.text_column!r} of the input {where} has type "
+                         f"{text_type}, not a string: point text_column= (--text-column) at the "
+                         "text, or pass cast_text=True (--cast) to convert it with a pyarrow cast")
+    try:
+        pa.array([], type=text_type).cast(pa.large_string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as e:
+        raise ValueError(f"text column {config.text_column!r} of the input {where} has type "
+                         f"{text_type}, which pyarrow cannot cast to string ({e}); convert it "
+                         "to text before embedding") from None
+
+
+def text_as_string(table: pa.Table, config: PipelineConfig) -> pa.Table:
+    """`table` with its text column cast to large_string when `config.cast_text` asks for it."""
+    index = table.schema.get_field_index(config.text_column)
+    if not config.cast_text or table.schema.field(index).type in _TEXT_TYPES:
+        return table
+    text = table.column(index).cast(pa.large_string())
+    return table.set_column(index, config.text_column, text)
 
 
 def _table_source(table: pa.Table) -> TableSource:

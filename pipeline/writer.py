@@ -18,11 +18,18 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from . import quantize
+
 FINGERPRINT_KEY = b"pipeline.fingerprint"
 ERRORS_DIR = "_errors"
 _EXTENSIONS = {"parquet": ".parquet", "arrow": ".arrow"}
 # Everything the pipeline may leave in an output folder; nothing else is ever deleted there.
-_OURS = re.compile(r"^(part-\d+-[0-9a-f]+\.(parquet|arrow)|\.part-.*\.tmp|_manifest\.json(\.[0-9a-f]+\.tmp)?)$")
+_OURS = re.compile(r"^(part-\d+-[0-9a-f]+\.(parquet|arrow)|\.part-.*\.tmp|_manifest\.json(\.[0-9a-f]+\.tmp)?"
+                   r"|_errors\.parquet|_errors/\d+-[0-9a-f]+\.(jsonl|parquet))$")
+
+
+class OutputWriteError(OSError):
+    """Writing an output file failed (disk full, permissions); nothing of it was published."""
 
 
 def resolve_output(output: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
@@ -34,20 +41,25 @@ def resolve_output(output: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
 
 def embedding_array(vectors: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
-    """(n, dim) vectors as `fixed_size_list<float32|float16>[dim]`, zero-copy for float32."""
-    np_dtype = np.float16 if dtype == "float16" else np.float32
+    """(n, width) stored values as `fixed_size_list<float32|float16|int8|uint8>[width]`,
+    zero-copy when they already have that dtype (int8/ubinary: pass `quantize.encode`'s output)."""
+    np_dtype = quantize.STORED_DTYPES[dtype]
     flat = np.ascontiguousarray(vectors, dtype=np_dtype).reshape(-1)
     return pa.FixedSizeListArray.from_arrays(pa.array(flat), vectors.shape[1])
 
 
 def part_table(ids: pa.Array, vectors: np.ndarray, extra: pa.Table | None, dtype: str,
-               fingerprint: dict) -> pa.Table:
-    """The output schema: `id`, `embedding`, then pass-through columns; metadata carries the fingerprint."""
-    columns = {"id": ids, "embedding": embedding_array(vectors, dtype)}
+               fingerprint: dict, quant: dict | None = None) -> pa.Table:
+    """The output schema: `id`, `embedding`, then pass-through columns; metadata carries the
+    fingerprint and, given `quant` (a `quantize.record`), the quantization used to encode `vectors`."""
+    stored = quantize.encode(vectors, quant) if quant else vectors
+    columns = {"id": ids, "embedding": embedding_array(stored, dtype)}
     if extra is not None:
         columns.update({name: extra.column(name) for name in extra.column_names})
-    table = pa.table(columns)
-    return table.replace_schema_metadata({FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True)})
+    metadata = {FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True)}
+    if quant:
+        metadata[quantize.QUANT_KEY] = json.dumps(quant, sort_keys=True)
+    return pa.table(columns).replace_schema_metadata(metadata)
 
 
 def write_part(fs: pafs.FileSystem, folder: str, shard_id: str, table: pa.Table, fmt: str) -> dict:
@@ -60,17 +72,23 @@ def write_part(fs: pafs.FileSystem, folder: str, shard_id: str, table: pa.Table,
             writer.write_table(table)
     data = sink.getvalue()
     name = f"part-{shard_id}-{uuid.uuid4().hex[:12]}{_EXTENSIONS[fmt]}"
-    _publish(fs, folder, name, data)
+    publish(fs, folder, name, data, owner=f"shard {shard_id}")
     return {"path": name, "rows": table.num_rows, "bytes": data.size,
             "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def write_errors(fs: pafs.FileSystem, folder: str, shard_id: str, records: list[dict]) -> str:
-    """Publish the bad rows of one shard as JSON lines under `_errors/`; returns the relative path."""
-    fs.create_dir(f"{folder}/{ERRORS_DIR}", recursive=True)
-    name = f"{ERRORS_DIR}/{shard_id}-{uuid.uuid4().hex[:12]}.jsonl"
-    body = "".join(json.dumps(r, default=str) + "\n" for r in records).encode()
-    _publish(fs, folder, name, pa.py_buffer(body))
+def write_errors(fs: pafs.FileSystem, folder: str, shard_id: str, errors: pa.Table) -> str:
+    """Publish the bad rows of one shard (a `validate.errors_table`) as Parquet under `_errors/`;
+    returns the relative path. `_errors.parquet` is built from these files when the run ends."""
+    name = f"{ERRORS_DIR}/{shard_id}-{uuid.uuid4().hex[:12]}.parquet"
+    sink = pa.BufferOutputStream()
+    pq.write_table(errors, sink)
+    try:
+        fs.create_dir(f"{folder}/{ERRORS_DIR}", recursive=True)
+    except OSError as e:
+        raise OutputWriteError(f"shard {shard_id}: cannot create {folder}/{ERRORS_DIR} ({e}); fix "
+                               "the output folder, then rerun to resume") from e
+    publish(fs, folder, name, sink.getvalue(), owner=f"shard {shard_id}")
     return name
 
 
@@ -83,15 +101,26 @@ def read_part(fs: pafs.FileSystem, path: str, columns: list[str] | None = None) 
     return pq.read_table(path, filesystem=fs, columns=columns)
 
 
-def to_numpy(table: pa.Table, column: str = "embedding") -> np.ndarray:
-    """The embedding column as an (n, dim) NumPy matrix (zero-copy when it is one chunk)."""
+def to_numpy(table: pa.Table, column: str = "embedding", dequantize: bool = False) -> np.ndarray:
+    """The embedding column as an (n, width) NumPy matrix of the stored values (zero-copy when
+    it is one chunk); `dequantize=True`: float32 (n, dim), int8 decoded with the calibration
+    and ubinary unpacked using the quantization record in the table's schema metadata."""
     col = table.column(column)
     dim = col.type.list_size
     chunks = [c.flatten() for c in col.chunks]
     if not chunks:
-        return np.zeros((0, dim), dtype=col.type.value_type.to_pandas_dtype())
-    flat = chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
-    return flat.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        matrix = np.zeros((0, dim), dtype=col.type.value_type.to_pandas_dtype())
+    else:
+        flat = chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
+        matrix = flat.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    if not dequantize:
+        return matrix
+    quant = quantize.from_metadata(table.schema.metadata)
+    if quant is None and col.type.value_type in (pa.int8(), pa.uint8()):
+        raise ValueError(f"column {column!r} holds {col.type.value_type} codes but the table has no "
+                         f"{quantize.QUANT_KEY.decode()!r} schema metadata to decode them; read "
+                         "the parts with pipeline.read_embeddings(folder, dequantize=True)")
+    return quantize.decode(matrix, quant)
 
 
 def stray_files(fs: pafs.FileSystem, folder: str, keep: set[str]) -> list[str]:
@@ -102,14 +131,30 @@ def stray_files(fs: pafs.FileSystem, folder: str, keep: set[str]) -> list[str]:
         if not info.is_file:
             continue
         rel = info.path[len(folder):].lstrip("/")
-        ours = _OURS.match(rel) or (rel.startswith(ERRORS_DIR + "/") and rel.endswith(".jsonl"))
-        if ours and rel not in keep and rel != "_manifest.json":
+        if is_ours(rel) and rel not in keep and rel != "_manifest.json":
             out.append(rel)
     return sorted(out)
 
 
-def _publish(fs: pafs.FileSystem, folder: str, name: str, data: pa.Buffer) -> None:
+def is_ours(rel: str) -> bool:
+    """Whether a path relative to an output folder is a name the pipeline writes."""
+    return bool(_OURS.match(rel))
+
+
+def publish(fs: pafs.FileSystem, folder: str, name: str, data: pa.Buffer, owner: str = "") -> None:
+    """Write `data` to a hidden temporary file, then rename it to `name`: the file appears whole
+    or not at all. On failure the temporary is removed and OutputWriteError names the file."""
     tmp = f"{folder}/.part-{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, f"{folder}/{name}")
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, f"{folder}/{name}")
+    except OSError as e:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass  # never created, or the folder itself is gone: nothing to remove
+        prefix = f"{owner}: " if owner else ""
+        raise OutputWriteError(f"{prefix}writing {folder}/{name} failed ({e}); nothing "
+                               "was published: free space or fix the output folder, then rerun "
+                               "to resume") from e

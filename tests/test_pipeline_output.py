@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.manifest import FingerprintMismatch, Manifest, check_resumable, fingerprint_diff
 from pipeline.progress import Progress, RunStats, WorkerStats, summary_table
+from pipeline.validate import errors_table
 from pipeline.writer import (FINGERPRINT_KEY, part_table, read_part, resolve_output, stray_files,
                              to_numpy, write_errors, write_part)
 
@@ -50,7 +51,7 @@ def test_stray_files_only_ours(tmp_path):
     fs, folder = resolve_output(tmp_path)
     kept = write_part(fs, folder, "000000", part_table(pa.array([0]), np.zeros((1, 2)), None, "float32", FP), "parquet")
     stray = write_part(fs, folder, "000001", part_table(pa.array([1]), np.zeros((1, 2)), None, "float32", FP), "parquet")
-    errors = write_errors(fs, folder, "000001", [{"row": 1, "id": 1, "reason": "null"}])
+    errors = write_errors(fs, folder, "000001", errors_table(pa.array([1]), ["000001"], [1], ["null"]))
     (tmp_path / ".part-0123.tmp").write_text("half written")
     (tmp_path / "notes.txt").write_text("the user's")
     (tmp_path / "part-of-my-thesis.parquet").write_text("the user's")
@@ -103,3 +104,12 @@ def test_progress_lines_and_summary():
     assert "1,500 tokens/s overall" in table and "2 shard(s) already done" in table
     assert "2,000" in table  # worker 0 tokens/s over its engine time
     assert stats.to_dict()["workers"][0]["tokens_per_s"] == 2000
+    assert "worker time" not in table  # no stage times recorded: no line
+    timed = RunStats(rows=30, rows_total=30, tokens=3000, seconds=2.0, startup_seconds=0.5,
+                     truncated=0, bad_rows=0, shards=1, resumed_shards=0, retries=0,
+                     workers=(WorkerStats(0, 1, 30, 3000, 1.5),), chunked=2,
+                     stages={"tokenize": 0.25, "forward": 1.0, "idle": 0.25},
+                     read_seconds=0.25, write_seconds=0.25)
+    table = summary_table(timed, "/out", "parquet")
+    assert "2 embedded in windows" in table
+    assert "read 0.2 s (12%) · tokenize 0.2 s (12%) · forward 1.0 s (50%) · idle 0.2 s (12%)" in table

@@ -16,7 +16,7 @@ from pipeline.sources import Fragment
     ({"shard_rows": -5}, "shard_rows"),
     ({"threads_per_worker": 1.5}, "threads_per_worker"),
     ({"output_format": "csv"}, "['parquet', 'arrow']"),
-    ({"output_dtype": "int8"}, "['float32', 'float16']"),
+    ({"output_dtype": "bfloat16"}, "['float32', 'float16', 'int8', 'ubinary']"),
     ({"max_retries": -1}, "max_retries"),
     ({"passthrough_columns": "title"}, "tuple"),
     ({"passthrough_columns": ("embedding",)}, "clash"),

@@ -27,7 +27,7 @@ F32 = {"dtype": "float32", "progress": False}
 
 @pytest.fixture(scope="module")
 def texts():
-    return [""] + sample_passages(N - 1, seed=3, max_chars=300)
+    return ["a"] + sample_passages(N - 1, seed=3, max_chars=300)  # "" is a bad row: test_pipeline_hostile.py
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,21 @@ def test_list_in_memory_equals_engine(ray_local, texts, reference):
     assert_vectors(result.embeddings, reference[0])
     assert result.stats.rows == N and result.stats.shards == 4
     assert result.stats.tokens == reference[1]  # same tokenization, counted once per text
+
+
+def test_chunked_long_texts_and_worker_traces(ray_local, texts, tmp_path):
+    from workers import Engine, EngineConfig
+    long = [" ".join(texts[i:i + 30]) for i in range(0, 60, 30)]  # ~2 kB each: several windows
+    data = texts[:10] + long
+    result = pipeline.run(data, output=str(tmp_path / "out"), num_workers=2, shard_rows=3,
+                          truncation="chunk", max_length=128, profile_dir=str(tmp_path / "traces"), **F32)
+    want = Engine(EngineConfig(dtype="float32", truncation="chunk", max_length=128)).embed(data)
+    assert_vectors(pipeline.read_embeddings(tmp_path / "out", as_numpy=True), want)
+    assert result.stats.chunked == 2 and result.stats.truncated == 0
+    assert result.manifest["fingerprint"]["engine"]["truncation"] == "chunk"
+    # A trace opens at an engine's second batch: each worker that ran two shards wrote one.
+    traces = list((tmp_path / "traces").glob("engine-*.json"))
+    assert 1 <= len(traces) <= 2 and all(json.loads(t.read_text())["traceEvents"] for t in traces)
 
 
 def _as(kind, texts, tmp_path):
@@ -97,6 +112,13 @@ def test_two_workers_arrow_float16_passthrough(ray_local, texts, reference, tmp_
                           passthrough_columns=("title",), **F32)
     assert [w.shards > 0 for w in result.stats.workers] == [True, True]
     assert sum(w.rows for w in result.stats.workers) == N
+    # Per-stage engine times summed over both workers: every stage reported, the forward and
+    # tokenizing really measured, and no more engine time than the workers were busy embedding.
+    stages = result.stats.stages
+    assert list(stages) == ["tokenize", "build", "copy_in", "forward", "copy_out", "idle"]
+    assert stages["forward"] > 0 and stages["tokenize"] > 0 and result.stats.write_seconds > 0
+    busy = sum(w.busy_seconds for w in result.stats.workers)
+    assert stages["forward"] + stages["copy_out"] + stages["idle"] <= busy + 1e-3
     table = pipeline.read_embeddings(tmp_path)
     assert table.column_names == ["id", "embedding", "title"]
     assert table.column("id").to_pylist() == list(range(N))
@@ -128,17 +150,18 @@ def test_null_texts_stop_the_run_or_are_recorded(ray_local, texts, reference, tm
     ids = list(range(N + 1))
     data = pa.table({"text": with_null, "key": [f"k{i}" for i in ids]})
     with pytest.raises(pipeline.ShardFailedError, match=r"shard 000002 \(rows 40..59\).*row 40 \(id 'k40'\)"):
-        pipeline.run(data, output=str(tmp_path / "strict"), id_column="key", shard_rows=20, **F32)
+        pipeline.run(data, output=str(tmp_path / "strict"), id_column="key", shard_rows=20,
+                     on_bad_row="error", **F32)
     out = tmp_path / "lenient"
-    result = pipeline.run(data, output=str(out), id_column="key", shard_rows=20, skip_bad_rows=True, **F32)
+    result = pipeline.run(data, output=str(out), id_column="key", shard_rows=20, **F32)  # record
     assert (result.stats.rows, result.stats.bad_rows) == (N, 1)
     table = pipeline.read_embeddings(out)
     assert table.column("id").to_pylist() == [f"k{i}" for i in ids if i != 40]
     assert_vectors(pipeline.to_numpy(table), reference[0])
-    [errors] = list((out / "_errors").iterdir())
-    assert [json.loads(line) for line in errors.read_text().splitlines()] == [
-        {"row": 40, "id": "k40", "reason": "text column 'text' is null"}]
-    in_memory = pipeline.run(with_null, shard_rows=20, skip_bad_rows=True, **F32)
+    assert pq.read_table(out / "_errors.parquet").to_pylist() == [
+        {"id": "k40", "shard": "000002", "row": 40, "reason": "text column 'text' is null"}]
+    with pytest.warns(DeprecationWarning, match="skip_bad_rows"):
+        in_memory = pipeline.run(with_null, shard_rows=20, skip_bad_rows=True, **F32)
     assert np.isnan(in_memory.embeddings[40]).all() and [e["row"] for e in in_memory.errors] == [40]
     assert_vectors(np.delete(in_memory.embeddings, 40, axis=0), reference[0])
 
@@ -149,7 +172,7 @@ def test_unknown_option_and_file_input_without_output(ray_local, tmp_path):
     pq.write_table(pa.table({"text": ["a"]}), tmp_path / "a.parquet")
     with pytest.raises(ValueError, match="output= is required"):
         pipeline.run(str(tmp_path / "a.parquet"), progress=False)
-    with pytest.raises(RuntimeError, match="engine actor failed to start.*no-such-model"):
+    with pytest.raises(FileNotFoundError, match="no-such-model.*does not exist"):
         pipeline.run(["a"], model=tmp_path / "no-such-model", progress=False)
 
 

@@ -54,6 +54,14 @@ def test_trace_written_even_when_the_call_ends_inside_the_window(tmp_path):
     assert engine._trace.path is not None and json.loads(open(engine._trace.path).read())
 
 
+def test_trace_window_spans_calls_of_one_batch_each(tmp_path):
+    engine = Engine(EngineConfig(dtype="float32", profile_dir=str(tmp_path), profile_batches=2))
+    engine.embed(TEXTS[:3])                  # one batch: the warm-up, nothing written
+    assert engine._trace.path is None and not list(tmp_path.iterdir())
+    engine.embed(TEXTS[3:6])                 # the next call's batch is profiled
+    assert engine._trace.path is not None
+
+
 def test_budget_is_what_fits_under_the_utilization():
     # 80 GiB card, 2 GiB in use, 0.9 allowed -> 70 GiB for activations at 1 MiB/token.
     budget = budget_from_profile(free_bytes=78 * GIB, total_bytes=80 * GIB, utilization=0.9,

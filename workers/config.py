@@ -64,6 +64,9 @@ class EngineConfig:
             chrome://tracing) of `profile_batches` batches, after one warm-up batch, into this
             folder; once per engine. None: no profiling.
         profile_batches: batches the profiler window covers.
+        allow_pickle: load a folder whose only weights are pickle files (`pytorch_model.bin`),
+            with torch.load(weights_only=True). Default False: such folders are refused, since
+            unpickling can run code; convert them to safetensors instead.
     """
 
     model: str | None = None
@@ -87,6 +90,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     profile_dir: str | None = None
     profile_batches: int = 8
+    allow_pickle: bool = False
 
     def __post_init__(self):
         _choice("dtype", self.dtype, DTYPES)

@@ -96,7 +96,7 @@ class Engine:
         self.config = config = config or EngineConfig()
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        self.folder = open_model_folder(config.model)
+        self.folder = open_model_folder(config.model, allow_pickle=config.allow_pickle)
         model_cls = model_class(self.folder.architecture)
         self.workflow = _workflow(config, self.folder, model_cls)
         device = resolve_device(config.device)
@@ -199,15 +199,16 @@ class Engine:
 class _TraceWindow:
     """The profile switch: a torch profiler trace of a few batches, once per engine.
 
-    The window opens after the first batch of the first `embed` (warm-up) and closes after
-    `batches` more, or when that call ends; the Chrome trace goes to
-    `<folder>/engine-<pid>-<n>.json` (`.path` once written). Ops on the caller's thread are
-    recorded (the forward, pooling, copies); CUDA kernels too on a GPU.
+    The window opens at the engine's second batch (the first is warm-up), whichever `embed`
+    call it falls in, and closes after `batches` batches or when that call ends; the Chrome
+    trace goes to `<folder>/engine-<pid>-<n>.json` (`.path` once written). Ops on the caller's
+    thread are recorded (forward, pooling, copies); CUDA kernels too on a GPU.
     """
 
     def __init__(self, folder: str | None, batches: int, device: torch.device):
         self.folder, self.batches, self.device = folder, batches, device
         self.path: str | None = None
+        self.seen = 0  # batches this engine has run, over all calls
 
     def wrap(self, results):
         if self.folder is None or self.path is not None:
@@ -217,21 +218,24 @@ class _TraceWindow:
         activities = [ProfilerActivity.CPU]
         if self.device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)
-        prof = None
+        prof, profiled = None, 0
         try:
-            for n, item in enumerate(results):
-                if n == 1:
+            for item in results:
+                if prof is None and self.path is None and self.seen >= 1:
                     prof = profile(activities=activities)
                     prof.start()
-                elif prof is not None and n == 1 + self.batches:
-                    self._write(prof)
-                    prof = None
+                self.seen += 1
+                if prof is not None:
+                    profiled += 1
+                    if profiled > self.batches:
+                        self._write(prof, profiled - 1)
+                        prof = None
                 yield item
         finally:
             if prof is not None:
-                self._write(prof)
+                self._write(prof, profiled)
 
-    def _write(self, prof) -> None:
+    def _write(self, prof, batches: int) -> None:
         prof.stop()
         os.makedirs(self.folder, exist_ok=True)
         n = 0
@@ -239,7 +243,7 @@ class _TraceWindow:
             n += 1
         prof.export_chrome_trace(path)
         self.path = path
-        logger.info("profiler trace of %d batch(es) written to %s", self.batches, path)
+        logger.info("profiler trace of %d batch(es) written to %s", batches, path)
 
 
 def _workflow(config: EngineConfig, folder: ModelFolder, model_cls):

@@ -1,4 +1,5 @@
-"""Weights: safetensors only, loaded by Hugging Face name into our model, with full coverage checks.
+"""Weights: safetensors (pickle checkpoints only where the caller allowed them), loaded by
+Hugging Face name into our model, with full coverage checks.
 
 Checkpoint names are mapped once: known task prefixes (`bert.`, `roberta.`, `model.`) are
 stripped, old LayerNorm names (`gamma`/`beta`) renamed, fused projections filled shard by shard
@@ -67,19 +68,34 @@ def _copy_into(model: nn.Module, params, name: str, tensor: torch.Tensor) -> str
     return None
 
 
+def _tensors(path: Path):
+    """(name, tensor) of one weights file: safetensors lazily, or a pickle checkpoint (only ever
+    passed here when the caller allowed pickle) with torch.load(weights_only=True), which
+    unpickles tensors and plain containers only, never arbitrary objects."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            for raw in f.keys():
+                yield raw, f.get_tensor(raw)
+        return
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    yield from ((k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
+
+
 def load_weights(model: nn.Module, files: list[Path] | tuple[Path, ...]) -> None:
     params = dict(model.named_parameters())
     ignored = getattr(model, "ignored_prefixes", ())
     filled: set[str] = set()
     unexpected: list[str] = []
     for path in files:
-        with safe_open(str(path), framework="pt") as f:
-            for raw in f.keys():
-                name = _canonical(raw, model, params)
-                if name.startswith(ignored) or any(f".{p}" in f".{name}" for p in ignored if p.endswith(".")):
-                    continue
-                done = _copy_into(model, params, name, f.get_tensor(raw))
-                (filled.add(done) if done else unexpected.append(raw))
+        for raw, tensor in _tensors(path):
+            name = _canonical(raw, model, params)
+            if name.startswith(ignored) or any(f".{p}" in f".{name}" for p in ignored if p.endswith(".")):
+                continue
+            done = _copy_into(model, params, name, tensor)
+            (filled.add(done) if done else unexpected.append(raw))
     expected = set()
     for name in params:
         sources = [s for s, (t, *_) in getattr(model, "packed_modules_mapping", {}).items()

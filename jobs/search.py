@@ -1,0 +1,115 @@
+"""Search an index built by jobs/build_index.py with a text query.
+
+    python jobs/search.py --index out/demo/index.faiss --query "parse a date string" -k 5
+
+The query is embedded with the model and engine options recorded in the embeddings' manifest
+(the folder is read from PATH.json, or --embeddings), with the model folder's "query" prompt
+when it declares one. Prints rank, id, score and, when the input Parquet is still reachable,
+the passage. Exit codes: 0 done, 2 bad arguments or input.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Engine options that change the vectors; runtime ones (threads, batch sizes) are left default.
+VECTOR_OPTIONS = ("model", "dtype", "max_length", "pooling", "normalize", "dimensions", "truncation",
+                  "skip_instruction", "enable_bidirectional")
+MUST_MATCH = ("model_hash", "pooling", "normalize", "dimensions", "workflow")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="search.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--index", required=True, help="index file written by jobs/build_index.py")
+    p.add_argument("--embeddings", default=None, help="embeddings folder (default: the one in PATH.json)")
+    p.add_argument("--query", required=True, action="append", help="query text (repeat for several)")
+    p.add_argument("-k", type=int, default=5, help="hits per query (default: 5)")
+    p.add_argument("--prompt", default=None, help="literal query prompt (default: the folder's 'query' prompt)")
+    p.add_argument("--nprobe", type=int, default=None, help="ivfpq lists to search (default: the index's)")
+    p.add_argument("--ef-search", type=int, default=None, help="hnsw beam width (default: the index's)")
+    p.add_argument("--chars", type=int, default=100, help="characters of each passage to print (default: 100)")
+    return p.parse_args(argv)
+
+
+def query_engine(manifest: dict, prompt: str | None = None):
+    """An engine giving queries the corpus's vector space (same model, pooling, dims, dtype)."""
+    from workers import Engine, EngineConfig
+    from workers.model_folder import open_model_folder
+    recorded = manifest.get("engine_options")
+    if recorded is None:
+        raise ValueError("the embeddings' _manifest.json records no engine_options (written by an "
+                         "older pipeline); rerun jobs/embed_corpus.py into a new folder")
+    options = {k: v for k, v in recorded.items() if k in VECTOR_OPTIONS}
+    if prompt is not None:
+        options["prompt"] = prompt
+    elif "query" in open_model_folder(options.get("model")).st_prompts:
+        options["prompt_name"] = "query"
+    engine = Engine(EngineConfig(**options))
+    want, got = manifest["fingerprint"]["engine"], engine.fingerprint()
+    diffs = [f"{k}: {want.get(k)!r} in the corpus, {got.get(k)!r} now" for k in MUST_MATCH if want.get(k) != got.get(k)]
+    if diffs:
+        raise ValueError("the query engine does not reproduce the corpus's vector space: " + "; ".join(diffs))
+    return engine
+
+
+def passages(manifest: dict, ids: list) -> tuple[dict, str]:
+    """({id: text} for `ids` from the input Parquet, or {} and why not)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    from pipeline.config import PipelineConfig
+    from pipeline.sources import open_source
+    fp, inputs = manifest["fingerprint"], manifest.get("input")
+    if not inputs:
+        return {}, "the input was not a file, so passages are not shown"
+    text_col, id_col = fp["text_column"], fp["id_column"]
+    try:
+        data = inputs[0] if len(inputs) == 1 else [Path(p) for p in inputs]
+        source = open_source(data, PipelineConfig(text_column=text_col, id_column=id_col))
+        dataset = ds.dataset(source.paths, filesystem=source.filesystem, format="parquet")
+    except (AttributeError, ValueError, FileNotFoundError, OSError) as e:
+        return {}, f"passages not shown: the input {inputs[0]} cannot be read ({e})"
+    if id_col is None:  # ids are global row numbers
+        table = dataset.take(pa.array(ids, type=pa.int64()), columns=[text_col])
+        return dict(zip(ids, table.column(text_col).to_pylist())), ""
+    table = dataset.to_table(columns=[id_col, text_col], filter=pc.field(id_col).isin(ids))
+    return dict(zip(table.column(id_col).to_pylist(), table.column(text_col).to_pylist())), ""
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from pipeline.index import Index
+    from pipeline.manifest import Manifest
+    from pipeline.writer import resolve_output
+    try:
+        index = Index.load(args.index)
+        folder = args.embeddings or index.meta["embeddings"]
+        loaded = Manifest.load(*resolve_output(folder))
+        if loaded is None:
+            raise FileNotFoundError(f"{folder} has no _manifest.json: pass --embeddings with the "
+                                    "folder the index was built from")
+        manifest = loaded.data
+        engine = query_engine(manifest, args.prompt)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    hits = index.search(engine.embed(args.query), args.k, args.nprobe, args.ef_search)
+    texts, note = passages(manifest, sorted({h[0] for row in hits for h in row}, key=str))
+    for query, row in zip(args.query, hits):
+        print(f"query: {query!r} ({index.meta['kind']} index, {index.meta['metric']}, "
+              f"{index.meta['vectors']:,} vectors)")
+        for rank, (doc_id, score, _) in enumerate(row, 1):
+            text = texts.get(doc_id)
+            print(f"{rank:>3}  {score:7.4f}  {doc_id}" + (f"  {text[:args.chars]!r}" if text else ""))
+    if note:
+        print(note)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

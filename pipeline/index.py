@@ -1,0 +1,226 @@
+"""A faiss index over a pipeline output: built part by part, searched with the corpus's engine.
+
+Files next to the index `PATH`: `PATH.ids.parquet` (row k is the input id of faiss id k; faiss
+ids are sequential, so string ids work) and `PATH.json` (the embeddings folder, kind, metric,
+vector count, dimensions, stored dtype). Normalized float outputs use inner product (= cosine);
+unnormalized ones L2; int8 parts are dequantized per part; ubinary parts go to a binary index
+(Hamming distance). faiss is the optional extra `index` (`pip install '.[index]'`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import quantize
+from .manifest import Manifest
+from .writer import read_part, resolve_output, to_numpy
+
+KINDS = ("flat", "hnsw", "ivfpq")
+BINARY_KINDS = ("flat", "hnsw")
+TRAIN_ROWS = 65_536  # ivfpq training sample cap: 100 MB of 384-d float32 at most
+CHUNK_ROWS = 8192    # vectors per `index.add` call
+
+
+def import_faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("faiss is not installed: pip install -c .venv/constraints.txt "
+                          "'.[index]' (faiss-cpu==1.15.1), or run make setup") from None
+    return faiss
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """An output folder opened for indexing: its manifest, part paths and how to decode them."""
+
+    folder: str
+    fs: object
+    manifest: Manifest
+    quant: dict
+
+    @classmethod
+    def open(cls, path) -> "Corpus":
+        fs, folder = resolve_output(path)
+        manifest = Manifest.load(fs, folder)
+        if manifest is None:
+            raise FileNotFoundError(f"{path} has no _manifest.json: pass the output folder of "
+                                    "pipeline.run / jobs/embed_corpus.py as --embeddings")
+        if not manifest.data.get("complete"):
+            raise ValueError(f"the run writing {path} has not finished; rerun it to finish first")
+        quant = manifest.data.get("quantization") or quantize.record(
+            manifest.fingerprint.get("output_dtype", "float32"), manifest.fingerprint["engine"]["dimensions"])
+        return cls(folder, fs, manifest, quant)
+
+    @property
+    def rows(self) -> int:
+        return sum(r["rows"] for r in self.manifest.shards.values())
+
+    @property
+    def binary(self) -> bool:
+        return self.quant["output_dtype"] == "ubinary"
+
+    @property
+    def metric(self) -> str:
+        if self.binary:
+            return "hamming"
+        return "ip" if self.manifest.fingerprint["engine"].get("normalize") else "l2"
+
+    def parts(self):
+        """(ids, vectors) per part in input order: float32 (n, dim), or packed uint8 for ubinary."""
+        for key in sorted(self.manifest.shards, key=int):
+            table = read_part(self.fs, f"{self.folder}/{self.manifest.shards[key]['path']}", ["id", "embedding"])
+            stored = to_numpy(table)
+            vectors = stored if self.binary else quantize.decode(stored, self.quant)
+            if self.quant["output_dtype"] == "int8" and self.metric == "ip":
+                vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            yield table.column("id"), np.ascontiguousarray(vectors)
+
+
+def default_params(kind: str, rows: int, dim: int, nlist=None, m=None, nbits=None) -> dict:
+    """ivfpq: nlist ~ 4 sqrt(n) (>= 39 vectors per list), m the largest divisor of dim up to
+    dim/8, nbits 8 (fewer on small corpora: ~39 training vectors per code)."""
+    if kind != "ivfpq":
+        return {}
+    nlist = nlist or max(1, min(int(4 * math.sqrt(rows)), rows // 39))
+    m = m or max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0)
+    nbits = nbits or max(1, min(8, int(math.log2(max(2, rows / 39)))))
+    if dim % m:
+        raise ValueError(f"--m {m} must divide the dimensions ({dim}); e.g. --m {dim // 8 or 1}")
+    if rows < max(nlist, 2 ** nbits):
+        raise ValueError(f"ivfpq needs at least max(nlist, 2**nbits) = {max(nlist, 2 ** nbits)} "
+                         f"vectors to train, the corpus has {rows}: lower --nlist/--nbits or use --kind flat")
+    return {"nlist": nlist, "m": m, "nbits": nbits}
+
+
+def new_index(kind: str, dim: int, metric: str, params: dict, hnsw_m: int = 32):
+    faiss = import_faiss()
+    if metric == "hamming":
+        if kind not in BINARY_KINDS:
+            raise ValueError(f"kind={kind!r} has no binary form for ubinary embeddings; use one of {BINARY_KINDS}")
+        if dim % 8:
+            raise ValueError(f"a binary index needs dimensions divisible by 8, the output has {dim}")
+        return faiss.index_binary_factory(dim, "BFlat" if kind == "flat" else f"BHNSW{hnsw_m}")
+    # "np": no polysemous training, which costs minutes and only helps Hamming pre-filtering.
+    spec = {"flat": "Flat", "hnsw": f"HNSW{hnsw_m}",
+            "ivfpq": f"IVF{params.get('nlist')},PQ{params.get('m')}x{params.get('nbits')}np"}[kind]
+    return faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
+
+
+def build(embeddings, index_path, kind: str = "flat", *, nlist=None, m=None, nbits=None,
+          hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 64, nprobe=None,
+          train_rows: int = TRAIN_ROWS, seed: int = 0, threads: int | None = None) -> dict:
+    """Build a `kind` index over the output folder `embeddings`, streaming one part at a time;
+    write it with its ids and sidecar files; return the build statistics. `threads`: faiss
+    OpenMP threads (None: faiss's default, one per core)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not supported; choose one of {list(KINDS)}")
+    faiss = import_faiss()
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    corpus = Corpus.open(embeddings)
+    index_path = os.path.abspath(index_path)
+    if "://" not in str(embeddings) and os.path.commonpath([index_path, corpus.folder]) == corpus.folder:
+        raise ValueError(f"{index_path} is inside the embeddings folder {corpus.folder}; write the "
+                         "index elsewhere (the pipeline owns that folder)")
+    t0 = time.perf_counter()
+    dim, rows = corpus.quant["dimensions"], corpus.rows
+    if rows == 0:
+        raise ValueError(f"{corpus.folder} holds no vectors to index")
+    params = default_params(kind, rows, dim, nlist, m, nbits)
+    index = new_index(kind, dim, corpus.metric, params, hnsw_m)
+    if kind == "hnsw":
+        index.hnsw.efConstruction, index.hnsw.efSearch = ef_construction, ef_search
+    if kind == "ivfpq":
+        index.train(_training_sample(corpus, min(rows, train_rows), seed))
+        params["nprobe"] = index.nprobe = nprobe or min(params["nlist"], max(8, params["nlist"] // 8))
+    os.makedirs(os.path.dirname(index_path), exist_ok=True)
+    with _IdsWriter(index_path + ".ids.parquet") as ids_out:
+        for ids, vectors in corpus.parts():
+            for start in range(0, len(vectors), CHUNK_ROWS):
+                index.add(vectors[start:start + CHUNK_ROWS])
+            ids_out.write(ids)
+    (faiss.write_index_binary if corpus.binary else faiss.write_index)(index, index_path)
+    source = str(embeddings) if "://" in str(embeddings) else corpus.folder  # keep a URI's scheme
+    meta = {"embeddings": source, "kind": kind, "metric": corpus.metric, "vectors": int(index.ntotal),
+            "dimensions": dim, "output_dtype": corpus.quant["output_dtype"], "params": params,
+            "hnsw_m": hnsw_m if kind == "hnsw" else None}
+    with open(index_path + ".json", "w") as f:
+        json.dump(meta, f, indent=1)
+    return {**meta, "seconds": time.perf_counter() - t0, "index_bytes": os.path.getsize(index_path)}
+
+
+def _training_sample(corpus: Corpus, n: int, seed: int) -> np.ndarray:
+    """`n` vectors drawn uniformly without replacement, read part by part."""
+    keep = np.sort(np.random.default_rng(seed).choice(corpus.rows, n, replace=False))
+    out, offset = [], 0
+    for _, vectors in corpus.parts():
+        lo, hi = np.searchsorted(keep, [offset, offset + len(vectors)])
+        out.append(vectors[keep[lo:hi] - offset])
+        offset += len(vectors)
+    return np.ascontiguousarray(np.concatenate(out))
+
+
+class _IdsWriter:
+    """Appends each part's ids to one Parquet file (column `id`, the output's id type)."""
+
+    def __init__(self, path: str):
+        self.path, self.writer = path, None
+
+    def write(self, ids: pa.ChunkedArray) -> None:
+        table = pa.table({"id": ids})
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.writer is not None:
+            self.writer.close()
+
+
+@dataclass(frozen=True)
+class Index:
+    """A built index, loaded: the faiss index, the input ids by faiss id, and the sidecar."""
+
+    faiss_index: object
+    ids: list
+    meta: dict
+
+    @classmethod
+    def load(cls, path) -> "Index":
+        faiss, path = import_faiss(), os.fspath(path)
+        for suffix in ("", ".json", ".ids.parquet"):
+            if not os.path.exists(path + suffix):
+                raise FileNotFoundError(f"{path + suffix} is missing; build the index with "
+                                        "jobs/build_index.py --embeddings DIR --index PATH")
+        with open(path + ".json") as f:
+            meta = json.load(f)
+        read = faiss.read_index_binary if meta["metric"] == "hamming" else faiss.read_index
+        ids = pq.read_table(path + ".ids.parquet").column("id").to_pylist()
+        return cls(read(path), ids, meta)
+
+    def search(self, queries: np.ndarray, k: int, nprobe=None, ef_search=None) -> list[list[tuple]]:
+        """Per query, up to `k` (id, score, faiss id), best first; score is the inner product,
+        the squared L2 distance (l2), or 1 - 2 * hamming / dim, the sign vectors' cosine."""
+        if nprobe and hasattr(self.faiss_index, "nprobe"):
+            self.faiss_index.nprobe = nprobe
+        if ef_search and hasattr(self.faiss_index, "hnsw"):
+            self.faiss_index.hnsw.efSearch = ef_search
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.meta["metric"] == "hamming":
+            dist, rows = self.faiss_index.search(quantize.pack_bits(queries), k)
+            scores = 1.0 - 2.0 * dist / self.meta["dimensions"]
+        else:
+            scores, rows = self.faiss_index.search(queries, k)
+        return [[(self.ids[r], float(s), int(r)) for s, r in zip(srow, rrow) if r >= 0]
+                for srow, rrow in zip(scores, rows)]

@@ -1,0 +1,135 @@
+"""Crash matrix: the driver SIGKILLed at planning, mid-run and between a part's publish and its
+commit, and an actor SIGKILLed mid-shard and after writing its part; each resumed run must give
+exactly the uninterrupted run's output (same ids in the same order, same vectors, same
+`_errors.parquet`, and no file the manifest does not name).
+
+One local Ray for the module; killed drivers run `jobs/embed_corpus.py` in a subprocess that
+joins it (RAY_ADDRESS), so no test starts a second cluster. Kill points are the test-only hooks
+`PIPELINE_CRASH_AT` (driver, `pipeline/driver.py`) and `PIPELINE_CRASH_FILE` (actors,
+`pipeline/actor.py`): real SIGKILLs at exact points, so no test depends on timing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline
+from pipeline.samples import sample_passages
+
+ROOT = Path(__file__).resolve().parents[1]
+N, SHARD_ROWS = 200, 20
+BAD = {7: None, 33: "", 61: "  \t\n", 150: "\u3000"}  # row -> bad text
+DUPLICATE = {90: "d0010", 151: "d0010", 199: "d0005"}  # row -> id already used by another row
+RUN = {"id_column": "doc", "num_workers": 1, "shard_rows": SHARD_ROWS, "dtype": "float32",
+       "progress": False}
+CLI_ARGS = ["--id-column", "doc", "--num-workers", "1", "--shard-rows", str(SHARD_ROWS),
+            "--dtype", "float32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One local Ray whose workers see $PIPELINE_CRASH_FILE (armed per test by writing it)."""
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    crash_file = tmp_path_factory.mktemp("crash") / "armed"
+    os.environ["PIPELINE_CRASH_FILE"] = str(crash_file)  # inherited by the raylet and its workers
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield ray.get_runtime_context().gcs_address, crash_file
+    finally:
+        ray.shutdown()
+        del os.environ["PIPELINE_CRASH_FILE"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A Parquet corpus (several files, small row groups) with bad texts and repeated ids."""
+    texts = sample_passages(N, seed=11, max_chars=200)
+    ids = [f"d{i:04d}" for i in range(N)]
+    for row, text in BAD.items():
+        texts[row] = text
+    for row, doc in DUPLICATE.items():
+        ids[row] = doc
+    folder = tmp_path_factory.mktemp("corpus")
+    table = pa.table({"doc": ids, "text": texts})
+    for k, start in enumerate(range(0, N, 70)):
+        pq.write_table(table.slice(start, 70), folder / f"c{k}.parquet", row_group_size=16)
+    return str(folder), ids, texts
+
+
+@pytest.fixture(scope="module")
+def reference(cluster, corpus, tmp_path_factory):
+    """The uninterrupted run: its table and `_errors.parquet`, checked against the input."""
+    path, ids, texts = corpus
+    out = tmp_path_factory.mktemp("reference")
+    result = pipeline.run(path, output=str(out), **RUN)
+    table, errors = pipeline.read_embeddings(out), pq.read_table(out / "_errors.parquet")
+    good = [i for i in range(N) if i not in BAD]
+    assert table.column("id").to_pylist() == [ids[i] for i in good]
+    assert sorted(errors.column("row").to_pylist()) == sorted(
+        [*BAD, 90, 151, 10, 199, 5])  # bad texts, and every occurrence of a repeated id
+    assert (result.stats.bad_rows_total, result.stats.duplicate_ids) == (len(BAD), 5)
+    return table, errors
+
+
+def assert_same_as_reference(out: Path, reference) -> None:
+    table, errors = reference
+    got = pipeline.read_embeddings(out)
+    assert got.column("id").to_pylist() == table.column("id").to_pylist()
+    np.testing.assert_allclose(pipeline.to_numpy(got), pipeline.to_numpy(table), atol=1e-5, rtol=0)
+    assert pq.read_table(out / "_errors.parquet").equals(errors)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["complete"]
+    named = {r["path"] for r in manifest["shards"].values()}
+    named |= {r["errors"] for r in manifest["shards"].values() if r.get("errors")}
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert on_disk == named | {"_manifest.json", "_errors.parquet"}  # nothing half-written left
+
+
+def kill_driver_at(point: str, corpus, cluster, out: Path) -> dict:
+    """Run the CLI driver with PIPELINE_CRASH_AT=point; it must die by SIGKILL there."""
+    env = {**os.environ, "PIPELINE_CRASH_AT": point, "RAY_ADDRESS": cluster[0]}
+    done = subprocess.run([sys.executable, "jobs/embed_corpus.py", "--input", corpus[0],
+                           "--output", str(out), *CLI_ARGS], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    return json.loads((out / "_manifest.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["plan", "mid_run:2", "after_publish:3"])
+def test_driver_killed_then_resumed(cluster, corpus, reference, tmp_path, point):
+    out = tmp_path / "out"
+    manifest = kill_driver_at(point, corpus, cluster, out)
+    committed = len(manifest["shards"])
+    assert not manifest["complete"] and not (out / "_errors.parquet").exists()
+    if point == "after_publish:3":  # the third part is on disk, published, uncommitted (the
+        parts = {p.name for p in out.glob("part-*")}  # throttled manifest may lag one more)
+        assert committed <= 2 and len(parts - {r["path"] for r in manifest["shards"].values()}) >= 1
+    else:
+        assert committed == {"plan": 0, "mid_run:2": 2}[point]
+    resumed = pipeline.run(corpus[0], output=str(out), **RUN)
+    assert resumed.stats.resumed_shards == committed
+    assert resumed.stats.rows_total == N - len(BAD)
+    assert_same_as_reference(out, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["mid_shard", "after_write"])
+def test_actor_killed_then_replaced(cluster, corpus, reference, tmp_path, point):
+    cluster[1].write_text(f"000004 {point}")  # the actor SIGKILLs itself on shard 4, once
+    out = tmp_path / "out"
+    result = pipeline.run(corpus[0], output=str(out), **RUN)
+    assert not cluster[1].exists(), "the crash point was never reached"
+    assert result.stats.retries >= 1 and [w.restarts for w in result.stats.workers] == [1]
+    assert_same_as_reference(out, reference)
