@@ -66,9 +66,10 @@ def test_chunked_long_texts_and_worker_traces(ray_local, texts, tmp_path):
     data = texts[:10] + long
     result = pipeline.run(data, output=str(tmp_path / "out"), num_workers=2, shard_rows=3,
                           truncation="chunk", max_length=128, profile_dir=str(tmp_path / "traces"), **F32)
-    want = Engine(EngineConfig(dtype="float32", truncation="chunk", max_length=128)).embed(data)
+    engine = Engine(EngineConfig(dtype="float32", truncation="chunk", max_length=128))
+    want = engine.embed(data)
     assert_vectors(pipeline.read_embeddings(tmp_path / "out", as_numpy=True), want)
-    assert result.stats.chunked == 2 and result.stats.truncated == 0
+    assert result.stats.chunked == engine.stats.chunked >= 2 and result.stats.truncated == 0
     assert result.manifest["fingerprint"]["engine"]["truncation"] == "chunk"
     # A trace opens at an engine's second batch: each worker that ran two shards wrote one.
     traces = list((tmp_path / "traces").glob("engine-*.json"))
