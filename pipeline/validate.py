@@ -96,10 +96,13 @@ def sort_errors(tables: list[pa.Table]) -> pa.Table:
 def output_errors(fs: pafs.FileSystem, folder: str, manifest, id_type: pa.DataType | None = None):
     """(errors table, bad-text rows, duplicate-id rows) of every committed shard in `folder`.
 
-    Reads each shard's error file and the `id` column of each part (never the embeddings); the
-    global row of an output row is its shard's row range minus the shard's bad rows.
+    Reads each shard's error file and, when the run has an id column, the `id` column of each
+    part (never the embeddings); the global row of an output row is its shard's row range minus
+    the shard's bad rows. Without an id column the ids are the global row indices, unique by
+    construction, and the id pass is skipped.
     """
     from .writer import read_part
+    check_ids = manifest.fingerprint.get("id_column") is not None
     bad, ids, shard_col, rows = [], [], [], []
     for shard_id in sorted(manifest.shards, key=int):
         record = manifest.shards[shard_id]
@@ -110,14 +113,18 @@ def output_errors(fs: pafs.FileSystem, folder: str, manifest, id_type: pa.DataTy
         if shard_bad is not None:
             bad.append(shard_bad)
             kept = np.setdiff1d(kept, shard_bad.column("row").to_numpy(), assume_unique=True)
+        if not check_ids:
+            continue
         part_ids = read_part(fs, f"{folder}/{record['path']}", ["id"]).column("id").combine_chunks()
         ids.append(part_ids)
         shard_col.append(pa.array(np.full(len(kept), int(shard_id), np.int32)))
         rows.append(pa.array(kept))
+    bad_rows = sum(t.num_rows for t in bad)
     if not ids:
+        if bad:
+            return sort_errors(bad), bad_rows, 0
         return errors_table(pa.array([], id_type or pa.int64()), [], [], []), 0, 0
     duplicates = duplicate_id_errors(_concat(ids), _concat(shard_col), _concat(rows))
-    bad_rows = sum(t.num_rows for t in bad)
     return sort_errors([*bad, duplicates]), bad_rows, duplicates.num_rows
 
 
