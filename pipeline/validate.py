@@ -8,6 +8,8 @@ one pass over the id columns of the parts that lists every row whose id is not u
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -93,39 +95,117 @@ def sort_errors(tables: list[pa.Table]) -> pa.Table:
     return table.sort_by([("row", "ascending"), ("reason", "ascending")]).combine_chunks()
 
 
-def output_errors(fs: pafs.FileSystem, folder: str, manifest, id_type: pa.DataType | None = None):
+def output_errors(fs: pafs.FileSystem, folder: str, manifest, id_type: pa.DataType | None = None,
+                  pass_rows: int | None = None):
     """(errors table, bad-text rows, duplicate-id rows) of every committed shard in `folder`.
 
     Reads each shard's error file and, when the run has an id column, the `id` column of each
     part (never the embeddings); the global row of an output row is its shard's row range minus
     the shard's bad rows. Without an id column the ids are the global row indices, unique by
-    construction, and the id pass is skipped.
+    construction, and the id pass is skipped. An output of more than `pass_rows` rows
+    (default DUPLICATE_PASS_ROWS) has its ids spilled by hash into buckets of about that many
+    rows in a temporary folder, and each bucket is checked alone: the driver's memory is bounded
+    by one bucket (~140 bytes per row), at the cost of writing the ids to local disk once.
     """
-    from .writer import read_part
     check_ids = manifest.fingerprint.get("id_column") is not None
-    bad, ids, shard_col, rows = [], [], [], []
+    total = sum(r["rows"] for r in manifest.shards.values())
+    buckets = max(1, -(-total // (pass_rows or DUPLICATE_PASS_ROWS))) if check_ids else 0
+    bad = []
+    with _IdBuckets(buckets) as spill:
+        for shard_id, record, kept in _shard_rows(fs, folder, manifest, bad):
+            if check_ids:
+                from .writer import read_part
+                part_ids = read_part(fs, f"{folder}/{record['path']}", ["id"]).column("id").combine_chunks()
+                spill.add(part_ids, pa.array(np.full(len(kept), int(shard_id), np.int32)), pa.array(kept))
+        duplicates = [duplicate_id_errors(*columns) for columns in spill.buckets()]
+    bad_rows = sum(t.num_rows for t in bad)
+    duplicates = [d for d in duplicates if d.num_rows]
+    if not bad and not duplicates:
+        return errors_table(pa.array([], id_type or pa.int64()), [], [], []), 0, 0
+    return sort_errors([*bad, *duplicates]), bad_rows, sum(d.num_rows for d in duplicates)
+
+
+DUPLICATE_PASS_ROWS = 20_000_000  # ids checked at once for repeats: ~2.8 GB of driver memory
+
+
+def _shard_rows(fs: pafs.FileSystem, folder: str, manifest, bad: list):
+    """(shard id, manifest record, global rows of its output rows) per committed shard in order;
+    appends each shard's error table to `bad`."""
     for shard_id in sorted(manifest.shards, key=int):
         record = manifest.shards[shard_id]
-        shard_bad = pq.read_table(f"{folder}/{record['errors']}", filesystem=fs) \
-            if record.get("errors") else None
         start = record["row_offset"]
         kept = np.arange(start, start + record["input_rows"], dtype=np.int64)
-        if shard_bad is not None:
+        if record.get("errors"):
+            shard_bad = pq.read_table(f"{folder}/{record['errors']}", filesystem=fs)
             bad.append(shard_bad)
             kept = np.setdiff1d(kept, shard_bad.column("row").to_numpy(), assume_unique=True)
-        if not check_ids:
-            continue
-        part_ids = read_part(fs, f"{folder}/{record['path']}", ["id"]).column("id").combine_chunks()
-        ids.append(part_ids)
-        shard_col.append(pa.array(np.full(len(kept), int(shard_id), np.int32)))
-        rows.append(pa.array(kept))
-    bad_rows = sum(t.num_rows for t in bad)
-    if not ids:
-        if bad:
-            return sort_errors(bad), bad_rows, 0
-        return errors_table(pa.array([], id_type or pa.int64()), [], [], []), 0, 0
-    duplicates = duplicate_id_errors(_concat(ids), _concat(shard_col), _concat(rows))
-    return sort_errors([*bad, duplicates]), bad_rows, duplicates.num_rows
+        yield shard_id, record, kept
+
+
+class _IdBuckets:
+    """(id, shard, row) columns gathered in memory (one bucket), or spilled by id hash into
+    `n` Parquet files in a temporary folder so that equal ids always share a bucket."""
+
+    def __init__(self, n: int):
+        self.n, self.columns, self.tmp, self.writers = n, [], None, []
+
+    def __enter__(self):
+        if self.n > 1:
+            import tempfile
+            self.tmp = tempfile.TemporaryDirectory(prefix="pipeline-ids-")
+        return self
+
+    def __exit__(self, *exc):
+        for w in self.writers:
+            if w is not None:
+                w.close()
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+    def add(self, ids: pa.Array, shards: pa.Array, rows: pa.Array) -> None:
+        if self.n <= 1:
+            self.columns.append((ids, shards, rows))
+            return
+        table = pa.table({"id": ids, "shard": shards, "row": rows})
+        if not self.writers:
+            self.writers = [pq.ParquetWriter(f"{self.tmp.name}/{b}.parquet", table.schema)
+                            for b in range(self.n)]
+        bucket = _bucket_of(ids, self.n)
+        order = np.argsort(bucket, kind="stable")
+        table = table.take(pa.array(order))
+        bounds = np.searchsorted(bucket[order], np.arange(self.n + 1))
+        for b in np.flatnonzero(np.diff(bounds)):
+            self.writers[b].write_table(table.slice(bounds[b], bounds[b + 1] - bounds[b]))
+
+    def buckets(self):
+        """Yield (ids, shards, rows) per bucket."""
+        if self.n <= 1:
+            if self.columns:
+                yield tuple(_concat([c[i] for c in self.columns]) for i in range(3))
+            return
+        for w in self.writers:
+            w.close()
+        self.writers = []
+        for b in range(self.n):
+            path = f"{self.tmp.name}/{b}.parquet"
+            if os.path.exists(path):
+                t = pq.read_table(path)
+                yield t.column("id").combine_chunks(), t.column("shard").combine_chunks(), \
+                    t.column("row").combine_chunks()
+
+
+def _bucket_of(ids: pa.Array, n: int) -> np.ndarray:
+    """A stable bucket in [0, n) per id: pandas' hash of the id's text form (so 5 hashes alike
+    in every part, with or without nulls); null ids go to bucket 0."""
+    import pandas as pd
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        ids = ids.cast(pa.large_string())
+    valid = pc.is_valid(ids).to_numpy(zero_copy_only=False)
+    out = np.zeros(len(ids), dtype=np.int64)
+    if valid.any():
+        values = ids.filter(pa.array(valid)).to_numpy(zero_copy_only=False)
+        out[valid] = (pd.util.hash_array(values) % np.uint64(n)).astype(np.int64)
+    return out
 
 
 def write_errors_file(fs: pafs.FileSystem, folder: str, manifest) -> tuple[int, int]:

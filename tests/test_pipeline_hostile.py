@@ -212,6 +212,28 @@ def test_duplicate_ids_reported_and_all_rows_embedded(ray_local, engine, tmp_pat
         {"id": ids[r], "shard": f"{r // 5:06d}", "row": r, "reason": "duplicate id"} for r in (0, 1, 3, 6, 18)]
 
 
+def test_duplicate_pass_spilled_into_hash_buckets_finds_the_same_rows(tmp_path):
+    """The bounded-memory id pass (ids spilled by hash into buckets, each checked alone) lists
+    exactly what the one-bucket pass lists: string ids, integer ids, a null id."""
+    from pipeline.manifest import Manifest
+    from pipeline.validate import output_errors
+    from pipeline.writer import part_table, resolve_output, write_part
+    for ids in ([f"d{i % 23}" for i in range(60)], [i % 17 for i in range(59)] + [None]):
+        out = tmp_path / f"out-{type(ids[0]).__name__}"
+        fs, folder = resolve_output(out)
+        fs.create_dir(folder)
+        manifest = Manifest.new(fs, folder, {"id_column": "doc"}, {"shard_rows": 10})
+        for k in range(6):
+            chunk = pa.array(ids[k * 10:(k + 1) * 10])
+            part = part_table(chunk, np.zeros((10, 4), np.float32), None, "float32", {})
+            manifest.commit(f"{k:06d}", {**write_part(fs, folder, f"{k:06d}", part, "parquet"),
+                                         "row_offset": k * 10, "input_rows": 10})
+        whole, _, n_whole = output_errors(fs, folder, manifest)
+        spilled, _, n_spilled = output_errors(fs, folder, manifest, pass_rows=7)  # 9 buckets
+        assert n_whole == n_spilled > 0
+        assert spilled.to_pylist() == whole.to_pylist()
+
+
 def test_odd_but_valid_texts_embed_like_the_engine(ray_local, engine):
     result = pipeline.run(ODD_TEXTS, shard_rows=7, **F32)
     assert result.errors == () and result.stats.rows == len(ODD_TEXTS)
