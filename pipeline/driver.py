@@ -78,6 +78,11 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
         target = resolve_output(output) if output is not None else None
         manifest = _load_manifest(target, config) if target else None
         shards, plan = _plan(source, config, manifest, n_workers)
+        if manifest is not None:
+            # The input and this config's part of the fingerprint (columns, output form) are
+            # known now: a mismatch fails before any actor loads a model. The engine's part is
+            # checked once the actors report it.
+            check_resumable(manifest, {**manifest.fingerprint, **config.fingerprint()}, plan)
         todo = _pending(shards, manifest)
         engine_cfg = EngineConfig(**{"num_threads": threads, **engine_options})
         pool = Pool.start(max(1, min(n_workers, len(todo))), resources, config.max_restarts,

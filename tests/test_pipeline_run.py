@@ -138,10 +138,14 @@ def test_resume_cleanup_fingerprint_and_overwrite(ray_local, texts, reference, t
     assert not (tmp_path / "part-000002-0123456789ab.parquet").exists()
     assert not (tmp_path / ".part-deadbeef.tmp").exists()
     check_output(tmp_path, texts, reference, list(range(N)))
+    # Another input (or columns, output form) is refused before any actor starts; the engine's
+    # settings once the actors report their fingerprint.
     with pytest.raises(pipeline.FingerprintMismatch) as info:
-        pipeline.run(texts[::-1], output=str(tmp_path), dimensions=64, **F32)
-    assert "engine.dimensions: 384 in the output, 64 in this run" in str(info.value)
+        pipeline.run(texts[::-1], output=str(tmp_path), **F32)
     assert "input input_digest" in str(info.value)
+    with pytest.raises(pipeline.FingerprintMismatch) as info:
+        pipeline.run(texts, output=str(tmp_path), dimensions=64, **F32)
+    assert "engine.dimensions: 384 in the output, 64 in this run" in str(info.value)
     small = pipeline.run(texts, output=str(tmp_path), dimensions=64, overwrite=True, **F32)
     assert small.stats.rows == N and pipeline.read_embeddings(tmp_path, as_numpy=True).shape == (N, 64)
 

@@ -24,7 +24,7 @@ from attention import select_backend
 from .config import DEFAULT_CPU_BATCHED_TOKENS, DEFAULT_GPU_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, EngineConfig
 from .input_builder import InputBuilder
 from .loader import load_weights
-from .memory import profile_token_budget
+from .memory import MemoryBudgetError, profile_token_budget
 from .model_folder import ModelFolder, open_model_folder
 from .models import model_class
 from .platform import resolve_device, resolve_dtype
@@ -112,7 +112,15 @@ class Engine:
         self.execute_loop = self.workflow.execute_loops[config.execute_loop]
         self.dim = r.dimensions or self.folder.hf_config.hidden_size
         if device.type == "cuda" and config.max_num_batched_tokens is None:
-            budget = max(profile_token_budget(self), r.max_length)
+            try:
+                budget = max(profile_token_budget(self), r.max_length)
+            except MemoryBudgetError:
+                raise
+            except Exception as e:  # noqa: BLE001 — keep the fixed default rather than fail to start
+                budget = r.max_num_batched_tokens
+                logger.warning("profiling the token budget failed (%s: %s); using the default "
+                               "%d tokens; set max_num_batched_tokens to choose", type(e).__name__,
+                               e, budget)
             self.resolved = r = dataclasses.replace(r, max_num_batched_tokens=budget)
         self.stats = EngineStats()
         self._trace = _TraceWindow(config.profile_dir, config.profile_batches, device)

@@ -22,6 +22,10 @@ MAX_BUDGET = 1 << 17      # beyond ~128k tokens a batch is no faster and only ho
 _ALIGN = 256
 
 
+class MemoryBudgetError(RuntimeError):
+    """The card cannot hold even one max_length text within gpu_memory_utilization."""
+
+
 def budget_from_profile(free_bytes: int, total_bytes: int, utilization: float,
                         activation_bytes: int, profile_tokens: int, max_length: int,
                         cap: int = MAX_BUDGET) -> int:
@@ -34,14 +38,14 @@ def budget_from_profile(free_bytes: int, total_bytes: int, utilization: float,
     allowed = utilization * total_bytes - used
     gib = 1 << 30
     if allowed <= 0:
-        raise RuntimeError(
+        raise MemoryBudgetError(
             f"gpu_memory_utilization={utilization} allows {utilization * total_bytes / gib:.1f} GiB "
             f"but {used / gib:.1f} GiB of the card's {total_bytes / gib:.1f} GiB are already in use "
             "(weights and other processes); raise gpu_memory_utilization or free the GPU")
     per_token = max(activation_bytes, 1) / profile_tokens
     budget = min(int(allowed // per_token), cap) // _ALIGN * _ALIGN
     if budget < max_length:
-        raise RuntimeError(
+        raise MemoryBudgetError(
             f"one text of max_length={max_length} tokens needs about "
             f"{per_token * max_length / gib:.2f} GiB of activations but only "
             f"{allowed / gib:.2f} GiB fit under gpu_memory_utilization={utilization}; lower "
