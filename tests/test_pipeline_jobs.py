@@ -116,11 +116,19 @@ def test_ray_job_submit_on_local_head(corpus, tmp_path):
     try:
         assert head.wait(timeout=120) == 0, head.stdout.read()[-2000:]
         out = tmp_path / "out"
-        job = subprocess.run(
-            [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
-             "--", "python", SCRIPT, "--input", str(path), "--output", str(out), "--id-column", "doc",
-             "--dtype", "float32", "--no-progress"],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        # Right after `ray start` the head's job agent may not have registered yet ("No available
+        # agent to submit job"): no job was created then, so submitting again is safe.
+        deadline = time.monotonic() + 120
+        while True:
+            job = subprocess.run(
+                [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir",
+                 str(ROOT), "--", "python", SCRIPT, "--input", str(path), "--output", str(out),
+                 "--id-column", "doc", "--dtype", "float32", "--no-progress"],
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+            if (job.returncode == 0 or "No available agent" not in job.stdout + job.stderr
+                    or time.monotonic() > deadline):
+                break
+            time.sleep(3)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout
         assert_output(out, ids, vectors)
