@@ -102,7 +102,11 @@ class EmbedWorker:
             tokens0, truncated0, chunked0 = stats.tokens, stats.truncated, stats.chunked
             stages0 = stats.stage_seconds()
             start = time.perf_counter()
-            vectors = self.engine.embed(texts)
+            from workers.input_processor import TextTooLongError  # loaded with the engine already
+            try:
+                vectors = self.engine.embed(texts)
+            except TextTooLongError as e:
+                raise self._too_long(shard, good, keep, e) from None
             seconds = time.perf_counter() - start
             stages = {k: v - stages0[k] for k, v in stats.stage_seconds().items()}
         _crash_point(shard, "mid_shard")
@@ -124,6 +128,16 @@ class EmbedWorker:
         record["write_seconds"] = time.perf_counter() - t2
         _crash_point(shard, "after_write")
         return record
+
+    def _too_long(self, shard: Shard, good: pa.Table, keep, error) -> BadRowsError:
+        """truncation="error" met a long text: name its input row and id (not retried)."""
+        kept = np.flatnonzero(keep) if keep is not None else np.arange(good.num_rows)
+        row = int(shard.row_offset + kept[error.index])
+        ident = good.column(self.config.id_column)[error.index].as_py() if self.config.id_column else row
+        return BadRowsError(
+            f"{shard.describe()}: row {row} (id {ident!r}) cannot be embedded with "
+            f"truncation='error': it is longer than max_length={error.max_length} tokens; shorten "
+            "it, raise max_length, or pass truncation='truncate' or 'chunk' (--truncation)")
 
     def _source(self, ref):
         key = ref.hex()

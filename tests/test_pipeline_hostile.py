@@ -234,6 +234,19 @@ def test_duplicate_pass_spilled_into_hash_buckets_finds_the_same_rows(tmp_path):
         assert spilled.to_pylist() == whole.to_pylist()
 
 
+def test_overlong_text_in_error_mode_names_its_row_and_id_without_retries(ray_local):
+    texts = sample_passages(12, seed=4, max_chars=60)
+    texts[3] = None                                      # a recorded bad row before it
+    texts[8] = "a long text about tokens " * 40          # over max_length=32
+    data = pa.table({"doc": [f"doc-{i}" for i in range(12)], "text": texts})
+    with pytest.raises(pipeline.ShardFailedError) as info:
+        pipeline.run(data, id_column="doc", shard_rows=5, truncation="error", max_length=32,
+                     max_retries=5, **F32)
+    message = str(info.value)
+    assert "row 8 (id 'doc-8') cannot be embedded with truncation='error'" in message
+    assert "max_length=32" in message and "failed" not in message  # refused at once, not retried
+
+
 def test_odd_but_valid_texts_embed_like_the_engine(ray_local, engine):
     result = pipeline.run(ODD_TEXTS, shard_rows=7, **F32)
     assert result.errors == () and result.stats.rows == len(ODD_TEXTS)

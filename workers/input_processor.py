@@ -31,6 +31,15 @@ _CHARS_PER_TOKEN = 16  # generous: English averages ~4.5 characters per word pie
 _SLICE_CHARS = 1 << 16  # chunk mode: characters tokenized at a time from an over-long text
 
 
+class TextTooLongError(ValueError):
+    """truncation="error" and a text is over max_length; `index` is its position in the call."""
+
+    def __init__(self, index: int, max_length: int):
+        super().__init__(f"text at index {index} is longer than max_length={max_length} tokens; "
+                         "shorten it, raise max_length, or use truncation='truncate' or 'chunk'")
+        self.index, self.max_length = index, max_length
+
+
 @dataclass
 class Tokenized:
     ids: list[np.ndarray]          # one int64 array per text, special tokens included
@@ -102,10 +111,7 @@ class InputProcessor:
                 encs[i] = enc
             if over:
                 if self.truncation == "error":
-                    raise ValueError(
-                        f"text at index {first_index + i} is longer than max_length="
-                        f"{self.max_length} tokens; shorten it, raise max_length, or use "
-                        "truncation='truncate' or 'chunk'")
+                    raise TextTooLongError(first_index + i, self.max_length)
                 truncated += 1
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encs]
         starts = [self._pool_start(x) for x in ids] if self.skip_instruction else None
