@@ -134,6 +134,11 @@ def engine_embed(folder: Path, device, dtype_name: str, backend: str | None, max
     engine = Engine(EngineConfig(model=str(folder), device=str(device), dtype=dtype_name,
                                  attention_backend=backend, pooling="cls", normalize=False,
                                  max_length=max_length))
+    # No max_num_batched_tokens: on CUDA the budget comes from the memory profile (workers/memory.py).
+    print(f"  engine {dtype_name} {engine.backend.name}: token budget "
+          f"{engine.resolved.max_num_batched_tokens:,}"
+          + (" (profiled at gpu_memory_utilization=0.9)" if engine.resolved.device.type == "cuda" else ""),
+          flush=True)
     return engine.embed, engine.backend.name
 
 
