@@ -23,7 +23,7 @@ from .config import PipelineConfig
 from .manifest import Manifest
 from .shards import Shard, read_shard
 from .sources import text_as_string
-from .validate import BadRowsError, split_bad_rows  # noqa: F401 (BadRowsError: pool.py's import)
+from .validate import BadRowsError, embeddable_texts, split_bad_rows  # noqa: F401 (BadRowsError: pool.py's import)
 from .writer import part_table, write_errors, write_part
 
 
@@ -71,7 +71,7 @@ class EmbedWorker:
         """Embed the texts of `shards` that are not blank (the int8 calibration sample): (n, dim)."""
         source, column = self._source(source_box[0]), self.config.text_column
         tables = [text_as_string(read_shard(source, s, [column]), self.config) for s in shards]
-        texts = [t for table in tables for t in table.column(column).to_pylist() if t and t.strip()]
+        texts = [t for table in tables for t in embeddable_texts(table, column)]
         with self.lock:
             return self.engine.embed(texts)
 

@@ -41,12 +41,7 @@ def split_bad_rows(shard, table: pa.Table, config: PipelineConfig):
     embed the special tokens alone, a vector that matches nothing. Raises BadRowsError when
     `config.on_bad_row == "error"`.
     """
-    text = table.column(config.text_column)
-    if text.type == pa.null():
-        text = text.cast(pa.large_string())
-    null = pc.is_null(text).to_numpy(zero_copy_only=False)
-    empty = pc.fill_null(pc.equal(pc.utf8_length(text), 0), False).to_numpy(zero_copy_only=False)
-    space = pc.fill_null(pc.utf8_is_space(text), False).to_numpy(zero_copy_only=False)
+    null, empty, space = _bad_text(table.column(config.text_column))
     bad = null | empty | space
     id_type = table.schema.field(config.id_column).type if config.id_column else pa.int64()
     if not bad.any():
@@ -65,6 +60,22 @@ def split_bad_rows(shard, table: pa.Table, config: PipelineConfig):
             f"(id {ids[0].as_py()!r}): {reasons[0]}; clean the input, or pass on_bad_row='record' "
             "(--on-bad-row record) to list such rows in _errors.parquet and go on")
     return table.filter(pa.array(~bad)), errors, ~bad
+
+
+def _bad_text(text) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(null, empty, whitespace-only) masks of a text column."""
+    if text.type == pa.null():
+        text = text.cast(pa.large_string())
+    null = pc.is_null(text).to_numpy(zero_copy_only=False)
+    empty = pc.fill_null(pc.equal(pc.utf8_length(text), 0), False).to_numpy(zero_copy_only=False)
+    space = pc.fill_null(pc.utf8_is_space(text), False).to_numpy(zero_copy_only=False)
+    return null, empty, space
+
+
+def embeddable_texts(table: pa.Table, column: str) -> list[str]:
+    """The texts of `column` that `split_bad_rows` would keep (for samples, e.g. int8 calibration)."""
+    null, empty, space = _bad_text(table.column(column))
+    return table.column(column).filter(pa.array(~(null | empty | space))).to_pylist()
 
 
 def duplicate_id_errors(ids: pa.Array, shards: pa.Array, rows: pa.Array) -> pa.Table:
@@ -107,6 +118,7 @@ def output_errors(fs: pafs.FileSystem, folder: str, manifest, id_type: pa.DataTy
     rows in a temporary folder, and each bucket is checked alone: the driver's memory is bounded
     by one bucket (~140 bytes per row), at the cost of writing the ids to local disk once.
     """
+    from .writer import read_part
     check_ids = manifest.fingerprint.get("id_column") is not None
     total = sum(r["rows"] for r in manifest.shards.values())
     buckets = max(1, -(-total // (pass_rows or DUPLICATE_PASS_ROWS))) if check_ids else 0
@@ -114,7 +126,6 @@ def output_errors(fs: pafs.FileSystem, folder: str, manifest, id_type: pa.DataTy
     with _IdBuckets(buckets) as spill:
         for shard_id, record, kept in _shard_rows(fs, folder, manifest, bad):
             if check_ids:
-                from .writer import read_part
                 part_ids = read_part(fs, f"{folder}/{record['path']}", ["id"]).column("id").combine_chunks()
                 spill.add(part_ids, pa.array(np.full(len(kept), int(shard_id), np.int32)), pa.array(kept))
         duplicates = [duplicate_id_errors(*columns) for columns in spill.buckets()]
