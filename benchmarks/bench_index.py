@@ -1,7 +1,7 @@
 """Index benchmark: flat vs hnsw vs ivfpq over real embeddings of docstring passages.
 
-    python jobs/bench_index.py                  # 20,000 indexed + 500 held-back queries
-    python jobs/bench_index.py --rows 5000 --queries 200
+    python benchmarks/bench_index.py                  # 20,000 indexed + 500 held-back queries
+    python benchmarks/bench_index.py --rows 5000 --queries 200
 
 Embeds `rows + queries` distinct passages from pipeline/samples.py once with the bundled model
 (cached under out/bench_index/; the queries are passages not in the index), builds each index
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchlib import machine
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 CACHE = ROOT / "out" / "bench_index"
 KINDS = ("flat", "hnsw", "ivfpq")
 
@@ -44,7 +44,7 @@ def embed_once(rows: int, queries: int, max_chars: int) -> tuple[Path, np.ndarra
     import pyarrow as pa
     import pyarrow.parquet as pq
     import pipeline
-    from pipeline.samples import sample_passages
+    from benchlib import sample_passages
     folder = CACHE / f"r{rows}-q{queries}-c{max_chars}"
     out, qfile = folder / "embeddings", folder / "queries.npy"
     if (out / "_manifest.json").exists() and qfile.exists():
@@ -106,6 +106,7 @@ def main(argv=None) -> int:
         results[kind] = index.search(queries, args.k)
         ms = (time.perf_counter() - t0) * 1000 / len(queries)
         rows.append((kind, stats, ms))
+    print(f"\nmachine: {machine()}")
     print(f"\n{args.rows:,} vectors x {stats['dimensions']} ({embeddings}), {len(queries)} held-back "
           f"queries, recall@{args.k} vs flat\n")
     print(f"| kind | params | build s | RSS delta MiB | peak RSS MiB | index bytes | recall@{args.k} | ms/query |")

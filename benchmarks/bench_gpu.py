@@ -1,7 +1,7 @@
 """GPU benchmark: this engine vs transformers padded and sentence-transformers, random weights.
 
-    bash jobs/bench_gpu.sh                       # what to run on a lent GPU (< 5 minutes)
-    python jobs/bench_gpu.py --shapes tiny       # a CPU smoke run of the same code path
+    bash benchmarks/gpu.sh                       # what to run on a lent GPU (< 5 minutes)
+    python benchmarks/bench_gpu.py --shapes tiny       # a CPU smoke run of the same code path
 
 Needs only torch, transformers, sentence-transformers (no downloads, no ray/pyarrow): model
 folders with the shapes of BERT-base and XLM-R-large (bge-m3) are built from configs with random
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from workers import Engine, EngineConfig  # noqa: E402
+from benchlib import sample_passages
+from workers import Engine, EngineConfig
 
 SHAPES = {  # hidden, layers, heads, intermediate, model_type
     "bert-base": (768, 12, 12, 3072, "bert"),
@@ -34,14 +31,6 @@ SHAPES = {  # hidden, layers, heads, intermediate, model_type
     "tiny": (64, 2, 4, 128, "bert"),
 }
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def _passages(n: int) -> list[str]:
-    # Loaded by path: importing the `pipeline` package would pull in ray and pyarrow.
-    spec = importlib.util.spec_from_file_location("samples", ROOT / "pipeline" / "samples.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.sample_passages(n)
 
 
 def build_folder(shape: str, tokenizer: Path, root: Path) -> Path:
@@ -205,7 +194,7 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}; torch.nn.attention.varlen: "
           f"{importlib.util.find_spec('torch.nn.attention.varlen') is not None}; flash_attn: "
           f"{importlib.util.find_spec('flash_attn') is not None}", flush=True)
-    texts = _passages(args.passages)
+    texts = sample_passages(args.passages)
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):
             bench_shape(shape, args, texts, device, Path(tmp))

@@ -1,0 +1,154 @@
+"""What every benchmark shares: the machine's description, matmul ceilings at a model's shapes,
+FLOP counts, best-of-N timing, cosines, and the sample corpus.
+
+Benchmarks are scripts in this folder (`python benchmarks/<name>.py`); Python puts the script's
+folder first on `sys.path`, so `import benchlib` needs no path edits. The project's own packages
+come from the install (`make setup`), or from `PYTHONPATH=.` where nothing is installed (the GPU
+machine, see gpu.sh). Nothing here imports ray or pyarrow, so the GPU check runs with only
+torch, transformers and sentence-transformers.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def sample_passages(n: int, seed: int = 0, **kwargs) -> list[str]:
+    """Real-text passages from the standard library's docstrings (see pipeline/samples.py).
+
+    Loaded by file path so that the `pipeline` package (ray, pyarrow) is not imported."""
+    spec = importlib.util.spec_from_file_location("_samples", ROOT / "pipeline" / "samples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.sample_passages(n, seed=seed, **kwargs)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                        platform.processor())
+    except OSError:
+        return platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> str:
+    """The matmul-relevant ISA extensions this CPU has (amx, avx512 bf16/vnni, avx2)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "?"
+    wanted = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
+    return ",".join(f for f in wanted if f in flags) or "none of amx/avx512/avx2"
+
+
+def machine(threads: int | None = None) -> str:
+    """One line naming the machine a table was measured on."""
+    line = f"{cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        line = f"{torch.cuda.get_device_name()}; host {line}"
+    line += f", torch {torch.__version__}"
+    return line + (f", {threads} threads" if threads else "")
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_ceiling(shapes: Iterable[tuple[int, int, int]], dtype: torch.dtype,
+                   device: torch.device | str = "cpu", reps: int = 8) -> float:
+    """FLOP/s of torch's linear at (M, K, N) shapes, weighted by their FLOPs (one warm-up each)."""
+    total_flops, total_s = 0.0, 0.0
+    for M, K, N in shapes:
+        x = torch.randn(M, K, dtype=dtype, device=device)
+        w = torch.randn(N, K, dtype=dtype, device=device)
+        torch.nn.functional.linear(x, w)
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch.nn.functional.linear(x, w)
+        sync(device)
+        total_s += time.perf_counter() - t
+        total_flops += 2.0 * M * K * N * reps
+    return total_flops / total_s
+
+
+def linear_shapes(cfg, tokens: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of one layer's linears for an HF config (BERT family or a gated decoder)."""
+    h, f = cfg.hidden_size, cfg.intermediate_size
+    heads = cfg.num_attention_heads
+    d = getattr(cfg, "head_dim", None) or h // heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    if _gated(cfg):
+        return [(tokens, h, (heads + 2 * kv) * d), (tokens, heads * d, h),
+                (tokens, h, 2 * f), (tokens, f, h)]
+    return [(tokens, h, 3 * h), (tokens, h, h), (tokens, h, f), (tokens, f, h)]
+
+
+def flops_per_token(cfg, lengths: np.ndarray) -> float:
+    """Forward FLOPs per token: every layer's linears plus attention (QKᵀ and PV) at these
+    sequence lengths (a token attends to its whole sequence, bidirectional or not)."""
+    linear = 2 * sum(k * n for _, k, n in linear_shapes(cfg, 1)) * cfg.num_hidden_layers
+    heads = cfg.num_attention_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    lengths = np.asarray(lengths, dtype=np.float64)
+    mean_context = float((lengths ** 2).sum() / lengths.sum())
+    return linear + 4 * cfg.num_hidden_layers * heads * d * mean_context
+
+
+def _gated(cfg) -> bool:
+    return getattr(cfg, "model_type", "") in {"qwen2", "qwen3", "llama", "mistral", "gemma3_text"}
+
+
+def best_of(fn: Callable[[], object], rounds: int, device: torch.device | str = "cpu"):
+    """(result of the fastest call, its seconds) over `rounds` calls, after one warm-up call."""
+    fn()
+    best, out = float("inf"), None
+    for _ in range(rounds):
+        sync(device)
+        t = time.perf_counter()
+        result = fn()
+        sync(device)
+        seconds = time.perf_counter() - t
+        if seconds < best:
+            best, out = seconds, result
+    return out, best
+
+
+def alternating_rounds(systems: dict[str, Callable[[list[str]], np.ndarray]], texts: list[str],
+                       rounds: int) -> dict[str, tuple[np.ndarray, float]]:
+    """Warm every system up, then time them in turn, round after round (so drift in the
+    machine's speed hits all alike); keep each one's best round: name -> (vectors, seconds)."""
+    for fn in systems.values():
+        fn(texts[:2])
+    results: dict[str, tuple[np.ndarray, float]] = {}
+    for r in range(rounds):
+        for name, fn in systems.items():
+            t = time.perf_counter()
+            vectors = fn(texts)
+            seconds = time.perf_counter() - t
+            print(f"  round {r + 1}: {name:20s} {seconds:.2f} s", flush=True)
+            if name not in results or seconds < results[name][1]:
+                results[name] = (vectors, seconds)
+    return results
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (n, d) arrays, in float64."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(cosines(a, b).min())
