@@ -59,3 +59,14 @@ def test_bench_decoder_prints_the_table():
     assert rows >= {"engine-bf16", "hf-padded-bf16"}
     cosine = float(out.split("min cosine engine vs transformers:")[1].split()[0])
     assert cosine >= 0.999, out
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_on_cpu_passes():
+    """The GPU check's CPU mode: every case runs in both loops and dtypes and matches CPU fp32."""
+    out = _run("gpu_check.py", "--shapes", "tiny", "--passages", "24", "--check", "16")
+    assert "gpu check: PASS" in out, out
+    for case in ("embed/bert", "embed/xlm-roberta", "embed/qwen3-gqa"):
+        assert f"\n{case} (" in out
+    rows = [line for line in out.splitlines() if line.startswith("| fp32 | sdpa |") or line.startswith("| bf16 | sdpa |")]
+    assert len(rows) >= 2 * 2 * 3 and not any("FAIL" in r for r in rows)

@@ -4,7 +4,9 @@
 linear+GELU primitive (`torch.ops.mkldnn._linear_pointwise`, the op inductor itself emits): the
 GELU runs on the output tile while it is still in cache, measured 1.5x (bf16) to 1.8x (fp32)
 faster than linear then GELU at MiniLM's FFN shape. The op is private, so it is used only when it
-exists, and the choice is made once per process.
+exists, and only in a dtype oneDNN supports on this CPU: bfloat16/float16 primitives need AVX512
+(an AVX2-only CPU such as AMD Zen 3 cannot create them), so there they fall back to linear then
+the activation. The choice is made once per process and dtype.
 """
 from __future__ import annotations
 
@@ -31,10 +33,18 @@ _ONEDNN_ACTS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"),
                 "gelu_pytorch_tanh": ("gelu", "tanh"), "relu": ("relu", "")}
 
 
+# dtype -> the private probe saying oneDNN has primitives for it on this CPU
+_ONEDNN_DTYPE_PROBES = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
+
+
 @functools.cache
-def onednn_fusion_available() -> bool:
+def onednn_fusion_available(dtype: torch.dtype = torch.float32) -> bool:
     ok = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    logger.info("fused linear+activation on CPU: %s", "oneDNN" if ok else "unavailable (unfused)")
+    probe = _ONEDNN_DTYPE_PROBES.get(dtype)
+    if ok and probe is not None:
+        ok = hasattr(torch.ops.mkldnn, probe) and bool(getattr(torch.ops.mkldnn, probe)())
+    logger.info("fused linear+activation on CPU in %s: %s", dtype,
+                "oneDNN" if ok else "unavailable (unfused)")
     return ok
 
 
@@ -49,7 +59,7 @@ class LinearAct(nn.Linear):
         self.act = ACTIVATIONS[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and self.act_name in _ONEDNN_ACTS and onednn_fusion_available():
+        if x.device.type == "cpu" and self.act_name in _ONEDNN_ACTS and onednn_fusion_available(x.dtype):
             op, algorithm = _ONEDNN_ACTS[self.act_name]
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, op, [], algorithm)
         return self.act(F.linear(x, self.weight, self.bias))
