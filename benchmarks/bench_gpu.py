@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchlib import sample_passages
+from benchlib import best_of, flops_per_token, linear_shapes, machine, matmul_ceiling, min_cosine, sample_passages
 from workers import Engine, EngineConfig
 
 SHAPES = {  # hidden, layers, heads, intermediate, model_type
@@ -54,44 +54,6 @@ def build_folder(shape: str, tokenizer: Path, root: Path) -> Path:
         if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
             shutil.copy(f, folder / f.name)
     return folder
-
-
-def flops_per_token(shape: str, lengths: np.ndarray) -> float:
-    h, layers, _, f, _ = SHAPES[shape]
-    attention = 4 * layers * h * float((lengths.astype(float) ** 2).sum() / lengths.sum())
-    return 2 * layers * (4 * h * h + 2 * h * f) + attention
-
-
-def matmul_ceiling(shape: str, device, dtype, M: int = 16384) -> float:
-    h, _, _, f, _ = SHAPES[shape]
-    total, seconds = 0.0, 0.0
-    for K, N in ((h, 3 * h), (h, h), (h, f), (f, h)):
-        x, w = torch.randn(M, K, device=device, dtype=dtype), torch.randn(N, K, device=device, dtype=dtype)
-        for _ in range(3):
-            torch.nn.functional.linear(x, w)
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(10):
-            torch.nn.functional.linear(x, w)
-        _sync(device)
-        seconds += time.perf_counter() - t
-        total += 2.0 * M * K * N * 10
-    return total / seconds
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, texts, reps: int):
-    fn(texts[:256])
-    best, out = float("inf"), None
-    for _ in range(reps):
-        t = time.perf_counter()
-        out = fn(texts)
-        best = min(best, time.perf_counter() - t)
-    return out, best
 
 
 def hf_padded(folder: Path, device, dtype, batch: int, max_length: int):
@@ -136,8 +98,10 @@ def bench_shape(shape, args, texts, device, root) -> None:
     probe = Engine(EngineConfig(model=str(folder), device="cpu", dtype="float32", pooling="cls",
                                 normalize=False, max_length=args.max_length))
     lengths = np.array([len(i) for i in probe.processor(texts).ids])
-    tokens, fpt = int(lengths.sum()), flops_per_token(shape, lengths)
-    ceiling = matmul_ceiling(shape, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    cfg = probe.folder.hf_config
+    tokens, fpt = int(lengths.sum()), flops_per_token(cfg, lengths)
+    ceiling = matmul_ceiling(linear_shapes(cfg, 16384), torch.bfloat16 if device.type == "cuda" else torch.float32,
+                             device, reps=10)
     ref = hf_padded(folder, device, torch.float32, args.batch, args.max_length)(texts[: args.check])
     systems = [(f"engine {d} {b or 'auto'}", lambda d=d, b=b: engine_embed(folder, device, d, b, args.max_length))
                for d in args.dtypes for b in args.backends]
@@ -151,12 +115,11 @@ def bench_shape(shape, args, texts, device, root) -> None:
     for name, make in systems:
         try:
             fn, backend = make()
-            vecs, secs = timed(fn, texts, args.reps)
+            vecs, secs = best_of(lambda: fn(texts), args.reps, device)
         except Exception as e:  # a backend this machine lacks: report, keep benchmarking the rest
             print(f"  {name}: skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})", flush=True)
             continue
-        v, r = vecs[: args.check], ref
-        cos = ((v * r).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(r, axis=1)).min()
+        cos = min_cosine(vecs[: args.check], ref)
         rows.append((name.replace("auto", backend), tokens / secs, cos))
         print(f"  {rows[-1][0]:32s} {tokens / secs:12,.0f} tokens/s", flush=True)
     base = next((r[1] for r in rows if r[0].startswith("hf-padded")), None)
@@ -190,8 +153,7 @@ def main() -> None:
         from workers.model_folder import default_model_path
         args.tokenizer = default_model_path()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}; torch.nn.attention.varlen: "
+    print(f"device: {machine()}; torch.nn.attention.varlen: "
           f"{importlib.util.find_spec('torch.nn.attention.varlen') is not None}; flash_attn: "
           f"{importlib.util.find_spec('flash_attn') is not None}", flush=True)
     texts = sample_passages(args.passages)
