@@ -16,7 +16,6 @@ import argparse
 import importlib.util
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
