@@ -98,7 +98,8 @@ def duplicate_id_errors(ids: pa.Array, shards: pa.Array, rows: pa.Array) -> pa.T
     """
     if len(ids) == 0:
         return errors_table(ids, [], [], [])
-    counts = pa.table({"id": ids}).group_by("id").aggregate([("id", "count")])
+    # mode="all": a null id that repeats is a repeated id too (the default counts non-nulls only).
+    counts = pa.table({"id": ids}).group_by("id").aggregate([("id", "count", pc.CountOptions(mode="all"))])
     repeated = counts.filter(pc.greater(counts.column("id_count"), 1)).column("id")
     if len(repeated) == 0:
         return errors_table(ids.slice(0, 0), [], [], [])

@@ -197,11 +197,9 @@ class OutputFolder:
         """Refuse a file, and a folder holding files the pipeline did not write and no manifest
         (a fresh run would mix them in, and a user's folder must never be taken over). A folder
         with a manifest is ours: other files there (an index, notes) are left alone."""
-        try:
-            kind = self.fs.get_file_info(self.path).type
-        except OSError as e:  # e.g. a path through a regular file
-            raise OutputFolderError(f"output {self} cannot be used as a folder ({e})") from None
+        kind = self.fs.get_file_info(self.path).type
         if kind == pafs.FileType.NotFound:
+            self._check_creatable()
             return
         if kind != pafs.FileType.Directory:
             raise OutputFolderError(f"output {self} is a file, not a folder; pass a folder path")
@@ -215,6 +213,17 @@ class OutputFolder:
                 f"output folder {self} holds {len(foreign)} file(s) the pipeline did not write and "
                 f"no {MANIFEST_NAME}: {shown}. Write to a new or empty folder (the pipeline never "
                 "deletes files it did not write)")
+
+    def _check_creatable(self) -> None:
+        """A missing local folder must be creatable: its nearest existing parent is a folder."""
+        if not self.is_local:
+            return  # object stores have no real folders
+        parent = os.path.dirname(self.path)
+        while not os.path.lexists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise OutputFolderError(f"output {self} cannot be created: {parent} is a file; pass "
+                                    "a folder path")
 
     def _remove_quietly(self, path: str) -> None:
         try:
