@@ -202,7 +202,7 @@ class OutputFolder:
             self._check_creatable()
             return
         if kind != pafs.FileType.Directory:
-            raise OutputFolderError(f"output {self} is a file, not a folder; pass a folder path")
+            raise OutputFolderError(f"output {str(self)!r} is a file, not a folder; pass a folder path")
         if self.exists(MANIFEST_NAME):
             return
         foreign = [rel for rel in self.files() if not is_ours(rel)]
@@ -210,7 +210,7 @@ class OutputFolder:
             shown = ", ".join(foreign[:_SHOW]) + (f" (and {len(foreign) - _SHOW} more)"
                                                   if len(foreign) > _SHOW else "")
             raise OutputFolderError(
-                f"output folder {self} holds {len(foreign)} file(s) the pipeline did not write and "
+                f"output folder {str(self)!r} holds {len(foreign)} file(s) the pipeline did not write and "
                 f"no {MANIFEST_NAME}: {shown}. Write to a new or empty folder (the pipeline never "
                 "deletes files it did not write)")
 
@@ -222,7 +222,7 @@ class OutputFolder:
         while not os.path.lexists(parent):
             parent = os.path.dirname(parent)
         if not os.path.isdir(parent):
-            raise OutputFolderError(f"output {self} cannot be created: {parent} is a file; pass "
+            raise OutputFolderError(f"output {str(self)!r} cannot be created: {parent} is a file; pass "
                                     "a folder path")
 
     def _remove_quietly(self, path: str) -> None:
