@@ -11,7 +11,8 @@ Alone (starts a local Ray):
     python jobs/embed_corpus.py --input 'corpus/*.parquet' --output embeddings/ --id-column doc_id
     python jobs/embed_corpus.py --demo        # sample corpus from Python docstrings (make demo)
 
-Rerunning with the same --output resumes. Exit codes:
+Rerunning with the same --output resumes. Exit codes (the table mapping each error type to
+its code is `pipeline/errors.py::EXIT_CODES`):
 
     0  done: every input row is embedded in --output
     1  the run failed (a shard kept failing: e.g. disk full; every actor died); committed
@@ -36,7 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout or a job's working dir
     sys.path.insert(0, str(ROOT))
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISMATCH, EXIT_REPORTED = 0, 1, 2, 3, 4
 DEMO_DIR = ROOT / "out" / "demo"
 
 
@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n" + "\n".join(
             line for line in __doc__.splitlines() if line.strip().startswith(("python", "RAY_AUTH")))
-        + "\n\nexit codes:\n" + __doc__.split("Exit codes:\n\n")[1])
+        + "\n\nexit codes:\n" + __doc__[__doc__.index("    0  done"):])
     p.add_argument("--input", help="Parquet file, folder or glob (local or s3://, gs://...), "
                                    "or a datasets save_to_disk folder")
     p.add_argument("--output", help="output folder for the parts and _manifest.json; rerun to resume")
@@ -75,11 +75,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="stored embedding values (int8: calibrated on a corpus sample; ubinary: packed sign bits)")
     p.add_argument("--dimensions", type=int, default=None,
                    help="Matryoshka: keep the first N dimensions (renormalized) before quantizing")
-    p.add_argument("--on-bad-row", default="record", choices=["record", "error"],
+    p.add_argument("--on-bad-row", default=None, choices=["record", "error"],
                    help="a null, empty or whitespace-only text: record it in _errors.parquet and "
                         "go on (default; exit code 4), or stop the run (exit code 2)")
     p.add_argument("--skip-bad-rows", action="store_true",
-                   help="deprecated: the default now (--on-bad-row record)")
+                   help="deprecated alias of --on-bad-row record (the default); refused together "
+                        "with --on-bad-row error")
     p.add_argument("--allow-pickle", action="store_true",
                    help="load a model folder whose only weights are pickle files (pytorch_model.bin) "
                         "with torch.load(weights_only=True); default: refused (exit code 2)")
@@ -94,6 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.demo and not (args.input and args.output):
         p.error("--input and --output are required (or pass --demo)")
+    if args.skip_bad_rows and args.on_bad_row == "error":
+        p.error("--skip-bad-rows (record bad rows) contradicts --on-bad-row error; pass one")
+    args.on_bad_row = args.on_bad_row or "record"
     return args
 
 
@@ -116,6 +120,7 @@ def main(argv=None) -> int:
     # the manifest (every finished shard stays committed) and stops the actors.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     import pipeline
+    from pipeline.errors import ExitCode, exit_code
     if args.demo:
         t0 = time.perf_counter()
         args.input = str(build_demo_corpus(args.demo_rows))
@@ -135,23 +140,16 @@ def main(argv=None) -> int:
             output_dtype=args.output_dtype, on_bad_row=args.on_bad_row, cast_text=args.cast,
             overwrite=args.overwrite, progress=not args.no_progress,
             **{k: v for k, v in engine.items() if v is not None})
-    except pipeline.FingerprintMismatch as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_MISMATCH
-    except pipeline.ShardFailedError as e:
-        if "cannot be embedded" in str(e):  # a bad row under --on-bad-row error: the input's fault
+    except Exception as e:
+        code = exit_code(e)
+        if code is None:  # not a failure the pipeline names: a bug, keep its traceback
+            raise
+        if code == ExitCode.FAILED:
+            print(f"error: the run failed: {e}\nCommitted shards are kept; rerun the same command "
+                  "to resume.", file=sys.stderr)
+        else:
             print(f"error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        print(f"error: the run failed: {e}\nCommitted shards are kept; rerun the same command to "
-              "resume.", file=sys.stderr)
-        return EXIT_FAILED
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (pipeline.ShardFailedError, RuntimeError, TimeoutError) as e:
-        print(f"error: the run failed: {e}\nCommitted shards are kept; rerun the same command to "
-              "resume.", file=sys.stderr)
-        return EXIT_FAILED
+        return code
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(result.stats.to_dict(), indent=1))
     if args.demo:
@@ -160,8 +158,8 @@ def main(argv=None) -> int:
         print(f"warning: {result.stats.bad_rows_total:,} row(s) not embedded (bad text) and "
               f"{result.stats.duplicate_ids:,} row(s) with a repeated id are listed in "
               f"{result.output}/_errors.parquet", file=sys.stderr)
-        return EXIT_REPORTED
-    return EXIT_OK
+        return ExitCode.REPORTED
+    return ExitCode.OK
 
 
 def show_demo(output: str) -> None:

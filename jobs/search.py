@@ -85,11 +85,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from pipeline.index import Index
     from pipeline.manifest import Manifest
-    from pipeline.writer import resolve_output
+    from pipeline.output_folder import OutputFolder
     try:
         index = Index.load(args.index)
         folder = args.embeddings or index.meta["embeddings"]
-        loaded = Manifest.load(*resolve_output(folder))
+        loaded = Manifest.load(OutputFolder.open(folder))
         if loaded is None:
             raise FileNotFoundError(f"{folder} has no _manifest.json: pass --embeddings with the "
                                     "folder the index was built from")

@@ -17,16 +17,20 @@ import numpy as np
 import pyarrow as pa
 
 from .config import PipelineConfig
-from .driver import RunResult, engine_option_names, execute
-from .manifest import FingerprintMismatch, Manifest
-from .pool import ShardFailedError
+from .driver import engine_option_names, execute
+from .errors import (BadRowsError, FingerprintMismatch, InputError, InputNotFoundError,
+                     OutputWriteError, PipelineError, RunFailedError, ShardFailedError)
+from .finish import RunResult
+from .manifest import Manifest
+from .output_folder import OutputFolder
 from .progress import RunStats, WorkerStats
 from .quantize import QUANT_KEY
 from .quantize import decode as _decode
-from .writer import embedding_array, read_part, resolve_output, to_numpy
+from .writer import embedding_array, to_numpy
 
 __all__ = ["run", "read_embeddings", "to_numpy", "RunResult", "RunStats", "WorkerStats",
-           "PipelineConfig", "FingerprintMismatch", "ShardFailedError"]
+           "PipelineConfig", "OutputFolder", "PipelineError", "InputError", "FingerprintMismatch",
+           "RunFailedError", "ShardFailedError", "BadRowsError", "OutputWriteError"]
 
 
 def run(data, *, output=None, model=None, text_column="text", id_column=None, num_workers=None,
@@ -41,6 +45,9 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
         output: folder (or URI) for the parts and `_manifest.json`. Rerunning into it resumes:
             committed shards are skipped, a different model/settings/input is refused with
             `FingerprintMismatch`. None (in-memory inputs only): vectors in `result.embeddings`.
+            Errors are typed (`pipeline/errors.py`): `InputError` (a ValueError) for bad
+            arguments or input, `FingerprintMismatch`, `BadRowsError`, and `RunFailedError`
+            (a RuntimeError; e.g. `ShardFailedError`) once work has begun: rerun to resume.
         model: a local model folder; None is the bundled all-MiniLM-L6-v2.
         text_column: the column with the texts. id_column: the column copied to `id`
             (None: the global row index).
@@ -60,7 +67,7 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
     in `output/_errors.parquet`; rows whose id repeats are embedded and listed there too.
     Missing columns, a non-string text column (unless cast_text=True), a model folder that
     cannot load and an output folder holding files the pipeline did not write are refused with
-    ValueError / FileNotFoundError before Ray starts.
+    InputError (a ValueError) / FileNotFoundError before Ray starts.
 
     Uses the Ray cluster already initialised (or RAY_ADDRESS); else starts a local one and shuts
     it down afterwards.
@@ -77,7 +84,7 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
     engine_names = engine_option_names()
     unknown = set(options) - pipe_names - engine_names
     if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)}; pipeline options are "
+        raise InputError(f"unknown option(s) {sorted(unknown)}; pipeline options are "
                          f"{sorted(pipe_names)}, engine options are {sorted(engine_names)}")
     config = PipelineConfig(text_column=text_column, id_column=id_column, num_workers=num_workers,
                             **{k: v for k, v in options.items() if k in pipe_names})
@@ -110,18 +117,18 @@ def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False, 
         >>> pipeline.read_embeddings(out, as_numpy=True).shape
         (3, 384)
     """
-    fs, folder = resolve_output(path)
-    manifest = Manifest.load(fs, folder)
+    folder = OutputFolder.open(path)
+    manifest = Manifest.load(folder)
     if manifest is None:
-        raise FileNotFoundError(f"{path} has no _manifest.json: not the output of pipeline.run")
+        raise InputNotFoundError(f"{folder} has no _manifest.json: not the output of pipeline.run")
     if not manifest.data.get("complete") and not allow_partial:
-        raise ValueError(f"the run writing {path} has not finished ({len(manifest.shards)} of "
+        raise InputError(f"the run writing {folder} has not finished ({len(manifest.shards)} of "
                          f"{manifest.plan['num_shards']} shards committed); rerun pipeline.run "
                          "with the same output to finish it, or pass allow_partial=True")
     if as_numpy:
         columns = ["embedding"]
     records = [manifest.shards[k] for k in sorted(manifest.shards, key=int)]
-    tables = [read_part(fs, f"{folder}/{r['path']}", columns) for r in records]
+    tables = list(folder.read_parts(records, columns))
     if not tables:
         return np.zeros((0, 0), dtype=np.float32) if as_numpy else pa.table({})
     table = pa.concat_tables(tables)

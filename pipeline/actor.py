@@ -20,11 +20,13 @@ import pyarrow as pa
 import ray
 
 from .config import PipelineConfig
+from .errors import BadRowsError
 from .manifest import Manifest
+from .output_folder import OutputFolder
 from .shards import Shard, read_shard
 from .sources import text_as_string
-from .validate import BadRowsError, embeddable_texts, split_bad_rows  # noqa: F401 (BadRowsError: pool.py's import)
-from .writer import part_table, write_errors, write_part
+from .validate import embeddable_texts, split_bad_rows
+from .writer import part_table
 
 
 CRASH_FILE_ENV = "PIPELINE_CRASH_FILE"
@@ -47,7 +49,8 @@ def _crash_point(shard: Shard, point: str) -> None:
 class EmbedWorker:
     """One engine in one Ray actor. Wrapped with `ray.remote` by the driver (see `driver.py`)."""
 
-    def __init__(self, engine_config, config: PipelineConfig, output, threads: int | None):
+    def __init__(self, engine_config, config: PipelineConfig, output: OutputFolder | None,
+                 threads: int | None):
         if threads:
             # The tokenizer's Rust pool would otherwise start one thread per core of the node,
             # oversubscribing the cores reserved for this actor (FACTS.md: deadly with torch).
@@ -55,7 +58,7 @@ class EmbedWorker:
         from workers import Engine
         self.engine = Engine(engine_config)
         self.config, self._sources = config, {}
-        self.fs, self.folder = output if output is not None else (None, None)
+        self.folder = output
         self.lock = threading.Lock()
         self._quant = None  # the output's quantization record, read from its manifest once
         self._fingerprint = {"engine": self.engine.fingerprint(), **config.fingerprint()}
@@ -78,10 +81,10 @@ class EmbedWorker:
     def quantization(self) -> dict | None:
         """The quantization record the driver committed to the output's manifest before dispatch."""
         if self._quant is None and self.folder is not None:
-            manifest = Manifest.load(self.fs, self.folder)
+            manifest = Manifest.load(self.folder)
             self._quant = manifest.data.get("quantization") if manifest else None
             if self._quant is None and self.config.output_dtype == "int8":
-                raise RuntimeError(f"{self.folder}/_manifest.json has no int8 calibration; the "
+                raise RuntimeError(f"{self.folder.show('_manifest.json')} has no int8 calibration; the "
                                    "driver writes it before dispatch, so rerun to resume")
         return self._quant
 
@@ -122,9 +125,9 @@ class EmbedWorker:
         t2 = time.perf_counter()
         part = part_table(ids, vectors, extra, self.config.output_dtype, self._fingerprint,
                           self.quantization())
-        record.update(write_part(self.fs, self.folder, shard.id, part, self.config.output_format))
+        record.update(self.folder.publish_part(shard.id, part, self.config.output_format))
         if errors.num_rows:
-            record["errors"] = write_errors(self.fs, self.folder, shard.id, errors)
+            record["errors"] = self.folder.publish_errors(shard.id, errors)
         record["write_seconds"] = time.perf_counter() - t2
         _crash_point(shard, "after_write")
         return record

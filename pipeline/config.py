@@ -8,6 +8,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+from .errors import InputError
+
 OUTPUT_FORMATS = ("parquet", "arrow")
 BAD_ROW_POLICIES = ("record", "error")
 OUTPUT_DTYPES = ("float32", "float16", "int8", "ubinary")
@@ -65,24 +67,24 @@ class PipelineConfig:
 
     def __post_init__(self):
         if not isinstance(self.text_column, str) or not self.text_column:
-            raise ValueError(f"text_column={self.text_column!r} must be a non-empty column name")
+            raise InputError(f"text_column={self.text_column!r} must be a non-empty column name")
         if self.id_column is not None and (not isinstance(self.id_column, str) or not self.id_column):
-            raise ValueError(f"id_column={self.id_column!r} must be a column name or None")
+            raise InputError(f"id_column={self.id_column!r} must be a column name or None")
         if isinstance(self.passthrough_columns, str):
-            raise ValueError(f"passthrough_columns={self.passthrough_columns!r} must be a tuple of "
+            raise InputError(f"passthrough_columns={self.passthrough_columns!r} must be a tuple of "
                              f"column names, e.g. ({self.passthrough_columns!r},)")
         object.__setattr__(self, "passthrough_columns", tuple(self.passthrough_columns))
         reserved = {"id", "embedding"}
         clash = reserved.intersection(self.passthrough_columns)
         if clash:
-            raise ValueError(f"passthrough_columns {sorted(clash)} clash with the output columns "
+            raise InputError(f"passthrough_columns {sorted(clash)} clash with the output columns "
                              f"{sorted(reserved)}; rename them in the input first")
         for name in ("num_workers", "threads_per_worker", "shard_rows"):
             _positive_or_none(name, getattr(self, name))
         for name in ("max_retries", "max_restarts"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name}={value!r} must be an integer >= 0")
+                raise InputError(f"{name}={value!r} must be an integer >= 0")
         if self.skip_bad_rows is not None:
             warnings.warn("skip_bad_rows is deprecated; use on_bad_row='record' or 'error'",
                           DeprecationWarning, stacklevel=3)
@@ -110,9 +112,9 @@ class PipelineConfig:
 
 def _positive_or_none(name: str, value) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ValueError(f"{name}={value!r} must be a positive integer or None (automatic)")
+        raise InputError(f"{name}={value!r} must be a positive integer or None (automatic)")
 
 
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")
+        raise InputError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")

@@ -1,4 +1,4 @@
-"""The driver: plan, resume, dispatch to the actor pool, commit, summarise (DESIGN.md steps 1-7).
+"""The driver: plan, resume, dispatch to the actor pool, commit (DESIGN.md steps 1-6; 7 is finish.py).
 
 The driver never reads rows: it plans over row counts from metadata, ships the source to the
 actors, and receives back only small per-shard records (or, with no output folder, the vectors
@@ -11,72 +11,50 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import ray
 
 from . import quantize
 from .config import PipelineConfig
-from .manifest import Manifest, check_resumable
+from .errors import InputError
+from .finish import RunResult, finish, kept_rows
+from .manifest import MANIFEST_NAME, Manifest, check_resumable
+from .output_folder import OutputFolder, absolute, redact
 from .pool import Pool
-from .progress import Progress, RunStats, WorkerStats, summary_table
+from .progress import Progress, RunStats, WorkerStats
 from .shards import default_shard_rows, plan_record, plan_shards
 from .sources import open_source
-from .validate import check_model, check_output_folder, duplicate_id_errors, write_errors_file
-from .writer import resolve_output, stray_files
+from .validate import check_model
 
 log = logging.getLogger("pipeline")
 MAX_CPU_THREADS = 8
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What `pipeline.run` returns.
-
-    Attributes:
-        output: the output folder (None when the vectors came back in memory).
-        stats: a `RunStats` (rows, tokens, seconds, tokens_per_s, per-worker, truncated, bad rows).
-        manifest: the output's manifest as a dict (None without an output folder).
-        embeddings: with no output folder, an (n, dim) array in input order (bad rows are NaN);
-            else None — use `pipeline.read_embeddings(result.output)`.
-        errors: with no output folder, the reported rows as {"id", "shard", "row", "reason"}
-            dicts in row order (bad texts, and rows whose id repeats); else in the output's
-            `_errors.parquet`.
-    """
-
-    output: str | None
-    stats: RunStats
-    manifest: dict | None
-    embeddings: np.ndarray | None = None
-    errors: tuple = ()
 
 
 def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunResult:
     """Run the pipeline with validated configs (see `pipeline.run` for the documented entry)."""
     from workers import EngineConfig  # validates the engine options before anything starts
     EngineConfig(**engine_options)
-    if engine_options.get("profile_dir") and "://" not in engine_options["profile_dir"]:
+    if engine_options.get("profile_dir"):
         # Actors may run in another working directory: a relative trace folder is the driver's.
-        engine_options = {**engine_options, "profile_dir": os.path.abspath(engine_options["profile_dir"])}
+        engine_options = {**engine_options, "profile_dir": absolute(engine_options["profile_dir"])}
     t0 = time.perf_counter()
     # File inputs are planned before Ray starts, so a wrong path fails at once; in-memory ones
     # after, so they go to the object store.
     if output is None and _is_path(data):
-        raise ValueError("output= is required for file inputs (the corpus may not fit in "
+        raise InputError("output= is required for file inputs (the corpus may not fit in "
                          "memory); pass a folder, e.g. output='embeddings/'")
     source = open_source(data, config) if _is_path(data) else None
-    if output is not None:
-        check_output_folder(*resolve_output(output))
+    folder = OutputFolder.open(output) if output is not None else None
+    if folder is not None:
+        folder.check_usable()
     _check_model_here(engine_options)
     started_ray = _ensure_ray()
     pool = manifest = None
     try:
         source = source or open_source(data, config)
         n_workers, threads, resources = _worker_plan(config, engine_options)
-        target = resolve_output(output) if output is not None else None
-        manifest = _load_manifest(target, config) if target else None
+        manifest = _load_manifest(folder, config) if folder else None
         shards, plan = _plan(source, config, manifest, n_workers)
         if manifest is not None:
             # The input and this config's part of the fingerprint (columns, output form) are
@@ -86,10 +64,10 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
         todo = _pending(shards, manifest)
         engine_cfg = EngineConfig(**{"num_threads": threads, **engine_options})
         pool = Pool.start(max(1, min(n_workers, len(todo))), resources, config.max_restarts,
-                          config.max_retries, source, (engine_cfg, config, target, threads))
+                          config.max_retries, source, (engine_cfg, config, folder, threads))
         fingerprint = pool.fingerprint()
-        if target:
-            manifest = _prepare_output(target, manifest, fingerprint, plan)
+        if folder:
+            manifest = _prepare_output(folder, manifest, fingerprint, plan)
             _record_run(manifest, pool, source, config, engine_options, data)
             todo = _pending(shards, manifest)
             _crash_point("plan", 0)
@@ -100,7 +78,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
         pool.run(todo, collector.done, progress.tick)
         progress.close()
         stats = collector.stats(pool, time.perf_counter() - t0, startup, len(shards) - len(todo))
-        return _finish(stats, collector, manifest, target, config)
+        return finish(stats, collector, manifest, folder, config)
     finally:
         if manifest is not None:
             manifest.save(force=True)
@@ -121,28 +99,6 @@ def _plan(source, config: PipelineConfig, manifest: Manifest | None, n_workers: 
 def _pending(shards, manifest: Manifest | None):
     done = manifest.shards if manifest else {}
     return [s for s in shards if s.id not in done]
-
-
-def _finish(stats: RunStats, collector, manifest, target, config: PipelineConfig) -> RunResult:
-    """Report bad rows and duplicate ids (`_errors.parquet`, written before the manifest says
-    complete), mark the manifest complete, print the summary, build the result."""
-    if manifest:
-        fs, folder = target
-        for rel in stray_files(fs, folder, keep=manifest.files()):  # e.g. the part of an actor
-            fs.delete_file(f"{folder}/{rel}")                        # that died before reporting
-        bad_rows, duplicates = write_errors_file(fs, folder, manifest)
-        stats = dataclasses.replace(stats, bad_rows_total=bad_rows, duplicate_ids=duplicates)
-        manifest.finish(stats.to_dict())
-        manifest.save(force=True)
-    else:
-        collector.errors, duplicates = collector.error_records(config.id_column is not None)
-        stats = dataclasses.replace(stats, bad_rows_total=stats.bad_rows, duplicate_ids=duplicates)
-    folder = target[1] if target else None
-    if config.progress:
-        print(summary_table(stats, folder, config.output_format), flush=True)
-    return RunResult(output=folder, stats=stats, manifest=manifest.data if manifest else None,
-                     embeddings=collector.matrix() if not target else None,
-                     errors=tuple(collector.errors))
 
 
 def _is_path(data) -> bool:
@@ -184,33 +140,30 @@ def _worker_plan(config: PipelineConfig, engine_options: dict) -> tuple[int, int
     return n, threads, {"num_cpus": min(float(threads), cpus / n)}
 
 
-def _load_manifest(target, config: PipelineConfig) -> Manifest | None:
-    fs, folder = target
-    fs.create_dir(folder, recursive=True)
-    manifest = Manifest.load(fs, folder)
-    if manifest is not None and config.overwrite:
-        for rel in stray_files(fs, folder, keep=set()) + ["_manifest.json"]:
-            fs.delete_file(f"{folder}/{rel}")
-        return None
-    return manifest
+def _load_manifest(folder: OutputFolder, config: PipelineConfig) -> Manifest | None:
+    """The output's manifest; with overwrite, none: the previous run's files are deleted first
+    (unread, so a manifest this version cannot read is replaced too)."""
+    folder.create()
+    if config.overwrite and folder.exists(MANIFEST_NAME):
+        folder.remove(folder.stray_files(keep=set()) + [MANIFEST_NAME])
+    return Manifest.load(folder)
 
 
-def _prepare_output(target, manifest: Manifest | None, fingerprint: dict, plan: dict) -> Manifest:
+def _prepare_output(folder: OutputFolder, manifest: Manifest | None, fingerprint: dict,
+                    plan: dict) -> Manifest:
     """Check the fingerprint, forget committed parts that vanished, remove uncommitted parts."""
-    fs, folder = target
     if manifest is None:
-        manifest = Manifest.new(fs, folder, fingerprint, plan)
+        manifest = Manifest.new(folder, fingerprint, plan)
     else:
         check_resumable(manifest, fingerprint, plan)
         records = list(manifest.shards.items())
-        infos = fs.get_file_info([f"{folder}/{r['path']}" for _, r in records])
+        infos = folder.fs.get_file_info([folder.file(r["path"]) for _, r in records])
         for (shard_id, record), info in zip(records, infos):
             if info.size != record["bytes"]:
                 log.warning("part %s of shard %s is missing or changed; it will be redone",
                             record["path"], shard_id)
                 manifest.uncommit(shard_id)
-    for rel in stray_files(fs, folder, keep=manifest.files()):
-        fs.delete_file(f"{folder}/{rel}")
+    folder.remove_strays(keep=manifest.files())
     manifest.save(force=True)
     return manifest
 
@@ -228,11 +181,11 @@ def _record_run(manifest: Manifest, pool: Pool, source, config: PipelineConfig,
             calibration = quantize.calibrate(sample)
         manifest.put("quantization", quantize.record(config.output_dtype, pool.dim, calibration))
     options = dict(engine_options)
-    if options.get("model") and "://" not in options["model"]:
-        options["model"] = os.path.abspath(options["model"])
+    if options.get("model"):
+        options["model"] = absolute(options["model"])
     manifest.put("engine_options", options)
     paths = [data] if isinstance(data, (str, os.PathLike)) else data if _is_path(data) else None
-    paths = [p if "://" in p else os.path.abspath(p) for p in map(str, paths)] if paths else None
+    paths = [redact(absolute(p)) for p in paths] if paths else None
     manifest.put("input", paths)
     manifest.save(force=True)
 
@@ -243,7 +196,7 @@ class _Collector:
     def __init__(self, manifest: Manifest | None, progress: Progress, total_rows: int, dim: int):
         self.manifest, self.progress, self.total_rows, self.dim = manifest, progress, total_rows, dim
         self.rows = self.tokens = self.truncated = self.chunked = self.bad_rows = self.shards = 0
-        self.parts, self.errors = {}, []
+        self.parts = {}
         self.stages: dict[str, float] = {}
         self.io = {"read_seconds": 0.0, "write_seconds": 0.0}
 
@@ -275,21 +228,8 @@ class _Collector:
         """In-memory result: vectors in input order, NaN rows for skipped bad rows."""
         out = np.full((self.total_rows, self.dim), np.nan, dtype=np.float32)
         for shard, vectors, errors, _ in self.parts.values():
-            out[_kept_rows(shard, errors)] = vectors
+            out[kept_rows(shard, errors)] = vectors
         return out
-
-    def error_records(self, check_ids: bool) -> tuple[list[dict], int]:
-        """In-memory run: (bad rows and, with an id column, rows of repeated ids, as dicts in row
-        order; the number of repeated-id rows)."""
-        parts = [self.parts[k] for k in sorted(self.parts)]
-        bad = [e for _, _, errors, _ in parts for e in errors]
-        if not check_ids or not parts:
-            return sorted(bad, key=lambda e: e["row"]), 0
-        ids = pa.concat_arrays([p[3] for p in parts])
-        shard_ids = pa.array(np.concatenate([np.full(len(p[3]), p[0].index, np.int32) for p in parts]))
-        rows = pa.array(np.concatenate([_kept_rows(s, errors) for s, _, errors, _ in parts]))
-        duplicates = duplicate_id_errors(ids, shard_ids, rows).to_pylist()
-        return sorted(bad + duplicates, key=lambda e: (e["row"], e["reason"])), len(duplicates)
 
     def stats(self, pool: Pool, seconds: float, startup: float, resumed: int) -> RunStats:
         committed = sum(r["rows"] for r in self.manifest.shards.values()) if self.manifest else self.rows
@@ -298,12 +238,6 @@ class _Collector:
                         startup_seconds=startup, truncated=self.truncated, bad_rows=self.bad_rows,
                         shards=self.shards, resumed_shards=resumed, retries=pool.retries,
                         workers=workers, chunked=self.chunked, stages=dict(self.stages), **self.io)
-
-
-def _kept_rows(shard, errors: list[dict]) -> np.ndarray:
-    """Global rows of a shard's embedded rows: its range minus its bad rows."""
-    rows = np.arange(shard.row_offset, shard.row_offset + shard.num_rows, dtype=np.int64)
-    return np.setdiff1d(rows, [e["row"] for e in errors]) if errors else rows
 
 
 def _check_model_here(engine_options: dict) -> None:

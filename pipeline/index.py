@@ -19,8 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import quantize
+from .errors import InputError, InputNotFoundError
 from .manifest import Manifest
-from .writer import read_part, resolve_output, to_numpy
+from .output_folder import OutputFolder
+from .writer import to_numpy
 
 KINDS = ("flat", "hnsw", "ivfpq")
 BINARY_KINDS = ("flat", "hnsw")
@@ -41,23 +43,22 @@ def import_faiss():
 class Corpus:
     """An output folder opened for indexing: its manifest, part paths and how to decode them."""
 
-    folder: str
-    fs: object
+    folder: OutputFolder
     manifest: Manifest
     quant: dict
 
     @classmethod
     def open(cls, path) -> "Corpus":
-        fs, folder = resolve_output(path)
-        manifest = Manifest.load(fs, folder)
+        folder = OutputFolder.open(path)
+        manifest = Manifest.load(folder)
         if manifest is None:
-            raise FileNotFoundError(f"{path} has no _manifest.json: pass the output folder of "
-                                    "pipeline.run / jobs/embed_corpus.py as --embeddings")
+            raise InputNotFoundError(f"{folder} has no _manifest.json: pass the output folder of "
+                                     "pipeline.run / jobs/embed_corpus.py as --embeddings")
         if not manifest.data.get("complete"):
-            raise ValueError(f"the run writing {path} has not finished; rerun it to finish first")
+            raise InputError(f"the run writing {folder} has not finished; rerun it to finish first")
         quant = manifest.data.get("quantization") or quantize.record(
             manifest.fingerprint.get("output_dtype", "float32"), manifest.fingerprint["engine"]["dimensions"])
-        return cls(folder, fs, manifest, quant)
+        return cls(folder, manifest, quant)
 
     @property
     def rows(self) -> int:
@@ -75,8 +76,8 @@ class Corpus:
 
     def parts(self):
         """(ids, vectors) per part in input order: float32 (n, dim), or packed uint8 for ubinary."""
-        for key in sorted(self.manifest.shards, key=int):
-            table = read_part(self.fs, f"{self.folder}/{self.manifest.shards[key]['path']}", ["id", "embedding"])
+        records = [self.manifest.shards[key] for key in sorted(self.manifest.shards, key=int)]
+        for table in self.folder.read_parts(records, ["id", "embedding"]):
             stored = to_numpy(table)
             vectors = stored if self.binary else quantize.decode(stored, self.quant)
             if self.quant["output_dtype"] == "int8" and self.metric == "ip":
@@ -93,9 +94,9 @@ def default_params(kind: str, rows: int, dim: int, nlist=None, m=None, nbits=Non
     m = m or max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0)
     nbits = nbits or max(1, min(8, int(math.log2(max(2, rows / 39)))))
     if dim % m:
-        raise ValueError(f"--m {m} must divide the dimensions ({dim}); e.g. --m {dim // 8 or 1}")
+        raise InputError(f"--m {m} must divide the dimensions ({dim}); e.g. --m {dim // 8 or 1}")
     if rows < max(nlist, 2 ** nbits):
-        raise ValueError(f"ivfpq needs at least max(nlist, 2**nbits) = {max(nlist, 2 ** nbits)} "
+        raise InputError(f"ivfpq needs at least max(nlist, 2**nbits) = {max(nlist, 2 ** nbits)} "
                          f"vectors to train, the corpus has {rows}: lower --nlist/--nbits or use --kind flat")
     return {"nlist": nlist, "m": m, "nbits": nbits}
 
@@ -104,9 +105,9 @@ def new_index(kind: str, dim: int, metric: str, params: dict, hnsw_m: int = 32):
     faiss = import_faiss()
     if metric == "hamming":
         if kind not in BINARY_KINDS:
-            raise ValueError(f"kind={kind!r} has no binary form for ubinary embeddings; use one of {BINARY_KINDS}")
+            raise InputError(f"kind={kind!r} has no binary form for ubinary embeddings; use one of {BINARY_KINDS}")
         if dim % 8:
-            raise ValueError(f"a binary index needs dimensions divisible by 8, the output has {dim}")
+            raise InputError(f"a binary index needs dimensions divisible by 8, the output has {dim}")
         return faiss.index_binary_factory(dim, "BFlat" if kind == "flat" else f"BHNSW{hnsw_m}")
     # "np": no polysemous training, which costs minutes and only helps Hamming pre-filtering.
     spec = {"flat": "Flat", "hnsw": f"HNSW{hnsw_m}",
@@ -121,19 +122,19 @@ def build(embeddings, index_path, kind: str = "flat", *, nlist=None, m=None, nbi
     write it with its ids and sidecar files; return the build statistics. `threads`: faiss
     OpenMP threads (None: faiss's default, one per core)."""
     if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} is not supported; choose one of {list(KINDS)}")
+        raise InputError(f"kind={kind!r} is not supported; choose one of {list(KINDS)}")
     faiss = import_faiss()
     if threads:
         faiss.omp_set_num_threads(threads)
     corpus = Corpus.open(embeddings)
     index_path = os.path.abspath(index_path)
-    if "://" not in str(embeddings) and os.path.commonpath([index_path, corpus.folder]) == corpus.folder:
-        raise ValueError(f"{index_path} is inside the embeddings folder {corpus.folder}; write the "
+    if corpus.folder.is_local and os.path.commonpath([index_path, corpus.folder.path]) == corpus.folder.path:
+        raise InputError(f"{index_path} is inside the embeddings folder {corpus.folder}; write the "
                          "index elsewhere (the pipeline owns that folder)")
     t0 = time.perf_counter()
     dim, rows = corpus.quant["dimensions"], corpus.rows
     if rows == 0:
-        raise ValueError(f"{corpus.folder} holds no vectors to index")
+        raise InputError(f"{corpus.folder} holds no vectors to index")
     params = default_params(kind, rows, dim, nlist, m, nbits)
     index = new_index(kind, dim, corpus.metric, params, hnsw_m)
     if kind == "hnsw":
@@ -148,8 +149,8 @@ def build(embeddings, index_path, kind: str = "flat", *, nlist=None, m=None, nbi
                 index.add(vectors[start:start + CHUNK_ROWS])
             ids_out.write(ids)
     (faiss.write_index_binary if corpus.binary else faiss.write_index)(index, index_path)
-    source = str(embeddings) if "://" in str(embeddings) else corpus.folder  # keep a URI's scheme
-    meta = {"embeddings": source, "kind": kind, "metric": corpus.metric, "vectors": int(index.ntotal),
+    meta = {"embeddings": str(corpus.folder),  # a URI keeps its scheme, its credentials redacted
+            "kind": kind, "metric": corpus.metric, "vectors": int(index.ntotal),
             "dimensions": dim, "output_dtype": corpus.quant["output_dtype"], "params": params,
             "hnsw_m": hnsw_m if kind == "hnsw" else None}
     with open(index_path + ".json", "w") as f:

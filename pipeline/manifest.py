@@ -2,7 +2,7 @@
 
 It holds the fingerprint (everything that decides the vector space and the output's form), the
 shard plan, and the committed shards (part path, rows, tokens, sha256). A shard is done only
-once the manifest names it; it is saved by atomic replace (write a temporary file, rename).
+once the manifest names it; it is saved by atomic replace (`OutputFolder.save_manifest`).
 Saves are throttled to keep huge runs from rewriting a big JSON on every shard: a crash loses
 at most a few seconds of commits, whose parts are then removed and redone on resume.
 """
@@ -10,43 +10,40 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
-import pyarrow.fs as pafs
+from .errors import FingerprintMismatch
+from .output_folder import MANIFEST_NAME, OutputFolder
 
-MANIFEST_NAME = "_manifest.json"
+__all__ = ["Manifest", "FingerprintMismatch", "MANIFEST_NAME", "check_resumable", "fingerprint_diff"]
 VERSION = 1
-
-
-class FingerprintMismatch(ValueError):
-    """The output folder was written with a different model / settings / input than this run."""
 
 
 class Manifest:
     """In-memory manifest of one output folder, with throttled atomic saves."""
 
-    def __init__(self, fs: pafs.FileSystem, folder: str, data: dict):
-        self.fs, self.folder, self.data = fs, folder, data
+    def __init__(self, folder: OutputFolder, data: dict):
+        self.folder, self.data = folder, data
         self._last_save, self._save_cost, self._dirty = 0.0, 0.0, True
 
     @classmethod
-    def load(cls, fs: pafs.FileSystem, folder: str) -> "Manifest | None":
+    def load(cls, folder: OutputFolder) -> "Manifest | None":
         """The manifest in `folder`, or None when there is none."""
-        path = f"{folder}/{MANIFEST_NAME}"
-        if fs.get_file_info(path).type != pafs.FileType.File:
+        body = folder.read_manifest()
+        if body is None:
             return None
-        with fs.open_input_stream(path) as f:
-            data = json.loads(f.read().decode())
+        data = json.loads(body.decode())
         if data.get("version") != VERSION:
-            raise ValueError(f"{path} has manifest version {data.get('version')}, this pipeline "
-                             f"reads version {VERSION}; write to a new folder or pass overwrite")
-        return cls(fs, folder, data)
+            raise FingerprintMismatch(
+                f"{folder.show(MANIFEST_NAME)} has manifest version {data.get('version')}, this "
+                f"pipeline reads version {VERSION}; write to a new folder or pass overwrite=True "
+                "(--overwrite)")
+        return cls(folder, data)
 
     @classmethod
-    def new(cls, fs: pafs.FileSystem, folder: str, fingerprint: dict, plan: dict) -> "Manifest":
+    def new(cls, folder: OutputFolder, fingerprint: dict, plan: dict) -> "Manifest":
         data = {"version": VERSION, "fingerprint": fingerprint, "plan": plan,
                 "complete": False, "shards": {}}
-        return cls(fs, folder, data)
+        return cls(folder, data)
 
     @property
     def fingerprint(self) -> dict:
@@ -90,24 +87,8 @@ class Manifest:
         now = time.monotonic()
         if not self._dirty or (not force and now - self._last_save < max(1.0, 10 * self._save_cost)):
             return
-        body = json.dumps(self.data, indent=1, sort_keys=True).encode()
-        tmp = f"{self.folder}/{MANIFEST_NAME}.{uuid.uuid4().hex[:12]}.tmp"
-        try:
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(body)
-            self.fs.move(tmp, f"{self.folder}/{MANIFEST_NAME}")
-        except OSError as e:
-            _remove_quietly(self.fs, tmp)
-            raise OSError(f"saving {self.folder}/{MANIFEST_NAME} failed ({e}); the previous "
-                          "manifest is intact: free space, then rerun to resume") from e
+        self.folder.save_manifest(json.dumps(self.data, indent=1, sort_keys=True).encode())
         self._save_cost, self._last_save, self._dirty = time.monotonic() - now, now, False
-
-
-def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
-    try:
-        fs.delete_file(path)
-    except OSError:
-        pass  # never created: nothing to remove
 
 
 def fingerprint_diff(old: dict, new: dict, prefix: str = "") -> list[str]:

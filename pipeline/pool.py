@@ -14,15 +14,12 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
-from .actor import BadRowsError, EmbedWorker
+from .actor import EmbedWorker
+from .errors import BadRowsError, ShardFailedError, WorkersLostError, WorkerStartTimeout
 from .shards import Shard
 
 DEPTH = 2  # shards per worker in flight: one embedding, one prefetched
 START_TIMEOUT_S = 900
-
-
-class ShardFailedError(RuntimeError):
-    """A shard failed more times than allowed, or on rows that cannot be embedded."""
 
 
 @dataclass
@@ -68,20 +65,20 @@ class Pool:
         try:
             self.dim = ray.get(refs, timeout=START_TIMEOUT_S)[0]["dim"]
         except GetTimeoutError:
-            raise TimeoutError(
+            raise WorkerStartTimeout(
                 f"{len(self.workers)} engine actor(s) needing {resources} each did not start in "
                 f"{START_TIMEOUT_S} s; the cluster may not have enough resources "
                 f"({ray.cluster_resources()}): lower num_workers or threads_per_worker") from None
         except RayActorError as e:
             # The last line of Ray's report is the engine's own exception, e.g. a missing model.
             lines = [line for line in str(e).splitlines() if line.strip()]
-            raise RuntimeError(f"an engine actor failed to start: {lines[-1] if lines else e!r}") from None
+            raise WorkersLostError(f"an engine actor failed to start: {lines[-1] if lines else e!r}") from None
 
     def fingerprint(self) -> dict:
         """The run fingerprint; every engine must agree on it."""
         prints = ray.get([w.handle.fingerprint.remote() for w in self.workers])
         if any(p != prints[0] for p in prints[1:]):
-            raise RuntimeError(f"engine actors disagree on the fingerprint: {prints}")
+            raise WorkersLostError(f"engine actors disagree on the fingerprint: {prints}")
         return prints[0]
 
     def stop(self) -> None:
@@ -94,7 +91,7 @@ class Pool:
         while queue or self.tasks:
             self._dispatch(queue)
             if not self.tasks:
-                raise RuntimeError("every engine actor is dead; last errors: "
+                raise WorkersLostError("every engine actor is dead; last errors: "
                                    + "; ".join(w.last_error for w in self.workers))
             ready, _ = ray.wait(list(self.tasks), num_returns=1, timeout=0.5)
             for ref in ready:
@@ -126,8 +123,8 @@ class Pool:
             error = e
         except RayTaskError as e:
             cause = e.cause if getattr(e, "cause", None) is not None else e
-            if isinstance(cause, BadRowsError):
-                raise ShardFailedError(str(cause)) from None
+            if isinstance(cause, BadRowsError):  # retrying cannot help: the input's fault
+                raise BadRowsError(str(cause)) from None
             error = cause
         attempts[shard.index] = attempts.get(shard.index, 0) + 1
         if attempts[shard.index] > self.max_retries:

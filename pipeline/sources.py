@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 import ray
 
 from .config import PipelineConfig
+from .errors import InputError, InputNotFoundError, InputTypeError
+from .output_folder import resolve
 
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 _GLOB_CHARS = set("*?[")
@@ -155,29 +157,29 @@ def _open(data, config):
     if isinstance(data, (list, tuple)):
         table = _strings_table(data, config.text_column)
         return _table_source(table), table.schema
-    raise TypeError(
+    raise InputTypeError(
         f"cannot read input of type {type(data).__name__}; pass a Parquet path/glob, a "
         "datasets.Dataset (or its save_to_disk folder), a ray.data.Dataset, a pyarrow.Table, "
         "a pandas.DataFrame, or a list of strings")
 
 
 def check_schema(schema: pa.Schema, config: PipelineConfig, where: str) -> None:
-    """Raise ValueError naming the column if the text/id/pass-through columns are missing or the text is not a string."""
+    """Raise InputError (a ValueError) naming the column if the text/id/pass-through columns are missing or the text is not a string."""
     for name in config.input_columns:
         if schema.get_field_index(name) < 0:
-            raise ValueError(f"column {name!r} not found in the input {where}; its columns are "
+            raise InputError(f"column {name!r} not found in the input {where}; its columns are "
                              f"{schema.names} (set text_column= / id_column= to one of them)")
     text_type = schema.field(config.text_column).type
     if text_type in _TEXT_TYPES or text_type == pa.null():
         return
     if not config.cast_text:
-        raise ValueError(f"text column {config.text_column!r} of the input {where} has type "
+        raise InputError(f"text column {config.text_column!r} of the input {where} has type "
                          f"{text_type}, not a string: point text_column= (--text-column) at the "
                          "text, or pass cast_text=True (--cast) to convert it with a pyarrow cast")
     try:
         pa.array([], type=text_type).cast(pa.large_string())
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as e:
-        raise ValueError(f"text column {config.text_column!r} of the input {where} has type "
+        raise InputError(f"text column {config.text_column!r} of the input {where} has type "
                          f"{text_type}, which pyarrow cannot cast to string ({e}); convert it "
                          "to text before embedding") from None
 
@@ -198,7 +200,7 @@ def _table_source(table: pa.Table) -> TableSource:
 def _strings_table(items, column: str) -> pa.Table:
     bad = next((i for i, t in enumerate(items) if t is not None and not isinstance(t, str)), None)
     if bad is not None:
-        raise TypeError(f"item {bad} of the input list is a {type(items[bad]).__name__}, not a str")
+        raise InputTypeError(f"item {bad} of the input list is a {type(items[bad]).__name__}, not a str")
     return pa.table({column: pa.array(list(items), type=pa.large_string())})
 
 
@@ -231,7 +233,7 @@ def _open_paths(data):
         fs = fs or spec_fs
         paths.extend(found)
     if not paths:
-        raise FileNotFoundError(f"no Parquet files match {data!r}")
+        raise InputNotFoundError(f"no Parquet files match {data!r}")
     with ThreadPoolExecutor(8) as pool:  # footers only; many small files are common
         metas = list(pool.map(lambda p: pq.ParquetFile(p, filesystem=fs).metadata, paths))
     sizes = [info.size for info in fs.get_file_info(paths)]
@@ -239,17 +241,14 @@ def _open_paths(data):
     for path, meta in zip(paths[1:], metas[1:]):
         other = meta.schema.to_arrow_schema()
         if other.names != schema.names:
-            raise ValueError(f"Parquet file {path} has columns {other.names}, but {paths[0]} has "
+            raise InputError(f"Parquet file {path} has columns {other.names}, but {paths[0]} has "
                              f"{schema.names}; all input files must share one schema")
     return ParquetSource(fs, paths, [m.num_rows for m in metas], sizes), schema
 
 
 def _expand(spec: str):
     """(filesystem, sorted Parquet paths) for a file, folder or glob; or (source, schema) for an HF folder."""
-    if "://" in spec:
-        fs, path = pafs.FileSystem.from_uri(spec)
-    else:
-        fs, path = pafs.LocalFileSystem(), os.path.abspath(spec)
+    fs, path = resolve(spec)
     if _GLOB_CHARS.intersection(path):
         parts = path.split("/")
         cut = next(i for i, part in enumerate(parts) if _GLOB_CHARS.intersection(part))
@@ -259,7 +258,7 @@ def _expand(spec: str):
                           and not _hidden(i.path[len(base):]))
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"input {spec!r} does not exist")
+        raise InputNotFoundError(f"input {spec!r} does not exist")
     if info.type == pafs.FileType.File:
         return fs, [path]
     names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(path))}
@@ -278,14 +277,14 @@ def _open_hf_folder(path: str, names: set[str]):
     import datasets
     if "dataset_dict.json" in names:
         splits = sorted(datasets.load_from_disk(path).keys())
-        raise ValueError(f"{path} is a DatasetDict with splits {splits}; pass one split's folder, "
+        raise InputError(f"{path} is a DatasetDict with splits {splits}; pass one split's folder, "
                          f"e.g. {path}/{splits[0]}")
     return _open_hf(datasets.load_from_disk(path))
 
 
 def _open_hf(dataset):
     if hasattr(dataset, "keys") and not hasattr(dataset, "features"):
-        raise ValueError(f"a DatasetDict with splits {list(dataset.keys())}; pass one split, e.g. ds['train']")
+        raise InputError(f"a DatasetDict with splits {list(dataset.keys())}; pass one split, e.g. ds['train']")
     schema = dataset.features.arrow_schema
     if dataset.cache_files:
         return HFDatasetSource(dataset), schema

@@ -1,17 +1,16 @@
-"""Output parts: one Parquet (or Arrow IPC) file per shard, written whole and published atomically.
+"""Output parts: the schema of a part and its encodings (Parquet, Arrow IPC), in memory.
 
-A part is built in memory, hashed, written under a hidden temporary name and renamed into place
-(on object stores the rename is a server-side copy: the final object appears whole or not at all).
-Part names carry a per-attempt token, so a late write from an orphaned actor can never replace a
-committed part; the manifest names exactly which file holds each shard.
+A part holds `id`, `embedding` (`fixed_size_list<float32|float16|int8|uint8>[width]`) and the
+pass-through columns; its schema metadata carries the run fingerprint and, for quantized
+outputs, the quantization record. A part is built and encoded whole in memory, so it can be
+hashed and published in one piece by `OutputFolder.publish_part`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import uuid
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -21,23 +20,6 @@ import pyarrow.parquet as pq
 from . import quantize
 
 FINGERPRINT_KEY = b"pipeline.fingerprint"
-ERRORS_DIR = "_errors"
-_EXTENSIONS = {"parquet": ".parquet", "arrow": ".arrow"}
-# Everything the pipeline may leave in an output folder; nothing else is ever deleted there.
-_OURS = re.compile(r"^(part-\d+-[0-9a-f]+\.(parquet|arrow)|\.part-.*\.tmp|_manifest\.json(\.[0-9a-f]+\.tmp)?"
-                   r"|_errors\.parquet|_errors/\d+-[0-9a-f]+\.(jsonl|parquet))$")
-
-
-class OutputWriteError(OSError):
-    """Writing an output file failed (disk full, permissions); nothing of it was published."""
-
-
-def resolve_output(output: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local folder or a pyarrow filesystem URI such as s3://bucket/run."""
-    output = os.fspath(output)
-    if "://" in output:
-        return pafs.FileSystem.from_uri(output)
-    return pafs.LocalFileSystem(), os.path.abspath(output)
 
 
 def embedding_array(vectors: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
@@ -62,43 +44,50 @@ def part_table(ids: pa.Array, vectors: np.ndarray, extra: pa.Table | None, dtype
     return pa.table(columns).replace_schema_metadata(metadata)
 
 
-def write_part(fs: pafs.FileSystem, folder: str, shard_id: str, table: pa.Table, fmt: str) -> dict:
-    """Publish `table` as a new part of shard `shard_id`; returns its manifest record."""
-    sink = pa.BufferOutputStream()
-    if fmt == "parquet":
-        pq.write_table(table, sink)
-    else:
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-    data = sink.getvalue()
-    name = f"part-{shard_id}-{uuid.uuid4().hex[:12]}{_EXTENSIONS[fmt]}"
-    publish(fs, folder, name, data, owner=f"shard {shard_id}")
-    return {"path": name, "rows": table.num_rows, "bytes": data.size,
-            "sha256": hashlib.sha256(data).hexdigest()}
+def _encode_parquet(table: pa.Table, sink) -> None:
+    pq.write_table(table, sink)
 
 
-def write_errors(fs: pafs.FileSystem, folder: str, shard_id: str, errors: pa.Table) -> str:
-    """Publish the bad rows of one shard (a `validate.errors_table`) as Parquet under `_errors/`;
-    returns the relative path. `_errors.parquet` is built from these files when the run ends."""
-    name = f"{ERRORS_DIR}/{shard_id}-{uuid.uuid4().hex[:12]}.parquet"
-    sink = pa.BufferOutputStream()
-    pq.write_table(errors, sink)
-    try:
-        fs.create_dir(f"{folder}/{ERRORS_DIR}", recursive=True)
-    except OSError as e:
-        raise OutputWriteError(f"shard {shard_id}: cannot create {folder}/{ERRORS_DIR} ({e}); fix "
-                               "the output folder, then rerun to resume") from e
-    publish(fs, folder, name, sink.getvalue(), owner=f"shard {shard_id}")
-    return name
+def _encode_arrow(table: pa.Table, sink) -> None:
+    with pa.ipc.new_file(sink, table.schema) as out:
+        out.write_table(table)
 
 
-def read_part(fs: pafs.FileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
-    """One part, Parquet or Arrow IPC by its extension."""
-    if path.endswith(".arrow"):
-        with fs.open_input_file(path) as f:
-            table = pa.ipc.open_file(f).read_all()
-        return table.select(columns) if columns else table
+def _read_parquet(fs: pafs.FileSystem, path: str, columns) -> pa.Table:
     return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def _read_arrow(fs: pafs.FileSystem, path: str, columns) -> pa.Table:
+    with fs.open_input_file(path) as f:
+        table = pa.ipc.open_file(f).read_all()
+    return table.select(columns) if columns else table
+
+
+@dataclass(frozen=True)
+class PartFormat:
+    """One file format of parts: its extension, how to encode a table, how to read a file."""
+
+    extension: str
+    encode: Callable[[pa.Table, object], None]
+    read: Callable[[pafs.FileSystem, str, list | None], pa.Table]
+
+
+FORMATS = {"parquet": PartFormat(".parquet", _encode_parquet, _read_parquet),
+           "arrow": PartFormat(".arrow", _encode_arrow, _read_arrow)}
+_BY_EXTENSION = {f.extension: f for f in FORMATS.values()}
+
+
+def encode(table: pa.Table, fmt: str) -> pa.Buffer:
+    """`table` as the bytes of one `fmt` file ("parquet" or "arrow")."""
+    sink = pa.BufferOutputStream()
+    FORMATS[fmt].encode(table, sink)
+    return sink.getvalue()
+
+
+def read(fs: pafs.FileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
+    """One part file, its format chosen by its extension (Parquet when it has no known one)."""
+    fmt = _BY_EXTENSION.get(os.path.splitext(path)[1], FORMATS["parquet"])
+    return fmt.read(fs, path, columns)
 
 
 def to_numpy(table: pa.Table, column: str = "embedding", dequantize: bool = False) -> np.ndarray:
@@ -121,40 +110,3 @@ def to_numpy(table: pa.Table, column: str = "embedding", dequantize: bool = Fals
                          f"{quantize.QUANT_KEY.decode()!r} schema metadata to decode them; read "
                          "the parts with pipeline.read_embeddings(folder, dequantize=True)")
     return quantize.decode(matrix, quant)
-
-
-def stray_files(fs: pafs.FileSystem, folder: str, keep: set[str]) -> list[str]:
-    """Files the pipeline wrote in `folder` that `keep` (relative paths) does not name."""
-    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
-    out = []
-    for info in infos:
-        if not info.is_file:
-            continue
-        rel = info.path[len(folder):].lstrip("/")
-        if is_ours(rel) and rel not in keep and rel != "_manifest.json":
-            out.append(rel)
-    return sorted(out)
-
-
-def is_ours(rel: str) -> bool:
-    """Whether a path relative to an output folder is a name the pipeline writes."""
-    return bool(_OURS.match(rel))
-
-
-def publish(fs: pafs.FileSystem, folder: str, name: str, data: pa.Buffer, owner: str = "") -> None:
-    """Write `data` to a hidden temporary file, then rename it to `name`: the file appears whole
-    or not at all. On failure the temporary is removed and OutputWriteError names the file."""
-    tmp = f"{folder}/.part-{uuid.uuid4().hex}.tmp"
-    try:
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        fs.move(tmp, f"{folder}/{name}")
-    except OSError as e:
-        try:
-            fs.delete_file(tmp)
-        except OSError:
-            pass  # never created, or the folder itself is gone: nothing to remove
-        prefix = f"{owner}: " if owner else ""
-        raise OutputWriteError(f"{prefix}writing {folder}/{name} failed ({e}); nothing "
-                               "was published: free space or fix the output folder, then rerun "
-                               "to resume") from e

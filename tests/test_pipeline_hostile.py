@@ -212,28 +212,6 @@ def test_duplicate_ids_reported_and_all_rows_embedded(ray_local, engine, tmp_pat
         {"id": ids[r], "shard": f"{r // 5:06d}", "row": r, "reason": "duplicate id"} for r in (0, 1, 3, 6, 18)]
 
 
-def test_duplicate_pass_spilled_into_hash_buckets_finds_the_same_rows(tmp_path):
-    """The bounded-memory id pass (ids spilled by hash into buckets, each checked alone) lists
-    exactly what the one-bucket pass lists: string ids, integer ids, a null id."""
-    from pipeline.manifest import Manifest
-    from pipeline.validate import output_errors
-    from pipeline.writer import part_table, resolve_output, write_part
-    for ids in ([f"d{i % 23}" for i in range(60)], [i % 17 for i in range(59)] + [None]):
-        out = tmp_path / f"out-{type(ids[0]).__name__}"
-        fs, folder = resolve_output(out)
-        fs.create_dir(folder)
-        manifest = Manifest.new(fs, folder, {"id_column": "doc"}, {"shard_rows": 10})
-        for k in range(6):
-            chunk = pa.array(ids[k * 10:(k + 1) * 10])
-            part = part_table(chunk, np.zeros((10, 4), np.float32), None, "float32", {})
-            manifest.commit(f"{k:06d}", {**write_part(fs, folder, f"{k:06d}", part, "parquet"),
-                                         "row_offset": k * 10, "input_rows": 10})
-        whole, _, n_whole = output_errors(fs, folder, manifest)
-        spilled, _, n_spilled = output_errors(fs, folder, manifest, pass_rows=7)  # 9 buckets
-        assert n_whole == n_spilled > 0
-        assert spilled.to_pylist() == whole.to_pylist()
-
-
 def test_overlong_text_in_error_mode_names_its_row_and_id_without_retries(ray_local):
     texts = sample_passages(12, seed=4, max_chars=60)
     texts[3] = None                                      # a recorded bad row before it
@@ -260,15 +238,17 @@ def test_part_write_over_the_file_size_limit_publishes_nothing(tmp_path):
     script = textwrap.dedent(f"""
         import json, os, resource, signal
         import numpy as np, pyarrow as pa
-        from pipeline.writer import OutputWriteError, part_table, resolve_output, write_part
+        from pipeline.errors import OutputWriteError
+        from pipeline.output_folder import OutputFolder
+        from pipeline.writer import part_table
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
-        fs, folder = resolve_output({str(tmp_path)!r})
+        folder = OutputFolder.open({str(tmp_path)!r})
         small = part_table(pa.array([0]), np.ones((1, 8), np.float32), None, "float32", {{}})
-        kept = write_part(fs, folder, "000000", small, "parquet")["path"]
+        kept = folder.publish_part("000000", small, "parquet")["path"]
         big = part_table(pa.array(range(64)), np.random.rand(64, 384), None, "float32", {{}})
         try:
-            write_part(fs, folder, "000001", big, "parquet")
+            folder.publish_part("000001", big, "parquet")
         except OutputWriteError as e:
             print(json.dumps({{"kept": kept, "error": str(e), "errno": e.__cause__.errno}}))
     """)

@@ -1,4 +1,5 @@
-"""Output parts, the manifest and the progress/summary text (no Ray, no engine)."""
+"""The part schema, the manifest and the progress/summary text (no Ray, no engine). The output
+folder itself (publish, strays, URIs) is tests/test_output_folder.py."""
 from __future__ import annotations
 
 import hashlib
@@ -10,10 +11,9 @@ import pyarrow as pa
 import pytest
 
 from pipeline.manifest import FingerprintMismatch, Manifest, check_resumable, fingerprint_diff
+from pipeline.output_folder import OutputFolder
 from pipeline.progress import Progress, RunStats, WorkerStats, summary_table
-from pipeline.validate import errors_table
-from pipeline.writer import (FINGERPRINT_KEY, part_table, read_part, resolve_output, stray_files,
-                             to_numpy, write_errors, write_part)
+from pipeline.writer import FINGERPRINT_KEY, part_table, to_numpy
 
 FP = {"engine": {"model_hash": "abc", "pooling": "mean", "dimensions": 4}, "text_column": "text"}
 
@@ -21,17 +21,17 @@ FP = {"engine": {"model_hash": "abc", "pooling": "mean", "dimensions": 4}, "text
 @pytest.mark.parametrize("fmt", ["parquet", "arrow"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_part_round_trip(tmp_path, fmt, dtype):
-    fs, folder = resolve_output(tmp_path)
+    folder = OutputFolder.open(tmp_path)
     vectors = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
     extra = pa.table({"title": ["a", "b", "c", "d", "e"]})
     table = part_table(pa.array(np.arange(10, 15)), vectors, extra, dtype, FP)
-    record = write_part(fs, folder, "000003", table, fmt)
+    record = folder.publish_part("000003", table, fmt)
     path = tmp_path / record["path"]
     assert record["path"].startswith("part-000003-") and record["path"].endswith("." + fmt)
     assert record["rows"] == 5 and record["bytes"] == path.stat().st_size
     assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert [p.name for p in tmp_path.iterdir()] == [record["path"]]  # no temporary left behind
-    back = read_part(fs, str(path))
+    back = folder.read_part(record["path"])
     assert back.column_names == ["id", "embedding", "title"]
     assert back.schema.field("embedding").type == pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), 4)
     assert json.loads(back.schema.metadata[FINGERPRINT_KEY]) == FP
@@ -47,38 +47,26 @@ def test_to_numpy_multi_chunk_and_sliced():
     np.testing.assert_array_equal(to_numpy(t.slice(1, 3)), vectors[1:4])
 
 
-def test_stray_files_only_ours(tmp_path):
-    fs, folder = resolve_output(tmp_path)
-    kept = write_part(fs, folder, "000000", part_table(pa.array([0]), np.zeros((1, 2)), None, "float32", FP), "parquet")
-    stray = write_part(fs, folder, "000001", part_table(pa.array([1]), np.zeros((1, 2)), None, "float32", FP), "parquet")
-    errors = write_errors(fs, folder, "000001", errors_table(pa.array([1]), ["000001"], [1], ["null"]))
-    (tmp_path / ".part-0123.tmp").write_text("half written")
-    (tmp_path / "notes.txt").write_text("the user's")
-    (tmp_path / "part-of-my-thesis.parquet").write_text("the user's")
-    assert stray_files(fs, folder, keep={kept["path"]}) == sorted(
-        [".part-0123.tmp", errors, stray["path"]])
-
-
 def test_manifest_save_is_atomic_and_loads_back(tmp_path):
-    fs, folder = resolve_output(tmp_path)
-    assert Manifest.load(fs, folder) is None
-    m = Manifest.new(fs, folder, FP, {"num_shards": 2, "shard_rows": 10})
+    folder = OutputFolder.open(tmp_path)
+    assert Manifest.load(folder) is None
+    m = Manifest.new(folder, FP, {"num_shards": 2, "shard_rows": 10})
     m.commit("000001", {"path": "part-000001-aa.parquet", "rows": 10})
     m.save(force=True)
     m.commit("000000", {"path": "part-000000-bb.parquet", "rows": 10, "errors": "_errors/x.jsonl"})
     m.save()  # throttled: within a second of the last save, nothing is written
-    assert set(Manifest.load(fs, folder).shards) == {"000001"}
+    assert set(Manifest.load(folder).shards) == {"000001"}
     m.save(force=True)
-    loaded = Manifest.load(fs, folder)
+    loaded = Manifest.load(folder)
     assert loaded.fingerprint == FP and set(loaded.shards) == {"000000", "000001"}
     assert loaded.files() == {"part-000001-aa.parquet", "part-000000-bb.parquet", "_errors/x.jsonl"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["_manifest.json"]
 
 
 def test_fingerprint_mismatch_names_what_differs(tmp_path):
-    fs, folder = resolve_output(tmp_path)
+    folder = OutputFolder.open(tmp_path)
     plan = {"source": "parquet", "num_rows": 5, "num_fragments": 1, "input_digest": "d1"}
-    m = Manifest.new(fs, folder, FP, plan)
+    m = Manifest.new(folder, FP, plan)
     check_resumable(m, json.loads(json.dumps(FP)), dict(plan))  # same: no error
     other = {**FP, "engine": {**FP["engine"], "dimensions": 2}}
     assert fingerprint_diff(FP, other) == ["engine.dimensions: 4 in the output, 2 in this run"]
@@ -88,6 +76,12 @@ def test_fingerprint_mismatch_names_what_differs(tmp_path):
     assert "engine.dimensions: 4 in the output, 2 in this run" in message
     assert "input input_digest: 'd1' in the output, 'd2' in this run" in message
     assert "overwrite" in message
+
+
+def test_manifest_of_another_version_is_a_fingerprint_mismatch(tmp_path):
+    (tmp_path / "_manifest.json").write_text(json.dumps({"version": 99, "shards": {}}))
+    with pytest.raises(FingerprintMismatch, match=r"manifest version 99.*overwrite=True"):
+        Manifest.load(OutputFolder.open(tmp_path))
 
 
 def test_progress_lines_and_summary():

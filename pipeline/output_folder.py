@@ -1,0 +1,233 @@
+"""The output folder of a run: one object (pyarrow filesystem + path) that owns every file in it.
+
+It parses the location (a local path, made absolute, or a `scheme://` URI resolved by
+`pyarrow.fs.FileSystem.from_uri`; `is_uri` is the only place that asks), publishes files
+atomically, saves and loads the manifest's bytes, lists and removes stray files, and reads
+parts back. Publishing: on a local (POSIX) filesystem the bytes go to a hidden temporary name
+that is renamed into place, so a file appears whole or not at all; on an object store, where
+rename is a copy and not atomic, they go in one object write (the object appears when the
+upload completes). Either way only the manifest commit makes a part count.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from . import writer
+from .errors import OutputFolderError, OutputWriteError
+
+MANIFEST_NAME = "_manifest.json"
+ERRORS_FILE = "_errors.parquet"
+ERRORS_DIR = "_errors"
+# Filesystems (pyarrow `type_name`) whose rename replaces the target atomically (rename(2)).
+RENAME_IS_ATOMIC = {"local"}
+# Everything the pipeline may leave in an output folder; nothing else is ever deleted there
+# (`_manifest.json.<hex>.tmp`: the manifest's temporary of older versions).
+_OURS = re.compile(r"^(part-\d+-[0-9a-f]+\.(parquet|arrow)|\.part-.*\.tmp|_manifest\.json(\.[0-9a-f]+\.tmp)?"
+                   r"|_errors\.parquet|_errors/\d+-[0-9a-f]+\.(jsonl|parquet))$")
+_SHOW = 8  # file names listed in an error message
+
+
+def is_uri(location) -> bool:
+    """Whether `location` is a filesystem URI (`s3://bucket/x`, `file:///x`), not a local path."""
+    return "://" in os.fspath(location)
+
+
+def absolute(location) -> str:
+    """`location` as a string that means the same from any working directory (a URI as given)."""
+    location = os.fspath(location)
+    return location if is_uri(location) else os.path.abspath(location)
+
+
+def resolve(location) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of a local path or a pyarrow filesystem URI such as s3://bucket/run."""
+    location = os.fspath(location)
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+def redact(location: str) -> str:
+    """`location` with any `user:secret@` credentials of a URI replaced by `***@`."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1***@", location)
+
+
+def is_ours(rel: str) -> bool:
+    """Whether a path relative to an output folder is a name the pipeline writes."""
+    return bool(_OURS.match(rel))
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """A run's output folder. `location` is what a user passes back (URI, or absolute path)."""
+
+    fs: pafs.FileSystem
+    path: str
+    location: str
+
+    @classmethod
+    def open(cls, location) -> "OutputFolder":
+        """The folder at a local path or URI (nothing is created or read)."""
+        fs, path = resolve(location)
+        return cls(fs, path.rstrip("/") or "/", absolute(location))
+
+    def __str__(self) -> str:
+        return redact(self.location)
+
+    @property
+    def atomic_rename(self) -> bool:
+        return self.fs.type_name in RENAME_IS_ATOMIC
+
+    @property
+    def is_local(self) -> bool:
+        return self.fs.type_name == "local"
+
+    def file(self, rel: str) -> str:
+        """The filesystem path of `rel` (a name relative to the folder)."""
+        return f"{self.path}/{rel}"
+
+    def show(self, rel: str) -> str:
+        """`rel` as users see it in messages (credentials redacted)."""
+        return f"{self}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.file(rel)).type == pafs.FileType.File
+
+    def create(self) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+
+    # -- publish ---------------------------------------------------------------------------
+
+    def publish(self, rel: str, data, owner: str = "") -> None:
+        """Make `rel` hold `data` (bytes or a pyarrow Buffer), whole or not at all; replaces an
+        existing `rel` atomically. On failure nothing was published (a temporary is removed)
+        and OutputWriteError names the file."""
+        final = self.file(rel)
+        target = final if not self.atomic_rename else self.file(f".part-{uuid.uuid4().hex}.tmp")
+        try:
+            if "/" in rel:
+                self.fs.create_dir(self.file(rel.rsplit("/", 1)[0]), recursive=True)
+            with self.fs.open_output_stream(target) as f:
+                f.write(data)
+            if target != final:
+                self.fs.move(target, final)
+        except OSError as e:
+            if target != final:
+                self._remove_quietly(target)
+            prefix = f"{owner}: " if owner else ""
+            raise OutputWriteError(f"{prefix}writing {self.show(rel)} failed ({e}); nothing was "
+                                   "published: free space or fix the output folder, then rerun "
+                                   "to resume") from e
+
+    def publish_part(self, shard_id: str, table: pa.Table, fmt: str) -> dict:
+        """Publish `table` as a new part of shard `shard_id`; returns its manifest record. The
+        name carries a per-attempt token, so a late write of an orphaned actor never replaces a
+        committed part."""
+        data = writer.encode(table, fmt)
+        name = f"part-{shard_id}-{uuid.uuid4().hex[:12]}{writer.FORMATS[fmt].extension}"
+        self.publish(name, data, owner=f"shard {shard_id}")
+        return {"path": name, "rows": table.num_rows, "bytes": data.size,
+                "sha256": hashlib.sha256(data).hexdigest()}
+
+    def publish_errors(self, shard_id: str, errors: pa.Table) -> str:
+        """Publish one shard's bad rows (a `validate.errors_table`) under `_errors/`; returns the
+        relative path. The finish step builds `_errors.parquet` from these files."""
+        name = f"{ERRORS_DIR}/{shard_id}-{uuid.uuid4().hex[:12]}.parquet"
+        self.publish(name, writer.encode(errors, "parquet"), owner=f"shard {shard_id}")
+        return name
+
+    # -- manifest --------------------------------------------------------------------------
+
+    def read_manifest(self) -> bytes | None:
+        """The bytes of `_manifest.json`, or None when there is none."""
+        if not self.exists(MANIFEST_NAME):
+            return None
+        with self.fs.open_input_stream(self.file(MANIFEST_NAME)) as f:
+            return f.read()
+
+    def save_manifest(self, body: bytes) -> None:
+        """Replace `_manifest.json` atomically: a failed save leaves the previous one intact."""
+        try:
+            self.publish(MANIFEST_NAME, body)
+        except OutputWriteError as e:
+            raise OutputWriteError(f"saving {self.show(MANIFEST_NAME)} failed ({e.__cause__}); "
+                                   "the previous manifest is intact: free space, then rerun to "
+                                   "resume") from e.__cause__
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read_part(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        """A part (or an `_errors/` file), Parquet or Arrow IPC by its extension."""
+        return writer.read(self.fs, self.file(rel), columns)
+
+    def read_parts(self, records, columns: list[str] | None = None):
+        """Yield the table of each manifest record (`{"path": ...}`) in the order given."""
+        for record in records:
+            yield self.read_part(record["path"], columns)
+
+    # -- listing and cleaning ----------------------------------------------------------------
+
+    def files(self) -> list[str]:
+        """Every file in the folder, relative to it, sorted (none when the folder is missing)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
+        return sorted(i.path[len(self.path):].lstrip("/") for i in infos if i.is_file)
+
+    def stray_files(self, keep: set[str]) -> list[str]:
+        """Files the pipeline wrote here that `keep` (relative paths) does not name: parts and
+        error files of uncommitted shards, temporaries of interrupted writes."""
+        return [rel for rel in self.files() if is_ours(rel) and rel not in keep and rel != MANIFEST_NAME]
+
+    def remove(self, rels) -> None:
+        for rel in rels:
+            self.fs.delete_file(self.file(rel))
+
+    def remove_strays(self, keep: set[str]) -> list[str]:
+        """Delete `stray_files(keep)`; returns what was deleted."""
+        strays = self.stray_files(keep)
+        self.remove(strays)
+        return strays
+
+    def check_usable(self) -> None:
+        """Refuse a file, and a folder holding files the pipeline did not write and no manifest
+        (a fresh run would mix them in, and a user's folder must never be taken over). A folder
+        with a manifest is ours: other files there (an index, notes) are left alone."""
+        kind = self.fs.get_file_info(self.path).type
+        if kind == pafs.FileType.NotFound:
+            self._check_creatable()
+            return
+        if kind != pafs.FileType.Directory:
+            raise OutputFolderError(f"output {str(self)!r} is a file, not a folder; pass a folder path")
+        if self.exists(MANIFEST_NAME):
+            return
+        foreign = [rel for rel in self.files() if not is_ours(rel)]
+        if foreign:
+            shown = ", ".join(foreign[:_SHOW]) + (f" (and {len(foreign) - _SHOW} more)"
+                                                  if len(foreign) > _SHOW else "")
+            raise OutputFolderError(
+                f"output folder {str(self)!r} holds {len(foreign)} file(s) the pipeline did not write and "
+                f"no {MANIFEST_NAME}: {shown}. Write to a new or empty folder (the pipeline never "
+                "deletes files it did not write)")
+
+    def _check_creatable(self) -> None:
+        """A missing local folder must be creatable: its nearest existing parent is a folder."""
+        if not self.is_local:
+            return  # object stores have no real folders
+        parent = os.path.dirname(self.path)
+        while not os.path.lexists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise OutputFolderError(f"output {str(self)!r} cannot be created: {parent} is a file; pass "
+                                    "a folder path")
+
+    def _remove_quietly(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except OSError:
+            pass  # never created, or the folder itself is gone: nothing to remove
+

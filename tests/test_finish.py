@@ -1,0 +1,119 @@
+"""The finish step (pipeline/finish.py): the duplicate-id pass (one bucket, and spilled by hash
+into buckets with bounded memory), `_errors.parquet`, the manifest marked complete, strays
+removed, the in-memory error records. Real parts in a real folder; no Ray, no engine."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import PipelineConfig
+from pipeline.finish import (DUPLICATE_ID, duplicate_id_errors, finish, memory_errors, output_errors,
+                             write_errors_file)
+from pipeline.manifest import Manifest
+from pipeline.output_folder import ERRORS_FILE, OutputFolder
+from pipeline.progress import RunStats
+from pipeline.shards import Shard
+from pipeline.validate import errors_table
+from pipeline.writer import part_table
+
+
+def build_output(path, ids, shard_rows=10, bad=None, id_column="doc"):
+    """An output folder with committed parts holding `ids`; `bad`: {shard: [(row, id)]} bad rows
+    (recorded in the shard's error file, not in its part)."""
+    folder = OutputFolder.open(path)
+    folder.create()
+    manifest = Manifest.new(folder, {"id_column": id_column}, {"shard_rows": shard_rows})
+    bad = bad or {}
+    offset = 0
+    for k, start in enumerate(range(0, len(ids), shard_rows)):
+        chunk = ids[start:start + shard_rows]
+        shard_id = f"{k:06d}"
+        errors = bad.get(k, [])
+        record = folder.publish_part(shard_id, part_table(pa.array(chunk), np.zeros((len(chunk), 4), np.float32),
+                                                           None, "float32", {}), "parquet")
+        if errors:
+            record["errors"] = folder.publish_errors(shard_id, errors_table(
+                pa.array([e[1] for e in errors]), [shard_id] * len(errors), [e[0] for e in errors],
+                ["text column 'text' is null"] * len(errors)))
+        manifest.commit(shard_id, {**record, "row_offset": offset, "input_rows": len(chunk) + len(errors)})
+        offset += len(chunk) + len(errors)
+    return folder, manifest
+
+
+def test_duplicate_id_errors_lists_every_occurrence_in_and_across_shards():
+    ids = pa.array(["a", "b", "a", "c", None, "b", None, "d"])
+    shards = pa.array(np.array([0, 0, 0, 1, 1, 1, 2, 2], np.int32))
+    rows = pa.array(np.arange(8, dtype=np.int64))
+    got = duplicate_id_errors(ids, shards, rows).to_pylist()
+    assert [(e["id"], e["shard"], e["row"]) for e in got] == [
+        ("a", "000000", 0), ("b", "000000", 1), ("a", "000000", 2), (None, "000001", 4),
+        ("b", "000001", 5), (None, "000002", 6)]
+    assert {e["reason"] for e in got} == {DUPLICATE_ID}
+    assert duplicate_id_errors(pa.array(["x", "y"]), shards.slice(0, 2), rows.slice(0, 2)).num_rows == 0
+
+
+def test_duplicate_pass_spilled_into_hash_buckets_finds_the_same_rows(tmp_path):
+    """The bounded-memory id pass (ids spilled by hash into buckets, each checked alone) lists
+    exactly what the one-bucket pass lists: string ids, integer ids, a null id."""
+    for ids in ([f"d{i % 23}" for i in range(60)], [i % 17 for i in range(59)] + [None]):
+        folder, manifest = build_output(tmp_path / f"out-{type(ids[0]).__name__}", ids)
+        whole, _, n_whole = output_errors(folder, manifest)
+        spilled, _, n_spilled = output_errors(folder, manifest, pass_rows=7)  # 9 buckets
+        assert n_whole == n_spilled > 0
+        assert spilled.to_pylist() == whole.to_pylist()
+        counts = {i: ids.count(i) for i in ids}
+        assert n_whole == sum(c for c in counts.values() if c > 1)
+
+
+def test_rows_of_bad_texts_shift_the_global_rows_of_duplicates(tmp_path):
+    # shard 0 holds input rows 0..4; row 1 was a bad text, so its part holds rows 0, 2, 3, 4.
+    folder, manifest = build_output(tmp_path / "out", ["x", "y", "x", "z", "w", "y"], shard_rows=4,
+                                    bad={0: [(1, "bad")]})
+    table, bad_rows, duplicates = output_errors(folder, manifest)
+    assert (bad_rows, duplicates) == (1, 4)
+    assert [(e["id"], e["row"], e["reason"]) for e in table.to_pylist()] == [
+        ("x", 0, DUPLICATE_ID), ("bad", 1, "text column 'text' is null"), ("y", 2, DUPLICATE_ID),
+        ("x", 3, DUPLICATE_ID), ("y", 6, DUPLICATE_ID)]
+
+
+def test_without_an_id_column_the_id_pass_is_skipped(tmp_path):
+    folder, manifest = build_output(tmp_path / "out", [1, 1, 1], id_column=None)
+    assert output_errors(folder, manifest)[1:] == (0, 0)
+
+
+def test_errors_file_published_then_removed_when_nothing_is_reported(tmp_path):
+    folder, manifest = build_output(tmp_path / "out", ["a", "a", "b"])
+    assert write_errors_file(folder, manifest) == (0, 2)
+    assert pq.read_table(folder.file(ERRORS_FILE)).column("id").to_pylist() == ["a", "a"]
+    manifest.fingerprint["id_column"] = None  # the same folder, nothing to report any more
+    assert write_errors_file(folder, manifest) == (0, 0)
+    assert not folder.exists(ERRORS_FILE)
+
+
+def test_finish_removes_strays_reports_and_marks_complete(tmp_path, capsys):
+    folder, manifest = build_output(tmp_path / "out", ["a", "b", "a"])
+    folder.publish_part("000009", part_table(pa.array(["late"]), np.zeros((1, 4), np.float32), None,
+                                             "float32", {}), "parquet")  # an orphaned actor's part
+    stats = RunStats(rows=3, rows_total=3, tokens=30, seconds=1.0, startup_seconds=0.1, truncated=0,
+                     bad_rows=0, shards=1, resumed_shards=0, retries=0, workers=())
+    result = finish(stats, None, manifest, folder, PipelineConfig(id_column="doc"))
+    assert (result.output, result.stats.duplicate_ids, result.stats.bad_rows_total) == (folder.location, 2, 0)
+    saved = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert saved["complete"] and saved["summary"]["duplicate_ids"] == 2
+    assert sorted(folder.files()) == sorted([*manifest.files(), "_manifest.json", ERRORS_FILE])
+    assert str(folder) in capsys.readouterr().out  # the summary names the folder
+
+
+def test_in_memory_errors_and_matrix_rows():
+    s0, s1 = Shard(0, 0, 3, ()), Shard(1, 3, 3, ())
+    parts = {1: (s1, None, [{"id": "n", "shard": "000001", "row": 4, "reason": "null"}], pa.array(["a", "c"])),
+             0: (s0, None, [], pa.array(["a", "b", "c"]))}
+    errors, duplicates = memory_errors(parts, check_ids=True)
+    assert duplicates == 4
+    assert [(e["id"], e["row"], e["reason"]) for e in errors] == [
+        ("a", 0, DUPLICATE_ID), ("c", 2, DUPLICATE_ID), ("a", 3, DUPLICATE_ID), ("n", 4, "null"),
+        ("c", 5, DUPLICATE_ID)]
+    assert memory_errors(parts, check_ids=False) == ([{"id": "n", "shard": "000001", "row": 4, "reason": "null"}], 0)
