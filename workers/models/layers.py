@@ -4,7 +4,8 @@
 linear+GELU primitive (`torch.ops.mkldnn._linear_pointwise`, the op inductor itself emits): the
 GELU runs on the output tile while it is still in cache, measured 1.5x (bf16) to 1.8x (fp32)
 faster than linear then GELU at MiniLM's FFN shape. The op is private, so it is used only when it
-exists, and the choice is made once per process.
+exists, and the choice is made once per process (per dtype: oneDNN has no bfloat16/float16
+primitive on CPUs without AVX512-BF16/FP16, where the op fails rather than falling back).
 """
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ def onednn_fusion_available() -> bool:
     return ok
 
 
+@functools.cache
+def _onednn_dtype_ok(dtype: torch.dtype) -> bool:
+    if dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if dtype == torch.float16:
+        return torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    return True
+
+
 class LinearAct(nn.Linear):
     """nn.Linear followed by an activation; same parameters, so checkpoints load unchanged."""
 
@@ -49,7 +59,8 @@ class LinearAct(nn.Linear):
         self.act = ACTIVATIONS[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and self.act_name in _ONEDNN_ACTS and onednn_fusion_available():
+        if (x.device.type == "cpu" and self.act_name in _ONEDNN_ACTS and onednn_fusion_available()
+                and _onednn_dtype_ok(x.dtype)):
             op, algorithm = _ONEDNN_ACTS[self.act_name]
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, op, [], algorithm)
         return self.act(F.linear(x, self.weight, self.bias))
