@@ -93,7 +93,7 @@ def write_roberta_tokenizer(folder: Path, texts: list[str] = ROBERTA_CORPUS, voc
     tok.train_from_iterator(texts * 4, trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.RobertaProcessing(sep=("</s>", 2), cls=("<s>", 0),
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0),
                                                       trim_offsets=True, add_prefix_space=True)
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({
@@ -121,6 +121,10 @@ def make_tiny_classifier(folder: Path, arch: str, num_labels: int = 1, seed: int
         for name, p in model.named_parameters():
             if name.endswith("bias") or "LayerNorm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
+            if p.dim() == 2:  # larger weights: the first token's state depends on the input
+                p.mul_(10.0)
+            if "classifier" in name or "pooler" in name:  # logits of order 1, so scores spread
+                p.normal_(0.0, 0.3)
     config.save_pretrained(folder)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()
                if not k.endswith(("position_ids", "token_type_ids"))}, str(folder / "model.safetensors"))

@@ -1,7 +1,8 @@
 """Activations on a head's logits (score and classify), and the folder's default.
 
 The default for a cross-encoder is what sentence-transformers 6's `CrossEncoder.predict` applies:
-the `activation_fn` saved in config_sentence_transformers.json, else config.json's
+the `activation_fn` saved in config_sentence_transformers.json (read only in a folder with a
+modules.json, i.e. one CrossEncoder.save wrote, as sentence-transformers does), else config.json's
 `sentence_transformers.activation_fn`, else its legacy `sbert_ce_default_activation_function`
 (each honoured only when it is a `torch.*` class, as CrossEncoder does without
 trust_remote_code), else sigmoid for one label and identity for more.
@@ -27,7 +28,7 @@ _TORCH_CLASSES = {"Sigmoid": "sigmoid", "Softmax": "softmax", "Identity": "ident
 
 def cross_encoder_activation(path: Path, hf_config) -> str:
     """The activation CrossEncoder.predict would apply to this folder (see module doc)."""
-    st = _read_json(path / "config_sentence_transformers.json") or {}
+    st = (_read_json(path / "config_sentence_transformers.json") or {}) if (path / "modules.json").is_file() else {}
     saved = [st.get("activation_fn"),
              (getattr(hf_config, "sentence_transformers", None) or {}).get("activation_fn"),
              getattr(hf_config, "sbert_ce_default_activation_function", None)]

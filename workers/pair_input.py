@@ -6,7 +6,9 @@ transformers): BERT `[CLS] q [SEP] d [SEP]` with token type ids 0 then 1, RoBERT
 max_length is cut like transformers' `truncation="longest_first"` (the Rust tokenizer's own pair
 truncation: tokens come off the longer side first). Each side is cut by characters first, as
 single texts are, but only to a prefix that still holds at least max_length tokens, which
-leaves longest_first's result unchanged.
+leaves longest_first's result unchanged as long as the other side is shorter than max_length.
+When both sides hold max_length tokens or more, which one is longer decides who keeps the odd
+token, so such a pair is tokenized whole (rare, and linear in its length).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ class PairInputProcessor(InputProcessor):
     def __call__(self, pairs: list[tuple[str, str]], first_index: int = 0) -> Tokenized:
         check_pairs(pairs, first_index)
         limit = self.max_length * _CHARS_PER_TOKEN
-        encs = self._encode([(self._side(a, limit), self._side(b, limit)) for a, b in pairs])
+        encs = self._encode([self._cut_pair(a, b, limit) for a, b in pairs])
         truncated = 0
         for i, enc in enumerate(encs):
             if enc.overflowing:
@@ -46,11 +48,23 @@ class PairInputProcessor(InputProcessor):
         types = [np.asarray(e.type_ids, dtype=np.int64) for e in encs]
         return Tokenized(ids, truncated, type_ids=types)
 
+    def _cut_pair(self, a: str, b: str, limit: int) -> tuple[str, str]:
+        """(a, b) cut by characters where that cannot change the truncated encoding."""
+        ca, cb = self._side(a, limit), self._side(b, limit)
+        if ca is a and cb is b:
+            return a, b
+        long_a = ca is not a or self._tokens(a) >= self.max_length  # a cut side always is
+        long_b = cb is not b or self._tokens(b) >= self.max_length
+        return (a, b) if long_a and long_b else (ca, cb)
+
+    def _tokens(self, text: str) -> int:
+        return len(self._count.encode(text, add_special_tokens=False).ids)
+
     def _side(self, text: str, limit: int) -> str:
         """`text`, or a whitespace-cut prefix of it that still has >= max_length tokens."""
         while len(text) > limit:
             cut = self._cut(text, limit)
-            if len(self._count.encode(cut, add_special_tokens=False).ids) >= self.max_length:
+            if self._tokens(cut) >= self.max_length:
                 return cut
             limit *= 4
         return text
