@@ -1,6 +1,5 @@
 """Input processors, each against the Hugging Face tokenizer (the reference every model folder
 ships): single texts, chunk windows, cross-encoder pairs, and the LLM-reranker prompt."""
-import numpy as np
 import pytest
 from transformers import AutoTokenizer
 

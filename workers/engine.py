@@ -83,7 +83,9 @@ class EngineStats:
 STAGES = ("tokenize", "build", "copy_in", "forward", "copy_out", "idle")
 
 
-# output kind -> the methods that return it (named in the error when the wrong one is called)
+# output kind -> the task that gives it and the methods that return it (named in the error when
+# the wrong method is called)
+_TASK_OF = {"vector": "embed", "score": "score", "logits": "classify"}
 _METHODS = {"vector": "embed()", "score": "score() / rerank()", "logits": "classify()"}
 
 
@@ -217,8 +219,7 @@ class Engine:
 
     def _expect(self, output: str, method: str) -> None:
         if self.workflow.output != output:
-            raise TypeError(f"{method}() needs an engine started with task="
-                            f"{ {'vector': 'embed', 'score': 'score', 'logits': 'classify'}[output]!r}; "
+            raise TypeError(f"{method}() needs an engine started with task={_TASK_OF[output]!r}; "
                             f"this one runs task={self.config.task!r} ({self.workflow.name} workflow): "
                             f"call {_METHODS[self.workflow.output]}, or start another engine")
 
