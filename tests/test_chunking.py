@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import workers.input_processor as input_processor
+import workers.chunked_input as chunked_input
 from workers import Engine, EngineConfig
 from workers.model_folder import default_model_path
 
@@ -87,7 +87,7 @@ def test_windows_spanning_batches_in_both_loops_and_streams(loop, chunked):
 
 
 def test_sliced_tokenizing_gives_the_whole_text_tokens(monkeypatch, hf):
-    monkeypatch.setattr(input_processor, "_SLICE_CHARS", 64)  # slice a 4 kB text ~60 times
+    monkeypatch.setattr(chunked_input, "_SLICE_CHARS", 64)  # slice a 4 kB text ~60 times
     engine = Engine(EngineConfig(dtype="float32", truncation="chunk", max_length=64, chunk_overlap=8))
     want = hf[0](LONG, add_special_tokens=False)["input_ids"]
     np.testing.assert_array_equal(engine.processor._content_ids(LONG), want)

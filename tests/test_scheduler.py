@@ -65,3 +65,14 @@ def test_poolers_against_a_loop(pooling, normalize, dims):
         if normalize:
             expect = expect / expect.norm()
         torch.testing.assert_close(out[i], expect)
+
+
+def test_input_builder_carries_per_token_type_ids():
+    backend = select_backend("sdpa", torch.device("cpu"), torch.float32)
+    reqs = _reqs([3, 2, 2])
+    reqs[0].type_ids = np.array([0, 1, 1])
+    reqs[2].type_ids = np.array([0, 1])
+    b = InputBuilder(backend, torch.device("cpu"), causal=False, token_types=True).build(reqs)
+    assert b.token_type_ids.tolist() == [0, 1, 1, 0, 0, 0, 1]  # the middle request: all type 0
+    none = InputBuilder(backend, torch.device("cpu"), causal=False, token_types=False).build(reqs)
+    assert none.token_type_ids is None

@@ -62,14 +62,18 @@ def make_tiny_decoder(folder: Path, arch: str, seed: int = 0, causal_lm: bool = 
         cfg = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**cfg, **extra_config}))
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:  # as transformers saves it: the head is embed_tokens
+        tensors.pop("lm_head.weight", None)
     save_file(tensors, str(folder / "model.safetensors"))
     copy_tokenizer(folder)
     return model.model if causal_lm else model
 
 
-def write_bpe_tokenizer(folder: Path, texts: list[str], vocab_size: int = 2000) -> None:
+def write_bpe_tokenizer(folder: Path, texts: list[str], vocab_size: int = 2000,
+                        special_tokens: tuple[str, ...] = ("<|endoftext|>",)) -> None:
     """Replace the folder's tokenizer with a byte-level BPE trained on `texts`: Qwen-like, it
-    adds no special tokens at all (no BOS/CLS, no EOS)."""
+    adds no special tokens at all (no BOS/CLS, no EOS); `special_tokens` (e.g. the chat
+    markers <|im_start|> <|im_end|>) are single tokens never split."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     for name in ("vocab.txt", "special_tokens_map.json"):
         (folder / name).unlink(missing_ok=True)
@@ -77,7 +81,7 @@ def write_bpe_tokenizer(folder: Path, texts: list[str], vocab_size: int = 2000) 
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+        vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(

@@ -66,3 +66,70 @@ def write_sentence_transformers_files(folder: Path, pooling: str, normalize: boo
         {"word_embedding_dimension": 32, "pooling_mode_cls_token": pooling == "cls",
          "pooling_mode_mean_tokens": pooling == "mean"}))
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len}))
+
+
+# Words for the RoBERTa-style test tokenizer (and the texts the classifier tests feed it).
+ROBERTA_CORPUS = [
+    "what is a vector index and how does dense retrieval find passages",
+    "a cross encoder reads the query and the passage together and scores them",
+    "the quick brown fox jumps over the lazy dog near the river bank",
+    "embeddings map text to vectors so that similar meanings land close together",
+    "rerankers sort the retrieved documents by relevance to the question",
+]
+
+
+def write_roberta_tokenizer(folder: Path, texts: list[str] = ROBERTA_CORPUS, vocab_size: int = 600) -> None:
+    """A real RoBERTa-style fast tokenizer: byte-level BPE with <s> <pad> </s> <unk> <mask> (ids
+    0-4, pad 1 as RoBERTa) and a RobertaProcessing post-processor, so a pair is
+    `<s> a </s></s> b </s>`. Saved as tokenizer.json + tokenizer_config.json (AutoTokenizer
+    loads it as a fast tokenizer that, like RoBERTa's, returns no token type ids)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    for name in ("vocab.txt", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts * 4, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0),
+                                                      trim_offsets=True, add_prefix_space=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+        "cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+        "mask_token": "<mask>", "model_max_length": 128,
+        "model_input_names": ["input_ids", "attention_mask"]}))
+
+
+def make_tiny_classifier(folder: Path, arch: str, num_labels: int = 1, seed: int = 0,
+                         labels: list[str] | None = None):
+    """Write a random `*ForSequenceClassification` folder (BERT: the MiniLM tokenizer with token
+    type ids; RoBERTa/XLM-R: `write_roberta_tokenizer`); return transformers' model (eval)."""
+    from transformers import AutoModelForSequenceClassification
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = CONFIGS[arch.replace("ForSequenceClassification", "Model")]()
+    config.architectures = [arch]
+    config.num_labels = num_labels
+    if labels:
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+            if p.dim() == 2:  # larger weights: the first token's state depends on the input
+                p.mul_(10.0)
+            if "classifier" in name or "pooler" in name:  # logits of order 1, so scores spread
+                p.normal_(0.0, 0.3)
+    config.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()
+               if not k.endswith(("position_ids", "token_type_ids"))}, str(folder / "model.safetensors"))
+    if arch.startswith("Bert"):
+        copy_tokenizer(folder)
+    else:
+        write_roberta_tokenizer(folder)
+    return model

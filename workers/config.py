@@ -12,6 +12,10 @@ DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("cls", "mean", "last")
 EXECUTE_LOOPS = ("simple", "double_buffer")
 TRUNCATIONS = ("truncate", "error", "chunk")
+TASKS = ("embed", "score", "classify")
+ACTIVATIONS = ("sigmoid", "softmax", "identity")
+# Options that shape vectors only: refused for task="score"/"classify", which return numbers.
+_EMBED_ONLY = ("pooling", "normalize", "dimensions", "skip_instruction", "prompt_name", "chunk_overlap")
 
 # On CPU, packed batches of a few thousand tokens keep every activation under glibc's mmap
 # threshold region and the caches warm (FACTS.md: 4k-8k chunks beat 16k).
@@ -25,6 +29,14 @@ class EngineConfig:
     """How one engine embeds.
 
     Args:
+        task: what the engine serves (see `workers/workflow.py` for the table):
+            "embed" (vectors; `Engine.embed`), "score" (cross-encoder or LLM-reranker relevance of
+            (query, document) pairs; `Engine.score` / `Engine.rerank`) or "classify" (sequence
+            classification logits; `Engine.classify`).
+        activation: score/classify only: "sigmoid", "softmax" or "identity" applied to the
+            head's logits. None: for score, what sentence-transformers' CrossEncoder.predict
+            applies for the folder (its saved activation_fn, else sigmoid for one label); for
+            classify, identity (raw logits).
         model: a local model folder (HF `config.json` + tokenizer + `*.safetensors`, optionally a
             sentence-transformers layout). None: the bundled all-MiniLM-L6-v2.
         dtype: compute dtype; "auto" is bfloat16 on a GPU or a CPU with bf16 matmul support
@@ -52,6 +64,8 @@ class EngineConfig:
             thread tokenizes and builds batch k+1 while batch k runs; same vectors).
         prompt: text prepended to every input (e.g. "query: " or an instruction). None: the
             folder's sentence-transformers prompt named by `prompt_name` or its default prompt.
+            For an LLM reranker (task="score" on a causal LM) it is the `<Instruct>` of the
+            prompt template instead (None: the published default instruction).
         prompt_name: a key of `prompts` in the folder's config_sentence_transformers.json
             (e.g. "query", "document"); exclusive with `prompt`.
         skip_instruction: leave the prompt (and leading special tokens such as BOS/CLS) out of
@@ -70,6 +84,8 @@ class EngineConfig:
     """
 
     model: str | None = None
+    task: str = "embed"
+    activation: str | None = None
     dtype: str = "auto"
     device: str = "auto"
     attention_backend: str | None = None
@@ -93,6 +109,10 @@ class EngineConfig:
     allow_pickle: bool = False
 
     def __post_init__(self):
+        _choice("task", self.task, TASKS)
+        if self.activation is not None:
+            _choice("activation", self.activation, ACTIVATIONS)
+        self._check_task_options()
         _choice("dtype", self.dtype, DTYPES)
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r} is not one of {DEVICES} or 'cuda:N'")
@@ -118,6 +138,20 @@ class EngineConfig:
             raise ValueError(f"gpu_memory_utilization={util!r} must be a fraction in (0, 1], e.g. 0.9")
         if not isinstance(self.profile_batches, int) or self.profile_batches < 1:
             raise ValueError(f"profile_batches={self.profile_batches!r} must be a positive integer")
+
+    def _check_task_options(self) -> None:
+        if self.task == "embed":
+            if self.activation is not None:
+                raise ValueError(f"activation={self.activation!r} applies to task='score' or "
+                                 "'classify'; embeddings take normalize= instead; drop activation")
+            return
+        for name in _EMBED_ONLY:
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name}={getattr(self, name)!r} shapes embeddings only, but "
+                                 f"task={self.task!r}; drop {name} (or use task='embed')")
+        if self.truncation == "chunk":
+            raise ValueError(f"truncation='chunk' embeds windows, which has no meaning for "
+                             f"task={self.task!r}; use 'truncate' or 'error'")
 
     def _check_prompt_options(self) -> None:
         for name in ("prompt", "prompt_name"):

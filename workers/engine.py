@@ -1,17 +1,23 @@
-"""The engine: one model on one device, embedding texts through packed prefill-only batches.
+"""The engine: one model on one device, serving one task through packed prefill-only batches.
 
     engine = Engine(EngineConfig())              # bundled all-MiniLM-L6-v2
     vectors = engine.embed(["a passage", ...])   # (n, dim) float32, input order
 
-Startup resolves everything once (model folder, workflow, device, dtype, attention backend,
-pooling); `embed` then runs: tokenize -> schedule -> build -> run -> pool, per the workflow's
-execute loop.
+    ranker = Engine(EngineConfig(model="ms-marco-MiniLM-L-6-v2", task="score"))
+    ranker.score([("query", "passage"), ...])    # (n,) float32
+    ranker.rerank("query", ["doc a", "doc b"])   # [(index, score), ...] best first
+
+    labels = Engine(EngineConfig(model="a-classifier", task="classify"))
+    labels.classify(["text", ...])               # (n, num_labels) logits; labels.labels: names
+
+Startup resolves everything once (model folder, workflow for (architecture, task), device,
+dtype, attention backend, pooling or activation); a call then runs: tokenize -> schedule ->
+build -> run (model + head) per the workflow's execute loop, and returns its kind of output.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Iterator
@@ -21,18 +27,20 @@ import torch
 
 from attention import select_backend
 
-from .config import DEFAULT_CPU_BATCHED_TOKENS, DEFAULT_GPU_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, EngineConfig
+from .chunking import WindowLedger
+from .classifier_head import labels_of
+from .config import EngineConfig
+from .feeder import feed_batches
 from .input_builder import InputBuilder
 from .loader import load_weights
 from .memory import MemoryBudgetError, profile_token_budget
 from .model_folder import ModelFolder, open_model_folder
 from .models import model_class
 from .platform import resolve_device, resolve_dtype
-from .pooling import POOLERS, Pooler
+from .resolve import Resolved, resolve
 from .runner import ModelRunner
-from .chunking import WindowLedger, combine_windows
-from .feeder import feed_batches
-from .workflow import select_workflow
+from .trace import TraceWindow
+from .workflow import DECODERS, Workflow, input_processor, select_workflow
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +51,9 @@ _TOKENIZE_CHUNK = 2048
 
 @dataclass
 class EngineStats:
-    """Cumulative counters over every `embed` call."""
+    """Cumulative counters over every call (embed, score, classify)."""
 
-    requests: int = 0
+    requests: int = 0               # texts or pairs
     tokens: int = 0
     truncated: int = 0
     chunked: int = 0                # texts split into windows (truncation="chunk")
@@ -72,23 +80,13 @@ class EngineStats:
         return self.idle_seconds / self.seconds if self.seconds else 0.0
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """The runtime values derived from the config, the model folder and the machine."""
-
-    device: torch.device
-    dtype: torch.dtype
-    max_length: int
-    pooling: str
-    normalize: bool
-    dimensions: int | None
-    max_num_batched_tokens: int
-    max_num_seqs: int
-    prompt: str = ""
-    skip_instruction: bool = False
-
-
 STAGES = ("tokenize", "build", "copy_in", "forward", "copy_out", "idle")
+
+
+# output kind -> the task that gives it and the methods that return it (named in the error when
+# the wrong method is called)
+_TASK_OF = {"vector": "embed", "score": "score", "logits": "classify"}
+_METHODS = {"vector": "embed()", "score": "score() / rerank()", "logits": "classify()"}
 
 
 class Engine:
@@ -98,19 +96,23 @@ class Engine:
             torch.set_num_threads(config.num_threads)
         self.folder = open_model_folder(config.model, allow_pickle=config.allow_pickle)
         model_cls = model_class(self.folder.architecture)
-        self.workflow = _workflow(config, self.folder, model_cls)
+        self.workflow = _workflow(config, self.folder)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        self.model = self._load_model(model_cls, device, dtype)
-        self.resolved = r = _resolve(config, self.folder, self.model, self.workflow, device, dtype)
+        with torch.device("meta"):
+            body = model_cls(self.folder.hf_config)
+        self.resolved = r = resolve(config, self.folder, body.max_length, self.workflow, device, dtype)
+        processor = input_processor(self.workflow, config.truncation)
+        self.processor = processor.for_engine(self.folder.path, r, config)
+        with torch.device("meta"):
+            self.head = self.workflow.head(self.folder, r, self.processor)
+        self.model, self.head = self._load(body, self.head, device, dtype)
         self.backend = select_backend(config.attention_backend, device, dtype)
-        self.processor = self.workflow.input_processor(self.folder.path, r.max_length, config.truncation,
-                                                       prompt=r.prompt, skip_instruction=r.skip_instruction,
-                                                       chunk_overlap=config.chunk_overlap)
         self.builder = InputBuilder(self.backend, device, self.workflow.causal, self.model.uses_token_types)
-        self.runner = ModelRunner(self.model, self.backend, Pooler(r.pooling, r.normalize, r.dimensions))
+        self.runner = ModelRunner(self.model, self.backend, self.head)
         self.execute_loop = self.workflow.execute_loops[config.execute_loop]
-        self.dim = r.dimensions or self.folder.hf_config.hidden_size
+        self.dim = _width(self.workflow, self.folder, r)
+        self.labels = labels_of(self.folder.hf_config) if self.workflow.output == "logits" else None
         if device.type == "cuda" and config.max_num_batched_tokens is None:
             try:
                 budget = max(profile_token_budget(self), r.max_length)
@@ -123,17 +125,19 @@ class Engine:
                                e, budget)
             self.resolved = r = dataclasses.replace(r, max_num_batched_tokens=budget)
         self.stats = EngineStats()
-        self._trace = _TraceWindow(config.profile_dir, config.profile_batches, device)
-        logger.info("engine ready: %s (%s) on %s in %s, pooling=%s normalize=%s max_length=%d",
-                    self.folder.path, self.folder.architecture, device, dtype, r.pooling,
-                    r.normalize, r.max_length)
+        self._trace = TraceWindow(config.profile_dir, config.profile_batches, device)
+        logger.info("engine ready: %s (%s) task=%s workflow=%s on %s in %s, pooling=%s normalize=%s "
+                    "activation=%s max_length=%d", self.folder.path, self.folder.architecture,
+                    config.task, self.workflow.name, device, dtype, r.pooling, r.normalize,
+                    r.activation, r.max_length)
 
-    def _load_model(self, model_cls, device, dtype) -> torch.nn.Module:
-        with torch.device("meta"):
-            model = model_cls(self.folder.hf_config)
-        model = model.to_empty(device=device).to(dtype)
-        load_weights(model, self.folder.weights)
-        return model.eval().requires_grad_(False)
+    def _load(self, body: torch.nn.Module, head, device, dtype):
+        """Materialize the body (and the head, when it has weights) and fill both in one pass."""
+        modules = [body] + ([head] if isinstance(head, torch.nn.Module) else [])
+        modules = [m.to_empty(device=device).to(dtype) for m in modules]
+        load_weights(modules, self.folder.weights)
+        modules = [m.eval().requires_grad_(False) for m in modules]
+        return modules[0], (modules[1] if len(modules) > 1 else head)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Embed `texts`; returns float32 (len(texts), dim) in input order.
@@ -144,13 +148,53 @@ class Engine:
         overlapping windows (counted in `stats.chunked`). Non-string items raise TypeError
         naming their index.
         """
+        self._expect("vector", "embed")
         if isinstance(texts, str):
             raise TypeError("embed() takes a list of strings; wrap a single text as [text]")
-        texts = list(texts)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for indices, vectors in self._run(texts):
-            out[indices] = vectors
-        return out
+        return self._collect(list(texts))
+
+    def classify(self, texts: list[str]) -> np.ndarray:
+        """Classify `texts` (task="classify"); returns float32 (len(texts), num_labels): logits,
+        or probabilities with activation="softmax". Column j is the label `self.labels[j]`.
+
+            engine = Engine(EngineConfig(model="path/to/classifier", task="classify"))
+            names = [engine.labels[j] for j in engine.classify(texts).argmax(1)]
+        """
+        self._expect("logits", "classify")
+        if isinstance(texts, str):
+            raise TypeError("classify() takes a list of strings; wrap a single text as [text]")
+        return self._collect(list(texts))
+
+    def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Relevance of each (query, document) pair (task="score"); float32 (len(pairs),), input
+        order. A cross-encoder's score is its logit after the folder's activation (sigmoid for
+        one label, as CrossEncoder.predict); an LLM reranker's is P("yes"). Pairs over max_length
+        are cut like transformers' truncation="longest_first" (counted in `stats.truncated`).
+
+            engine = Engine(EngineConfig(model="path/to/cross-encoder", task="score"))
+            engine.score([("what is a vector index?", "A vector index stores ..."), ...])
+        """
+        self._expect("score", "score")
+        if isinstance(pairs, (str, tuple)):
+            raise TypeError("score() takes a list of (query, document) pairs; wrap one as [(q, d)]")
+        return self._collect(list(pairs))  # each item is checked as it is tokenized
+
+    def rerank(self, query: str, documents: list[str], top_k: int | None = None) -> list[tuple[int, float]]:
+        """Score `query` against each document; [(document index, score)] best first (equal
+        scores keep input order), the first `top_k` of them (None: all).
+
+            for i, s in engine.rerank("capital of France", passages, top_k=3):
+                print(f"{s:.3f}", passages[i])
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query is {type(query).__name__}, not str")
+        if isinstance(documents, str):
+            raise TypeError("rerank() takes a list of documents; wrap a single one as [document]")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+            raise ValueError(f"top_k={top_k!r} must be a non-negative integer or None")
+        scores = self.score([(query, d) for d in documents])
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return [(int(i), float(scores[i])) for i in order]
 
     def embed_stream(self, items: Iterable[tuple[Hashable, str]]) -> Iterator[tuple[Hashable, np.ndarray]]:
         """Embed an iterable of (key, text) lazily; yields (key, float32 vector) per text.
@@ -161,6 +205,7 @@ class Engine:
             for key, vector in engine.embed_stream((row_id, text) for row_id, text in rows):
                 sink.write(key, vector)
         """
+        self._expect("vector", "embed_stream")
         keys: dict[int, Hashable] = {}
 
         def texts():
@@ -172,143 +217,65 @@ class Engine:
             for i, vector in zip(indices.tolist(), vectors):
                 yield keys.pop(i), vector
 
-    def _run(self, texts: Iterable[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _expect(self, output: str, method: str) -> None:
+        if self.workflow.output != output:
+            raise TypeError(f"{method}() needs an engine started with task={_TASK_OF[output]!r}; "
+                            f"this one runs task={self.config.task!r} ({self.workflow.name} workflow): "
+                            f"call {_METHODS[self.workflow.output]}, or start another engine")
+
+    def _collect(self, items: list) -> np.ndarray:
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        for indices, values in self._run(items):
+            out[indices] = values
+        return out[:, 0] if self.workflow.output == "score" else out
+
+    def _run(self, items: Iterable) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         t0 = time.perf_counter()
         r = self.resolved
         scheduler = self.workflow.scheduler(r.max_num_batched_tokens, r.max_num_seqs)
         ledger = WindowLedger()
-        batches = feed_batches(texts, self.processor, scheduler, self.builder, self.stats,
+        batches = feed_batches(items, self.processor, scheduler, self.builder, self.stats,
                                _TOKENIZE_CHUNK, ledger)
         try:
             results = self._trace.wrap(self.execute_loop(batches, self.runner, self.stats))
-            yield from combine_windows(results, ledger, r.normalize)
+            combine = getattr(self.processor, "combiner", None)
+            yield from combine(results, ledger, r.normalize) if combine else results
         finally:
             self.stats.seconds += time.perf_counter() - t0
 
     def fingerprint(self) -> dict:
-        """Everything that determines the vectors, as JSON-able values (for output manifests)."""
+        """Everything that determines the outputs, as JSON-able values (for output manifests)."""
         r = self.resolved
         fp = {"model": self.folder.path.name, "model_hash": self.folder.identity(),
               "architecture": self.folder.architecture, "pooling": r.pooling,
               "normalize": r.normalize, "dimensions": self.dim, "max_length": r.max_length,
               "truncation": self.config.truncation, "dtype": str(r.dtype).removeprefix("torch.")}
-        # Added only when they apply, so encoder fingerprints (and their manifests) stay as they were.
+        # Added only when they apply, so embedding fingerprints (and their manifests) stay as they were.
         if self.workflow.name != "encoder":
             fp["workflow"] = self.workflow.name
+        if self.config.task != "embed":
+            fp["task"] = self.config.task
+        if r.activation is not None:
+            fp["activation"] = r.activation
         if r.prompt:
             fp["prompt"] = r.prompt
         if r.skip_instruction:
             fp["skip_instruction"] = True
-        if self.config.truncation == "chunk":
-            fp["chunk_overlap"] = self.processor.chunk_overlap
+        fp.update(self.processor.fingerprint())
         return fp
 
 
-class _TraceWindow:
-    """The profile switch: a torch profiler trace of a few batches, once per engine.
-
-    The window opens at the engine's second batch (the first is warm-up), whichever `embed`
-    call it falls in, and closes after `batches` batches or when that call ends; the Chrome
-    trace goes to `<folder>/engine-<pid>-<n>.json` (`.path` once written). Ops on the caller's
-    thread are recorded (forward, pooling, copies); CUDA kernels too on a GPU.
-    """
-
-    def __init__(self, folder: str | None, batches: int, device: torch.device):
-        self.folder, self.batches, self.device = folder, batches, device
-        self.path: str | None = None
-        self.seen = 0  # batches this engine has run, over all calls
-
-    def wrap(self, results):
-        if self.folder is None or self.path is not None:
-            yield from results
-            return
-        from torch.profiler import ProfilerActivity, profile
-        activities = [ProfilerActivity.CPU]
-        if self.device.type == "cuda":
-            activities.append(ProfilerActivity.CUDA)
-        prof, profiled = None, 0
-        try:
-            for item in results:
-                if prof is None and self.path is None and self.seen >= 1:
-                    prof = profile(activities=activities)
-                    prof.start()
-                self.seen += 1
-                if prof is not None:
-                    profiled += 1
-                    if profiled > self.batches:
-                        self._write(prof, profiled - 1)
-                        prof = None
-                yield item
-        finally:
-            if prof is not None:
-                self._write(prof, profiled)
-
-    def _write(self, prof, batches: int) -> None:
-        prof.stop()
-        os.makedirs(self.folder, exist_ok=True)
-        n = 0
-        while os.path.exists(path := os.path.join(self.folder, f"engine-{os.getpid()}-{n}.json")):
-            n += 1
-        prof.export_chrome_trace(path)
-        self.path = path
-        logger.info("profiler trace of %d batch(es) written to %s", batches, path)
-
-
-def _workflow(config: EngineConfig, folder: ModelFolder, model_cls):
-    """The model family's workflow; a decoder's attention is the config's enable_bidirectional,
-    else what the folder declares, else causal."""
-    family = getattr(model_cls, "workflow", "encoder")
+def _workflow(config: EngineConfig, folder: ModelFolder) -> Workflow:
+    """The workflow for (architecture, task); an embedding decoder's attention is the config's
+    enable_bidirectional, else what the folder declares, else causal."""
     bidirectional = config.enable_bidirectional
-    if bidirectional is None and family != "encoder":
+    if bidirectional is None and config.task == "embed" and folder.architecture in DECODERS:
         bidirectional = folder.declared_bidirectional
-    return select_workflow(family, bidirectional, folder.architecture)
+    return select_workflow(folder.architecture, config.task, bidirectional)
 
 
-def _resolve(config: EngineConfig, folder: ModelFolder, model, workflow, device, dtype) -> Resolved:
-    limit = model.max_length
-    llm2vec = folder.llm2vec or {}
-    max_length = config.max_length or min(folder.st_max_length or llm2vec.get("max_length") or limit, limit)
-    if max_length > limit:
-        raise ValueError(f"max_length={max_length} exceeds what {folder.architecture} at "
-                         f"{folder.path} supports ({limit} positions); lower max_length")
-    pooling = config.pooling or folder.st_pooling or llm2vec.get("pooling") or workflow.default_pooling
-    if pooling not in POOLERS:
-        raise ValueError(f"{folder.path} asks for pooling {pooling!r}, which is not supported; "
-                         f"pass pooling= one of {sorted(POOLERS)}")
-    normalize = folder.st_normalize if config.normalize is None else config.normalize
-    hidden = folder.hf_config.hidden_size
-    if config.dimensions is not None and config.dimensions > hidden:
-        raise ValueError(f"dimensions={config.dimensions} exceeds the model's hidden size {hidden}")
-    default_budget = DEFAULT_GPU_BATCHED_TOKENS if device.type == "cuda" else DEFAULT_CPU_BATCHED_TOKENS
-    budget = config.max_num_batched_tokens or max(default_budget, max_length)
-    if budget < max_length:
-        raise ValueError(f"max_num_batched_tokens={budget} is below max_length={max_length}: one "
-                         "text must fit in a batch; raise the budget or lower max_length")
-    return Resolved(device, dtype, max_length, pooling, normalize, config.dimensions, budget,
-                    config.max_num_seqs or DEFAULT_MAX_NUM_SEQS, _prompt(config, folder),
-                    _skip_instruction(config, folder, pooling))
-
-
-def _prompt(config: EngineConfig, folder: ModelFolder) -> str:
-    """config.prompt, else the folder's sentence-transformers prompt by name (or its default)."""
-    if config.prompt is not None:
-        return config.prompt
-    name = config.prompt_name or folder.st_default_prompt_name
-    if name is None:
-        return ""
-    if name not in folder.st_prompts:
-        raise ValueError(f"prompt_name={name!r} is not among the prompts of {folder.path} "
-                         f"({sorted(folder.st_prompts) or 'none'}, from config_sentence_transformers"
-                         ".json); pass one of them, or the text itself as prompt=")
-    return folder.st_prompts[name]
-
-
-def _skip_instruction(config: EngineConfig, folder: ModelFolder, pooling: str) -> bool:
-    """config.skip_instruction, else the folder's (ST include_prompt=false, LLM2Vec), mean only."""
-    if config.skip_instruction is not None:
-        if config.skip_instruction and pooling != "mean":
-            raise ValueError(f"skip_instruction=True only changes mean pooling, but pooling resolved "
-                             f"to {pooling!r}; pass pooling='mean' or drop skip_instruction")
-        return config.skip_instruction
-    from_folder = (not folder.st_include_prompt) or bool((folder.llm2vec or {}).get("skip_instruction"))
-    return from_folder and pooling == "mean"
+def _width(workflow: Workflow, folder: ModelFolder, r: Resolved) -> int:
+    """Columns of one output row: vector dims, 1 score, or one logit per label."""
+    if workflow.output == "vector":
+        return r.dimensions or folder.hf_config.hidden_size
+    return 1 if workflow.output == "score" else folder.hf_config.num_labels

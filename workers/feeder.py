@@ -16,10 +16,11 @@ from .input_processor import InputProcessor
 from .scheduler import Request, Scheduler
 
 
-def feed_batches(texts: Iterable[str], processor: InputProcessor, scheduler: Scheduler,
+def feed_batches(texts: Iterable, processor: InputProcessor, scheduler: Scheduler,
                  builder: InputBuilder, stats, chunk: int,
                  ledger: WindowLedger | None = None) -> Iterator[PackedBatch]:
-    """Yield packed batches for `texts`; request indices count from 0 in input order.
+    """Yield packed batches for `texts` (whatever items the processor takes: texts or pairs);
+    request indices count from 0 in input order.
 
     In chunk mode a text's windows are requests that share its index; their token counts go to
     `ledger` before any of them is scheduled, so the combiner can fold them back.
@@ -38,12 +39,13 @@ def feed_batches(texts: Iterable[str], processor: InputProcessor, scheduler: Sch
             stats.requests += len(texts_chunk)
             pool_starts = tok.pool_starts or [0] * len(tok.ids)
             owners = tok.owners or range(len(tok.ids))
+            types = tok.type_ids or [None] * len(tok.ids)
             if tok.windows:
                 stats.chunked += len(tok.windows)
                 for offset, window_tokens in tok.windows.items():
                     ledger.register(start + offset, window_tokens)
-            scheduler.add(Request(start + i, ids, first)
-                          for i, ids, first in zip(owners, tok.ids, pool_starts))
+            scheduler.add(Request(start + i, ids, first, type_ids)
+                          for i, ids, first, type_ids in zip(owners, tok.ids, pool_starts, types))
             start += len(texts_chunk)
         # Between chunks only full batches go out; the remainder waits for the next chunk.
         while len(scheduler) and (last or scheduler.has_full_batch()):

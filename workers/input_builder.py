@@ -27,7 +27,8 @@ class PackedBatch:
     indices: np.ndarray              # (B,) caller positions of the requests, batch order
     input_ids: torch.Tensor          # (T,) int64
     positions: torch.Tensor          # (T,) int64, restarting at 0 for each sequence
-    token_type_ids: torch.Tensor | None  # (T,) zeros, for models with token-type embeddings
+    token_type_ids: torch.Tensor | None  # (T,) per-token types (0/1 in a pair), for models with
+                                         # token-type embeddings; None for the others
     seq_ids: torch.Tensor            # (T,) int64: which sequence each token belongs to
     seqlens: torch.Tensor            # (B,) int64
     attn: AttentionMetadata          # cu_seqlens (B+1,), max_seqlen, backend plan
@@ -66,14 +67,14 @@ class InputBuilder:
         seq_ids = np.repeat(np.arange(len(lens)), lens)                   # (T,)
         positions = np.arange(T, dtype=np.int64) - starts[seq_ids]        # (T,)
         cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)      # (B+1,)
-        dev, put = self.device, self._to_device
+        put = self._to_device
         meta = AttentionMetadata(cu_seqlens=put(cu), max_seqlen=int(lens.max()),
                                  seqlens=lens.tolist(), causal=self.causal)
         return PackedBatch(
             indices=np.fromiter((r.index for r in requests), dtype=np.int64, count=len(requests)),
             input_ids=put(ids),
             positions=put(positions),
-            token_type_ids=torch.zeros(T, dtype=torch.int64, device=dev) if self.token_types else None,
+            token_type_ids=self._token_types(requests, T),
             seq_ids=put(seq_ids),
             seqlens=put(lens),
             attn=self.backend.prepare(meta),
@@ -90,6 +91,15 @@ class InputBuilder:
         out = t.pin_memory().to(self.device, non_blocking=True)
         self._copy_seconds += time.perf_counter() - start
         return out
+
+    def _token_types(self, requests: list[Request], T: int) -> torch.Tensor | None:
+        if not self.token_types:
+            return None
+        if all(r.type_ids is None for r in requests):
+            return torch.zeros(T, dtype=torch.int64, device=self.device)
+        return self._to_device(np.concatenate([                               # (T,)
+            np.zeros(r.num_tokens, dtype=np.int64) if r.type_ids is None else r.type_ids
+            for r in requests]))
 
     def _pool_starts(self, requests: list[Request]) -> torch.Tensor | None:
         starts = np.fromiter((r.pool_start for r in requests), dtype=np.int64, count=len(requests))

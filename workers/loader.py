@@ -1,17 +1,20 @@
 """Weights: safetensors (pickle checkpoints only where the caller allowed them), loaded by
-Hugging Face name into our model, with full coverage checks.
+Hugging Face name into our modules (a model body and its head), with full coverage checks.
 
-Checkpoint names are mapped once: known task prefixes (`bert.`, `roberta.`, `model.`) are
-stripped, old LayerNorm names (`gamma`/`beta`) renamed, fused projections filled shard by shard
-per the model's `packed_modules_mapping`: `source -> (target, shard)` for equal-size shards
+Checkpoint names are mapped once per module: known task prefixes (`bert.`, `roberta.`, `model.`)
+are stripped, old LayerNorm names (`gamma`/`beta`) renamed, fused projections filled shard by
+shard per the module's `packed_modules_mapping`: `source -> (target, shard)` for equal-size shards
 (BERT's q/k/v), or `source -> (target, shard, first_row, rows)` where shard sizes differ (q/k/v
-under grouped-query attention); rows are counted along dim 0 of both weight and bias. Loading
-fails with the lists of parameters that were never filled and checkpoint tensors that were not
-used (unless explicitly ignored).
+under grouped-query attention); rows are counted along dim 0 of both weight and bias. A module's
+`checkpoint_rows` (`checkpoint name -> (parameter, rows)`) takes only those rows of a tensor, read
+as a slice (an LLM reranker's two LM-head rows). One checkpoint tensor may fill several modules.
+Tensors are read only when a module takes them. Loading fails with the lists of parameters that
+were never filled and checkpoint tensors that were not used (unless explicitly ignored).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import torch
 from safetensors import safe_open
@@ -36,6 +39,11 @@ def _known(name: str, model: nn.Module, params) -> bool:
     return name in params or _packed_target(name, model) in params
 
 
+def _ignored(name: str, model: nn.Module) -> bool:
+    ignored = getattr(model, "ignored_prefixes", ())
+    return name.startswith(ignored) or any(f".{p}" in f".{name}" for p in ignored if p.endswith("."))
+
+
 def _packed_target(name: str, model: nn.Module) -> str | None:
     parts = name.split(".")
     for source, (target, *_) in getattr(model, "packed_modules_mapping", {}).items():
@@ -44,67 +52,95 @@ def _packed_target(name: str, model: nn.Module) -> str | None:
     return None
 
 
-def _copy_into(model: nn.Module, params, name: str, tensor: torch.Tensor) -> str | None:
-    """Copy one checkpoint tensor into its parameter; return the parameter name, or None."""
+def _check_shape(name: str, got: torch.Size, want: torch.Size) -> None:
+    if got != want:
+        raise ValueError(f"checkpoint tensor {name} has shape {tuple(got)}, the model expects "
+                         f"{tuple(want)}: config.json does not match the weights")
+
+
+def _copy_into(model: nn.Module, params, name: str, tensor: torch.Tensor) -> str:
+    """Copy one checkpoint tensor into its (known) parameter; return the parameter's key."""
     if name in params:
-        param = params[name]
-        if param.shape != tensor.shape:
-            raise ValueError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model "
-                             f"expects {tuple(param.shape)}: config.json does not match the weights")
-        param.data.copy_(tensor)
+        _check_shape(name, tensor.shape, params[name].shape)
+        params[name].data.copy_(tensor)
         return name
     target = _packed_target(name, model)
-    if target in params:
-        source = next(s for s in model.packed_modules_mapping if s in name.split("."))
-        entry = model.packed_modules_mapping[source]
-        shard = entry[1]
-        start, rows = entry[2:] if len(entry) == 4 else (shard * tensor.shape[0], tensor.shape[0])
-        dest = params[target].data[start:start + rows]
-        if dest.shape != tensor.shape:
-            raise ValueError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model "
-                             f"expects {tuple(dest.shape)}: config.json does not match the weights")
-        dest.copy_(tensor)
-        return f"{target}#{shard}"
-    return None
+    source = next(s for s in model.packed_modules_mapping if s in name.split("."))
+    entry = model.packed_modules_mapping[source]
+    shard = entry[1]
+    start, rows = entry[2:] if len(entry) == 4 else (shard * tensor.shape[0], tensor.shape[0])
+    dest = params[target].data[start:start + rows]
+    _check_shape(name, tensor.shape, dest.shape)
+    dest.copy_(tensor)
+    return f"{target}#{shard}"
 
 
-def _tensors(path: Path):
-    """(name, tensor) of one weights file: safetensors lazily, or a pickle checkpoint (only ever
-    passed here when the caller allowed pickle) with torch.load(weights_only=True), which
-    unpickles tensors and plain containers only, never arbitrary objects."""
+Reader = Callable[[Sequence[int] | None], torch.Tensor]
+
+
+def _tensors(path: Path) -> Iterator[tuple[str, Reader]]:
+    """(name, read) of one weights file; `read(rows)` loads the tensor (or only `rows` of it):
+    safetensors lazily, or a pickle checkpoint (only ever passed here when the caller allowed
+    pickle) with torch.load(weights_only=True), which unpickles tensors and plain containers
+    only, never arbitrary objects."""
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as f:
             for raw in f.keys():
-                yield raw, f.get_tensor(raw)
+                def read(rows=None, raw=raw):
+                    if rows is None:
+                        return f.get_tensor(raw)
+                    part = f.get_slice(raw)
+                    return torch.cat([part[r:r + 1] for r in rows])
+                yield raw, read
         return
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
-    yield from ((k, v) for k, v in state.items() if isinstance(v, torch.Tensor))
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor):
+            yield k, (lambda rows=None, v=v: v if rows is None else v[list(rows)])
 
 
-def load_weights(model: nn.Module, files: list[Path] | tuple[Path, ...]) -> None:
-    params = dict(model.named_parameters())
-    ignored = getattr(model, "ignored_prefixes", ())
-    filled: set[str] = set()
+def _expected(model: nn.Module, params) -> set[str]:
+    expected = set()
+    mapping = getattr(model, "packed_modules_mapping", {})
+    for name in params:
+        sources = [s for s, (t, *_) in mapping.items() if t in name.split(".")]
+        expected.update(f"{name}#{mapping[s][1]}" for s in sources) if sources else expected.add(name)
+    return expected
+
+
+def load_weights(modules: nn.Module | Sequence[nn.Module], files: list[Path] | tuple[Path, ...]) -> None:
+    modules = [modules] if isinstance(modules, nn.Module) else list(modules)
+    states = [(m, dict(m.named_parameters()), set()) for m in modules]
     unexpected: list[str] = []
     for path in files:
-        for raw, tensor in _tensors(path):
-            name = _canonical(raw, model, params)
-            if name.startswith(ignored) or any(f".{p}" in f".{name}" for p in ignored if p.endswith(".")):
-                continue
-            done = _copy_into(model, params, name, tensor)
-            (filled.add(done) if done else unexpected.append(raw))
-    expected = set()
-    for name in params:
-        sources = [s for s, (t, *_) in getattr(model, "packed_modules_mapping", {}).items()
-                   if t in name.split(".")]
-        expected.update(f"{name}#{model.packed_modules_mapping[s][1]}" for s in sources) if sources \
-            else expected.add(name)
-    missing = sorted(expected - filled)
+        for raw, read in _tensors(path):
+            taken, tensor = False, None
+            for model, params, filled in states:
+                rows = getattr(model, "checkpoint_rows", {}).get(raw)
+                if rows is not None:
+                    target, ids = rows
+                    part = read(ids)
+                    _check_shape(raw, part.shape, params[target].shape)
+                    params[target].data.copy_(part)
+                    filled.add(target)
+                    taken = True
+                    continue
+                name = _canonical(raw, model, params)
+                if _known(name, model, params):
+                    tensor = read() if tensor is None else tensor
+                    filled.add(_copy_into(model, params, name, tensor))
+                    taken = True
+            if not taken and not any(_ignored(_canonical(raw, m, p), m) for m, p, _ in states):
+                unexpected.append(raw)
+    # The body's names as they are; a head's prefixed with its class (a head's may be bare "weight").
+    missing = sorted(f"{'' if i == 0 else type(m).__name__ + '.'}{n}"
+                     for i, (m, params, filled) in enumerate(states) for n in _expected(m, params) - filled)
     if missing or unexpected:
+        names = " + ".join(type(m).__name__ for m in modules)
         raise ValueError(
-            f"weights in {files[0].parent} do not match {type(model).__name__}: "
+            f"weights in {files[0].parent} do not match {names}: "
             f"missing {len(missing)} {missing[:8]}, unexpected {len(unexpected)} {unexpected[:8]}. "
             "Check that config.json belongs to these weights")

@@ -1,4 +1,7 @@
-"""Device side of a step: forward over the packed batch, pool, copy back. Nothing else.
+"""Device side of a step: forward over the packed batch, the workflow's head, copy back. Nothing else.
+
+The head maps (T, hidden) states to a float32 (B, width) array: a dense pooler (vectors), a
+sequence-classification head (logits) or an LM-head slice (yes/no scores).
 
 On CUDA the compute stream first waits for the batch's input copies (an event recorded on the
 builder's copy stream), and the pooled vectors come back through a pinned buffer with a
@@ -16,14 +19,13 @@ import torch
 from attention import AttentionBackend
 
 from .input_builder import PackedBatch
-from .pooling import Pooler
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, backend: AttentionBackend, pooler: Pooler):
+    def __init__(self, model: torch.nn.Module, backend: AttentionBackend, head):
         self.model = model
         self.backend = backend
-        self.pooler = pooler
+        self.head = head
 
     @torch.inference_mode()
     def run(self, batch: PackedBatch) -> np.ndarray:
@@ -31,7 +33,7 @@ class ModelRunner:
             torch.cuda.current_stream().wait_event(batch.ready)
         hidden = self.model(batch.input_ids, batch.positions, batch.token_type_ids, batch.attn,
                             self.backend)                                  # (T, hidden)
-        pooled = self.pooler(hidden, batch)                                # (B, dim) float32
+        pooled = self.head(hidden, batch)                                  # (B, width) float32
         start = time.perf_counter()
         if pooled.is_cuda:
             host = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)

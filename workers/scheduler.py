@@ -18,6 +18,7 @@ class Request:
     index: int            # position of the text in the caller's input
     ids: np.ndarray       # (L,) int64 token ids, special tokens included
     pool_start: int = 0   # first token mean pooling counts (after a skipped instruction)
+    type_ids: np.ndarray | None = None  # (L,) token type ids (text pairs); None: all 0
 
     @property
     def num_tokens(self) -> int:

@@ -1,48 +1,129 @@
-"""Workflows: which modules one kind of model needs, picked per model family.
+"""Workflows: every task the engine serves, and the modules each one is made of.
 
-A workflow names the scheduler, the input processor, whether attention is causal, the default
-pooling and the execute loop. Three exist: encoder (BERT family), decoder (causal, last-token
-pooling) and decoder_bidirectional (LLM2Vec-style, mean pooling). A new capability is a new module plugged into a workflow, not a
-flag threaded through a shared path.
+A workflow is a set of modules for one (architecture, task): the input processor that turns
+user items into token ids, whether attention is causal (declared here and nowhere else), the
+head that turns the model's (T, hidden) states into numbers, the kind of output, the scheduler
+and the execute loops. The engine picks one at start-up with `select_workflow`; a new task is a
+new row here built from new modules, not a flag through a shared path (see docs/WORKFLOWS.md).
+
+| workflow              | task     | input (truncation -> processor)       | attention     | head                 | output |
+|-----------------------|----------|----------------------------------------|---------------|----------------------|--------|
+| encoder               | embed    | single text; chunk: windows + combiner | bidirectional | dense pooler (cls)   | vector |
+| decoder               | embed    | single text; chunk: windows + combiner | causal        | dense pooler (last)  | vector |
+| decoder_bidirectional | embed    | single text; chunk: windows + combiner | bidirectional | dense pooler (mean)  | vector |
+| cross_encoder         | score    | text pair                              | bidirectional | sequence-cls head    | score  |
+| classifier            | classify | single text                            | bidirectional | sequence-cls head    | logits |
+| llm_reranker          | score    | reranker prompt around a pair          | causal        | LM-head yes/no slice | score  |
+
+Both execute loops (simple, double_buffer) serve every workflow.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
+from torch import nn
+
+from .activation import ACTIVATIONS, cross_encoder_activation
+from .chunked_input import ChunkedInputProcessor
+from .classifier_head import CLASSIFIER_HEADS
 from .execute_loop import EXECUTE_LOOPS
-from .input_processor import InputProcessor
+from .input_processor import InputProcessor, TextInputProcessor
+from .pair_input import PairInputProcessor
+from .pooling import Pooler
+from .reranker_input import RerankerPromptProcessor
 from .scheduler import Scheduler
+from .yes_no_head import YesNoHead
+
+OUTPUTS = ("vector", "score", "logits")  # (n, dim) | (n,) | (n, num_labels), float32
+
+
+def dense_pooler(folder, resolved, processor) -> Pooler:
+    return Pooler(resolved.pooling, resolved.normalize, resolved.dimensions)
+
+
+def sequence_classification_head(folder, resolved, processor) -> nn.Module:
+    return CLASSIFIER_HEADS[folder.architecture](folder.hf_config, ACTIVATIONS[resolved.activation])
+
+
+def yes_no_head(folder, resolved, processor) -> nn.Module:
+    return YesNoHead(folder.hf_config, processor.answer_ids)
 
 
 @dataclass(frozen=True)
 class Workflow:
     name: str
-    input_processor: type[InputProcessor]
-    scheduler: type[Scheduler]
-    causal: bool
-    default_pooling: str
-    execute_loops: dict[str, Callable]
+    task: str                                   # what the caller asks for: embed | score | classify
+    architectures: frozenset[str]               # HF `architectures` values this workflow serves
+    inputs: dict[str, type[InputProcessor]]     # truncation policy -> input processor
+    head: Callable                              # (folder, resolved, processor) -> head module
+    output: str                                 # one of OUTPUTS
+    causal: bool                                # attention mask: the one place it is declared
+    default_pooling: str                        # the token(s) the head reads when nothing says
+    default_activation: Callable | None = None  # (folder path, hf config) -> activation name
+    scheduler: type[Scheduler] = Scheduler
+    execute_loops: dict[str, Callable] = field(default_factory=lambda: dict(EXECUTE_LOOPS))
 
 
-ENCODER = Workflow("encoder", InputProcessor, Scheduler, causal=False, default_pooling="cls",
-                   execute_loops=EXECUTE_LOOPS)
-# Decoder retrievers (Qwen3-Embedding, gte-Qwen2, e5-mistral): causal, the last token pools.
-DECODER = Workflow("decoder", InputProcessor, Scheduler, causal=True, default_pooling="last",
-                   execute_loops=EXECUTE_LOOPS)
-# Decoders switched to bidirectional attention (LLM2Vec): every token sees every other; mean.
-BIDIRECTIONAL_DECODER = Workflow("decoder_bidirectional", InputProcessor, Scheduler, causal=False,
-                                 default_pooling="mean", execute_loops=EXECUTE_LOOPS)
+_BERTS = ("Bert", "Roberta", "XLMRoberta")
+ENCODERS = frozenset(f"{f}{s}" for f in _BERTS for s in ("Model", "ForMaskedLM"))
+SEQUENCE_CLASSIFIERS = frozenset(f"{f}ForSequenceClassification" for f in _BERTS)
+DECODERS = frozenset(f"{f}{s}" for f in ("Qwen2", "Qwen3", "Llama", "Mistral")
+                     for s in ("Model", "ForCausalLM"))
+LLM_RERANKERS = frozenset({"Qwen3ForCausalLM"})
 
-WORKFLOWS = {w.name: w for w in (ENCODER, DECODER, BIDIRECTIONAL_DECODER)}
+_TEXT = {"truncate": TextInputProcessor, "error": TextInputProcessor, "chunk": ChunkedInputProcessor}
+_PAIR = {"truncate": PairInputProcessor, "error": PairInputProcessor}
+_PROMPT = {"truncate": RerankerPromptProcessor, "error": RerankerPromptProcessor}
+
+WORKFLOWS: dict[str, Workflow] = {w.name: w for w in (
+    Workflow("encoder", "embed", ENCODERS, _TEXT, dense_pooler, "vector", causal=False,
+             default_pooling="cls"),
+    # Decoder retrievers (Qwen3-Embedding, gte-Qwen2, e5-mistral): the last token sees all.
+    Workflow("decoder", "embed", DECODERS, _TEXT, dense_pooler, "vector", causal=True,
+             default_pooling="last"),
+    # Decoders switched to bidirectional attention (LLM2Vec): every token sees every other.
+    Workflow("decoder_bidirectional", "embed", DECODERS, _TEXT, dense_pooler, "vector",
+             causal=False, default_pooling="mean"),
+    # Cross-encoders (ms-marco MiniLM, bge-reranker): one relevance score per pair.
+    Workflow("cross_encoder", "score", SEQUENCE_CLASSIFIERS, _PAIR, sequence_classification_head,
+             "score", causal=False, default_pooling="cls", default_activation=cross_encoder_activation),
+    Workflow("classifier", "classify", SEQUENCE_CLASSIFIERS, {"truncate": TextInputProcessor,
+             "error": TextInputProcessor}, sequence_classification_head, "logits", causal=False,
+             default_pooling="cls", default_activation=lambda path, cfg: "identity"),
+    # Qwen3-Reranker: a causal LM asked "yes or no?"; only two LM-head rows are ever loaded.
+    Workflow("llm_reranker", "score", LLM_RERANKERS, _PROMPT, yes_no_head, "score", causal=True,
+             default_pooling="last"),
+)}
 
 
-def select_workflow(family: str, bidirectional: bool | None, architecture: str) -> Workflow:
-    """The workflow of a model family ("encoder" or "decoder"); for decoders, `bidirectional`
-    (the resolved enable_bidirectional) picks the bidirectional variant."""
-    if family == "encoder":
-        if bidirectional is False:
-            raise ValueError(f"enable_bidirectional=False asks for causal attention, but "
-                             f"{architecture} is a bidirectional encoder; leave it None")
-        return ENCODER
-    return BIDIRECTIONAL_DECODER if bidirectional else WORKFLOWS[family]
+def supported() -> list[tuple[str, str]]:
+    """Every (architecture, task) pair some workflow serves, sorted."""
+    return sorted({(a, w.task) for w in WORKFLOWS.values() for a in w.architectures})
+
+
+def select_workflow(architecture: str, task: str, bidirectional: bool | None = None) -> Workflow:
+    """The workflow for `architecture` and `task`; `bidirectional` (the resolved
+    enable_bidirectional, None: no preference) chooses between causal and bidirectional rows."""
+    rows = [w for w in WORKFLOWS.values() if w.task == task and architecture in w.architectures]
+    if not rows:
+        combos = ", ".join(f"{a}/{t}" for a, t in supported())
+        raise ValueError(f"architecture {architecture!r} with task={task!r} is not supported; "
+                         f"supported (architecture/task): {combos}")
+    if len(rows) > 1:
+        return next(w for w in rows if w.causal != bool(bidirectional))
+    workflow = rows[0]
+    if bidirectional is not None and bidirectional == workflow.causal:
+        kind = "causal" if workflow.causal else "bidirectional"
+        raise ValueError(f"enable_bidirectional={bidirectional} asks for the other attention, but "
+                         f"{architecture} with task={task!r} runs {kind} attention"
+                         f"{' (a bidirectional encoder)' if not workflow.causal else ''}; leave it None")
+    return workflow
+
+
+def input_processor(workflow: Workflow, truncation: str) -> type[InputProcessor]:
+    """The workflow's input processor for a truncation policy (ValueError if it has none)."""
+    if truncation not in workflow.inputs:
+        raise ValueError(f"truncation={truncation!r} is not supported by the {workflow.name} workflow "
+                         f"(task={workflow.task!r}); use one of {sorted(workflow.inputs)}")
+    return workflow.inputs[truncation]

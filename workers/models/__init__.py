@@ -13,6 +13,8 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "RobertaForMaskedLM": BertModel,
     "XLMRobertaModel": BertModel,
     "XLMRobertaForMaskedLM": BertModel,
+    # Sequence classifiers: the body here; the head is the workflow's (workers/classifier_head.py).
+    **{f"{family}ForSequenceClassification": BertModel for family in ("Bert", "Roberta", "XLMRoberta")},
     # Decoders: the *ForCausalLM checkpoints load without their LM head.
     **{f"{family}{suffix}": DecoderModel for family in ("Qwen2", "Qwen3", "Llama", "Mistral")
        for suffix in ("Model", "ForCausalLM")},

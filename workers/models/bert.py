@@ -106,11 +106,11 @@ class BertModel(nn.Module):
     """Bidirectional encoder; returns the last hidden states of the packed batch, (T, hidden)."""
 
     packed_modules_mapping = {"query": ("qkv", 0), "key": ("qkv", 1), "value": ("qkv", 2)}
-    # Checkpoint tensors that an embedding model does not use.
+    # Checkpoint tensors the body does not use (a classifier head, when the workflow has one,
+    # takes pooler./classifier. before they are ignored).
     ignored_prefixes = ("pooler.", "cls.", "lm_head.", "embeddings.position_ids",
                         "embeddings.token_type_ids", "classifier.")
     checkpoint_prefixes = ("bert.", "roberta.", "model.")
-    causal = False
 
     def __init__(self, cfg):
         super().__init__()

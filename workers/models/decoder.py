@@ -6,8 +6,9 @@ follow Hugging Face, so `*Model` and `*ForCausalLM` checkpoints load by name (th
 ignored). q/k/v and gate/up are fused into `qkv_proj` and `gate_up_proj`; the shard layout
 (different sizes under grouped-query attention) is declared once in `packed_modules_mapping`.
 Attention goes through the selected backend with K/V at their own head count (GQA is resolved
-in the attention interface). Causality is not decided here: the engine's workflow sets
-`meta.causal` (causal by default, bidirectional for LLM2Vec-style models).
+in the attention interface). Causality is not decided here: the workflow declares it and the
+input builder puts it in `meta.causal` (causal by default, bidirectional for LLM2Vec-style models).
+An LLM reranker's two LM-head rows are the workflow's head (`workers/yes_no_head.py`).
 
 Sliding-window attention (Mistral, Qwen2 with use_sliding_window) is handled by capping
 `max_length` at the window: every sequence then fits inside it and full causal attention is exact.
@@ -134,10 +135,8 @@ def _sliding_window(cfg) -> int | None:
 class DecoderModel(nn.Module):
     """Qwen2/Qwen3/Llama/Mistral body; returns the final-norm hidden states, (T, hidden)."""
 
-    workflow = "decoder"
     ignored_prefixes = ("lm_head.", "rotary_emb.", "score.")
     checkpoint_prefixes = ("model.",)
-    causal = True
     uses_token_types = False
 
     def __init__(self, cfg):

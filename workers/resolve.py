@@ -1,0 +1,112 @@
+"""Start-up resolution: the runtime values derived from the config, the model folder, the
+workflow and the machine (max length, pooling, normalize, activation, token budget, prompt).
+
+Values the user left as None come from the folder (sentence-transformers or LLM2Vec files, the
+HF config) or the workflow's defaults; every conflict is a ValueError that names the fix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import DEFAULT_CPU_BATCHED_TOKENS, DEFAULT_GPU_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, EngineConfig
+from .model_folder import ModelFolder
+from .pooling import POOLERS
+from .workflow import Workflow
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The runtime values derived from the config, the model folder and the machine."""
+
+    device: torch.device
+    dtype: torch.dtype
+    max_length: int
+    pooling: str
+    normalize: bool
+    dimensions: int | None
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    prompt: str = ""
+    skip_instruction: bool = False
+    activation: str | None = None   # score/classify heads: sigmoid | softmax | identity
+
+
+def resolve(config: EngineConfig, folder: ModelFolder, model_limit: int, workflow: Workflow,
+            device, dtype) -> Resolved:
+    limit = model_limit
+    llm2vec = folder.llm2vec or {}
+    max_length = config.max_length or min(folder.st_max_length or llm2vec.get("max_length") or limit, limit)
+    if max_length > limit:
+        raise ValueError(f"max_length={max_length} exceeds what {folder.architecture} at "
+                         f"{folder.path} supports ({limit} positions); lower max_length")
+    default_budget = DEFAULT_GPU_BATCHED_TOKENS if device.type == "cuda" else DEFAULT_CPU_BATCHED_TOKENS
+    budget = config.max_num_batched_tokens or max(default_budget, max_length)
+    if budget < max_length:
+        raise ValueError(f"max_num_batched_tokens={budget} is below max_length={max_length}: one "
+                         "text must fit in a batch; raise the budget or lower max_length")
+    common = dict(device=device, dtype=dtype, max_length=max_length, max_num_batched_tokens=budget,
+                  max_num_seqs=config.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
+    if workflow.output != "vector":
+        return Resolved(pooling=workflow.default_pooling, normalize=False, dimensions=None,
+                        prompt=_task_prompt(config, workflow),
+                        activation=_activation(config, folder, workflow), **common)
+    pooling = config.pooling or folder.st_pooling or llm2vec.get("pooling") or workflow.default_pooling
+    if pooling not in POOLERS:
+        raise ValueError(f"{folder.path} asks for pooling {pooling!r}, which is not supported; "
+                         f"pass pooling= one of {sorted(POOLERS)}")
+    normalize = folder.st_normalize if config.normalize is None else config.normalize
+    hidden = folder.hf_config.hidden_size
+    if config.dimensions is not None and config.dimensions > hidden:
+        raise ValueError(f"dimensions={config.dimensions} exceeds the model's hidden size {hidden}")
+    return Resolved(pooling=pooling, normalize=normalize, dimensions=config.dimensions,
+                    prompt=_prompt(config, folder),
+                    skip_instruction=_skip_instruction(config, folder, pooling), **common)
+
+
+def _task_prompt(config: EngineConfig, workflow: Workflow) -> str:
+    """score/classify: the prompt is prepended to a classified text, or is an LLM reranker's
+    instruction (its input processor reads config.prompt); a cross-encoder has no place for it."""
+    if config.prompt is not None and workflow.name == "cross_encoder":
+        raise ValueError(f"prompt={config.prompt!r} has no place in a cross-encoder's (query, "
+                         "document) pair; put it into the query text, or drop prompt")
+    return "" if workflow.name == "llm_reranker" else (config.prompt or "")
+
+
+def _activation(config: EngineConfig, folder: ModelFolder, workflow: Workflow) -> str | None:
+    if workflow.default_activation is None:  # the LLM reranker: its score is P(yes)
+        if config.activation is not None:
+            raise ValueError(f"activation={config.activation!r} does not apply to the {workflow.name} "
+                             "workflow, whose score is the softmax probability of 'yes'; drop it")
+        return None
+    labels = folder.hf_config.num_labels
+    if workflow.output == "score" and labels != 1:
+        raise ValueError(f"{folder.path} has {labels} labels, but task='score' returns one score per "
+                         "pair from a single-label cross-encoder; use task='classify' for its logits")
+    return config.activation or workflow.default_activation(folder.path, folder.hf_config)
+
+
+def _prompt(config: EngineConfig, folder: ModelFolder) -> str:
+    """config.prompt, else the folder's sentence-transformers prompt by name (or its default)."""
+    if config.prompt is not None:
+        return config.prompt
+    name = config.prompt_name or folder.st_default_prompt_name
+    if name is None:
+        return ""
+    if name not in folder.st_prompts:
+        raise ValueError(f"prompt_name={name!r} is not among the prompts of {folder.path} "
+                         f"({sorted(folder.st_prompts) or 'none'}, from config_sentence_transformers"
+                         ".json); pass one of them, or the text itself as prompt=")
+    return folder.st_prompts[name]
+
+
+def _skip_instruction(config: EngineConfig, folder: ModelFolder, pooling: str) -> bool:
+    """config.skip_instruction, else the folder's (ST include_prompt=false, LLM2Vec), mean only."""
+    if config.skip_instruction is not None:
+        if config.skip_instruction and pooling != "mean":
+            raise ValueError(f"skip_instruction=True only changes mean pooling, but pooling resolved "
+                             f"to {pooling!r}; pass pooling='mean' or drop skip_instruction")
+        return config.skip_instruction
+    from_folder = (not folder.st_include_prompt) or bool((folder.llm2vec or {}).get("skip_instruction"))
+    return from_folder and pooling == "mean"
