@@ -33,7 +33,7 @@ from .config import EngineConfig
 from .feeder import feed_batches
 from .input_builder import InputBuilder
 from .loader import load_weights
-from .memory import MemoryBudgetError, profile_token_budget
+from .memory import PROFILE_TOKENS, MemoryBudgetError, profile_token_budget
 from .model_folder import ModelFolder, open_model_folder
 from .models import model_class
 from .platform import resolve_device, resolve_dtype
@@ -118,11 +118,10 @@ class Engine:
                 budget = max(profile_token_budget(self), r.max_length)
             except MemoryBudgetError:
                 raise
-            except Exception as e:  # noqa: BLE001 — keep the fixed default rather than fail to start
-                budget = r.max_num_batched_tokens
-                logger.warning("profiling the token budget failed (%s: %s); using the default "
-                               "%d tokens; set max_num_batched_tokens to choose", type(e).__name__,
-                               e, budget)
+            except Exception as e:  # noqa: BLE001 — not memory (OOM halves inside): keep a small default
+                budget = max(min(r.max_num_batched_tokens, PROFILE_TOKENS), r.max_length)
+                logger.warning("profiling the token budget failed (%s: %s); using %d tokens; set "
+                               "max_num_batched_tokens to choose", type(e).__name__, e, budget)
             self.resolved = r = dataclasses.replace(r, max_num_batched_tokens=budget)
         self.stats = EngineStats()
         self._trace = TraceWindow(config.profile_dir, config.profile_batches, device)

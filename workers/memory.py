@@ -5,7 +5,7 @@ sequences (the worst case per token: attention scratch grows with sequence lengt
 the peak memory it allocates above the weights, and takes the largest budget whose activations
 fit in `gpu_memory_utilization` of the card, counting what is already in use (the weights, other
 processes). A batch at that budget is then run once to prove it; if it still runs out of memory
-the budget is halved until one runs. Activation memory is linear in the tokens of a packed batch
+the budget is halved until one runs (and the profile batch itself halves if it does not fit). Activation memory is linear in the tokens of a packed batch
 of fixed-length sequences (no padding, no KV cache), which is what makes one profile enough.
 """
 from __future__ import annotations
@@ -53,32 +53,50 @@ def budget_from_profile(free_bytes: int, total_bytes: int, utilization: float,
     return max(budget, max_length)
 
 
+def largest_that_runs(run, size: int, floor: int) -> int:
+    """Call `run(size)`, halving `size` (to a multiple of 256, never below `floor`) after each
+    CUDA out-of-memory error; return the size that ran. An OOM at `floor` is re-raised."""
+    while True:
+        try:
+            run(size)
+            return size
+        except torch.cuda.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if size <= floor:
+                raise
+            size = max(floor, size // 2 // _ALIGN * _ALIGN)
+
+
 def profile_token_budget(engine) -> int:
-    """Profile `engine` (on CUDA, fully built) and return the token budget it should use."""
+    """Profile `engine` (on CUDA, fully built) and return the token budget it should use.
+
+    The profile batch itself (PROFILE_TOKENS, as whole max_length sequences) halves on an OOM
+    down to one sequence, and a budget that then fails to run halves from there: every fallback
+    is smaller than the batch that just failed. One max_length sequence that does not fit is a
+    MemoryBudgetError naming the fixes.
+    """
     device, r = engine.resolved.device, engine.resolved
-    seqs = max(1, PROFILE_TOKENS // r.max_length)
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    _run_dummy(engine, seqs, r.max_length)
+    run = lambda tokens: _run_dummy(engine, max(1, tokens // r.max_length), r.max_length)  # noqa: E731
+    try:
+        profiled = largest_that_runs(run, max(PROFILE_TOKENS // r.max_length, 1) * r.max_length, r.max_length)
+    except torch.cuda.OutOfMemoryError as e:
+        raise MemoryBudgetError(
+            f"one text of max_length={r.max_length} tokens does not fit on {device} next to the "
+            "weights; lower max_length, use a smaller dtype, or free the GPU") from e
     activation = torch.cuda.max_memory_allocated(device) - before
     budget = budget_from_profile(free, total, engine.config.gpu_memory_utilization, activation,
-                                 seqs * r.max_length, r.max_length)
-    while True:
-        try:
-            _run_dummy(engine, max(1, budget // r.max_length), r.max_length)
-            break
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            if budget <= r.max_length:
-                raise
-            budget = max(r.max_length, budget // 2 // _ALIGN * _ALIGN)
+                                 profiled, r.max_length)
+    budget = largest_that_runs(run, budget, r.max_length)
     torch.cuda.empty_cache()
     logger.info("token budget %d from a profile: %.1f MiB of activations per 1k tokens, %.1f of "
                 "%.1f GiB free before profiling, gpu_memory_utilization=%s", budget,
-                activation / (seqs * r.max_length) * 1024 / (1 << 20), free / (1 << 30),
+                activation / profiled * 1024 / (1 << 20), free / (1 << 30),
                 total / (1 << 30), engine.config.gpu_memory_utilization)
     return budget
 
