@@ -10,7 +10,7 @@ Every output is compared with the same engine on the CPU in float32 (itself test
 transformers and sentence-transformers in tests/): vectors by min cosine, scores and logits by max
 abs difference. Per row: tokens/s, model FLOP utilisation (MFU) against a matmul ceiling measured
 in this run at the model's own linear shapes and dtype, per-stage seconds and the device's idle
-share. A backend that cannot run here is listed as skipped with its reason. The last line is
+share (MFU means little at tiny shapes, where overheads dominate). A backend that cannot run here is listed as skipped with its reason. The last line is
 `gpu check: PASS` or `gpu check: FAIL (n rows)`, and the exit code is 1 on FAIL.
 
 Quantized weights (int8, fp8) do not exist in the engine yet (issue 16); their rows join this
@@ -29,7 +29,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -59,34 +58,53 @@ class Case:
     model_type: str
     architecture: str
     task: str
-    call: Callable[[Engine, list[str]], np.ndarray]
     family: str = "encoder"
     options: tuple = ()          # extra EngineConfig fields, as (name, value) pairs
 
 
-def _embed(engine: Engine, texts: list[str]) -> np.ndarray:
-    return engine.embed(texts)
+def _pairs(texts: list[str]) -> list[tuple[str, str]]:
+    """(query, passage) pairs: a passage's first sentence against the next passage."""
+    return [(t.split(". ")[0], texts[(i + 1) % len(texts)]) for i, t in enumerate(texts)]
+
+
+_TASKS = {  # task -> (engine method, how texts become its inputs)
+    "embed": (Engine.embed, list),
+    "score": (Engine.score, _pairs),
+    "classify": (Engine.classify, list),
+}
 
 
 CASES = [
-    Case("embed/bert", "bert", "BertModel", "embed", _embed, options=(("pooling", "mean"),)),
-    Case("embed/xlm-roberta", "xlm-roberta", "XLMRobertaModel", "embed", _embed, options=(("pooling", "cls"),)),
-    Case("embed/qwen3-gqa", "qwen3", "Qwen3Model", "embed", _embed, family="decoder"),
-    Case("embed/qwen3-bidirectional", "qwen3", "Qwen3Model", "embed", _embed, family="decoder",
+    Case("embed/bert", "bert", "BertModel", "embed", options=(("pooling", "mean"),)),
+    Case("embed/xlm-roberta", "xlm-roberta", "XLMRobertaModel", "embed", options=(("pooling", "cls"),)),
+    Case("embed/qwen3-gqa", "qwen3", "Qwen3Model", "embed", family="decoder"),
+    Case("embed/qwen3-bidirectional", "qwen3", "Qwen3Model", "embed", family="decoder",
          options=(("enable_bidirectional", True), ("pooling", "mean"))),
+    Case("score/bert-cross-encoder", "bert", "BertForSequenceClassification", "score"),
+    Case("score/xlm-roberta-cross-encoder", "xlm-roberta", "XLMRobertaForSequenceClassification", "score"),
+    Case("classify/bert", "bert", "BertForSequenceClassification", "classify",
+         options=(("activation", "softmax"),)),
+    Case("score/qwen3-reranker", "qwen3", "Qwen3ForCausalLM", "score", family="decoder"),
 ]
+# Heads need labels: one for cross-encoders (a relevance score), three for the classifier.
+NUM_LABELS = {"score": 1, "classify": 3}
 
 
 def write_folder(case: Case, size: str, tokenizer: Path, root: Path) -> Path:
     """A random-weight folder for `case` (norms and biases perturbed so a mis-load shows)."""
-    from transformers import AutoConfig, AutoModel
+    import transformers
     fields = dict(SHAPES[size][case.family], vocab_size=30522, **ENCODER_EXTRA.get(case.model_type, {}))
     if case.family == "decoder":
         fields.update(max_position_embeddings=2048, tie_word_embeddings=False)
-    cfg = AutoConfig.for_model(case.model_type, **fields)
+    if case.architecture.endswith("ForSequenceClassification"):
+        fields.update(num_labels=NUM_LABELS[case.task])
+    cfg = transformers.AutoConfig.for_model(case.model_type, **fields)
     cfg.architectures = [case.architecture]
     torch.manual_seed(0)
-    model = AutoModel.from_config(cfg)
+    auto = {"ForSequenceClassification": transformers.AutoModelForSequenceClassification,
+            "ForCausalLM": transformers.AutoModelForCausalLM}
+    model = next((cls for suffix, cls in auto.items() if case.architecture.endswith(suffix)),
+                 transformers.AutoModel).from_config(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name.lower():
@@ -118,15 +136,18 @@ def backends(device: torch.device) -> list[str]:
 
 def run_case(case: Case, args, texts: list[str], device: torch.device, root: Path) -> list[dict]:
     folder = write_folder(case, args.shapes, args.tokenizer, root)
-    base = dict(model=str(folder), task=case.task, max_length=args.max_length, **dict(case.options))
-    base = {k: v for k, v in base.items() if k != "task" or v != "embed"}
+    # The reranker's chat prompt alone is ~80 tokens: it gets at least 192.
+    max_length = max(args.max_length, 192) if case.name == "score/qwen3-reranker" else args.max_length
+    base = dict(model=str(folder), task=case.task, max_length=max_length, **dict(case.options))
+    method, make_inputs = _TASKS[case.task]
+    items = make_inputs(texts)
     ref_engine = Engine(EngineConfig(**base, device="cpu", dtype="float32"))
-    ref = case.call(ref_engine, texts[: args.check])
-    lengths = np.array([len(ids) for ids in ref_engine.processor(texts).ids])
+    ref = method(ref_engine, items[: args.check])
+    lengths = np.array([len(ids) for ids in ref_engine.processor(items).ids])
     cfg = ref_engine.folder.hf_config
     fpt, tokens = flops_per_token(cfg, lengths), int(lengths.sum())
     del ref_engine
-    rows = []
+    rows, budgets = [], {}
     for dtype in args.dtypes:
         ceiling = matmul_ceiling(linear_shapes(cfg, 8192 if device.type == "cuda" else 1024),
                                  DTYPES[dtype], device, reps=5)
@@ -135,16 +156,19 @@ def run_case(case: Case, args, texts: list[str], device: torch.device, root: Pat
                 row = dict(case=case.name, dtype=dtype, backend=backend, loop=loop)
                 try:
                     engine = Engine(EngineConfig(**base, device=str(device), dtype=_long(dtype),
-                                                 attention_backend=backend, execute_loop=loop))
+                                                 attention_backend=backend, execute_loop=loop,
+                                                 max_num_batched_tokens=budgets.get(dtype)))
+                    # On CUDA the first engine per dtype profiles its token budget; the rest reuse it.
+                    budgets.setdefault(dtype, engine.resolved.max_num_batched_tokens)
                 except (RuntimeError, ValueError) as e:
                     rows.append({**row, "skipped": str(e).splitlines()[0][:100]})
                     break  # the other loop would be skipped for the same reason
-                out = case.call(engine, texts[: args.check])
+                out = method(engine, items[: args.check])
                 measure, value, ok = compare(out, ref)
-                case.call(engine, texts[:64])  # warm-up at full shapes
+                method(engine, items[:64])  # warm-up at full shapes
                 engine.stats = type(engine.stats)()
                 start = time.perf_counter()
-                case.call(engine, texts)
+                method(engine, items)
                 seconds = time.perf_counter() - start
                 stages = engine.stats.stage_seconds()
                 rows.append({**row, "tokens/s": tokens / seconds, "mfu": tokens / seconds * fpt / ceiling,
@@ -182,7 +206,7 @@ def main() -> int:
                    help="model sizes: base (BERT-base / Qwen3-0.6B-like, for a GPU) or tiny (CPU smoke)")
     p.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma list of cases")
     p.add_argument("--passages", type=int, default=None, help="texts per case (default: 2000 base, 48 tiny)")
-    p.add_argument("--check", type=int, default=32, help="texts compared with the CPU fp32 reference")
+    p.add_argument("--check", type=int, default=16, help="texts compared with the CPU fp32 reference")
     p.add_argument("--max-length", type=int, default=None, help="default: 512 base, 64 tiny")
     p.add_argument("--dtypes", default=None, help="default: bf16 on a GPU; fp32,bf16 on CPU")
     p.add_argument("--tokenizer", type=Path, default=None, help="folder with the MiniLM tokenizer files")

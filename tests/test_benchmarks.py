@@ -66,7 +66,10 @@ def test_gpu_check_smoke_on_cpu_passes():
     """The GPU check's CPU mode: every case runs in both loops and dtypes and matches CPU fp32."""
     out = _run("gpu_check.py", "--shapes", "tiny", "--passages", "24", "--check", "16")
     assert "gpu check: PASS" in out, out
-    for case in ("embed/bert", "embed/xlm-roberta", "embed/qwen3-gqa"):
+    cases = ("embed/bert", "embed/xlm-roberta", "embed/qwen3-gqa", "embed/qwen3-bidirectional",
+             "score/bert-cross-encoder", "score/xlm-roberta-cross-encoder", "classify/bert",
+             "score/qwen3-reranker")
+    for case in cases:
         assert f"\n{case} (" in out
-    rows = [line for line in out.splitlines() if line.startswith("| fp32 | sdpa |") or line.startswith("| bf16 | sdpa |")]
-    assert len(rows) >= 2 * 2 * 3 and not any("FAIL" in r for r in rows)
+    rows = [line for line in out.splitlines() if line.startswith(("| fp32 | sdpa |", "| bf16 | sdpa |"))]
+    assert len(rows) == len(cases) * 2 * 2 and not any("FAIL" in r for r in rows)
