@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchlib import DTYPES, flops_per_token, linear_shapes, machine, matmul_ceiling, min_cosine, sample_passages
+from benchlib import write_random_folder, DTYPES, flops_per_token, linear_shapes, machine, matmul_ceiling, min_cosine, sample_passages
 from workers import Engine, EngineConfig
 from workers.model_folder import default_model_path
 
@@ -118,23 +118,12 @@ def print_table(args, texts, tokens, lengths, fpt, ceilings, results) -> None:
 def cheap_model(folder: Path) -> str:
     """A random 2-layer, 128-wide BERT with the bundled tokenizer: forward costs ~1/20 of
     MiniLM's, so tokenizing becomes a large share of the time (the case double buffering is for)."""
-    import shutil
+    from transformers import BertConfig
 
-    from safetensors.torch import save_file
-    from transformers import AutoModel, BertConfig
-
-    torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=512, max_position_embeddings=512)
     config.architectures = ["BertModel"]
-    model = AutoModel.from_config(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(folder)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()
-               if not k.endswith(("position_ids", "token_type_ids"))}, str(folder / "model.safetensors"))
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(default_model_path() / name, folder / name)
-    return str(folder)
+    return str(write_random_folder(config, folder, default_model_path(), perturb=False))
 
 
 def bench_loops(args) -> None:

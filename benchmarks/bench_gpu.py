@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchlib import best_of, flops_per_token, linear_shapes, machine, matmul_ceiling, min_cosine, sample_passages
+from benchlib import write_random_folder, best_of, flops_per_token, linear_shapes, machine, matmul_ceiling, min_cosine, sample_passages
 from workers import Engine, EngineConfig
 
 SHAPES = {  # hidden, layers, heads, intermediate, model_type
@@ -33,8 +32,7 @@ DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def build_folder(shape: str, tokenizer: Path, root: Path) -> Path:
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
     hidden, layers, heads, inter, model_type = SHAPES[shape]
     extra = {"pad_token_id": 1, "max_position_embeddings": 514, "type_vocab_size": 1} \
         if model_type == "xlm-roberta" else {"max_position_embeddings": 512, "type_vocab_size": 2}
@@ -42,17 +40,7 @@ def build_folder(shape: str, tokenizer: Path, root: Path) -> Path:
                                num_hidden_layers=layers, num_attention_heads=heads,
                                intermediate_size=inter, **extra)
     cfg.architectures = ["XLMRobertaModel" if model_type == "xlm-roberta" else "BertModel"]
-    torch.manual_seed(0)
-    model = AutoModel.from_config(cfg)
-    folder = root / shape
-    folder.mkdir()
-    cfg.save_pretrained(folder)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()
-               if not k.endswith(("position_ids", "token_type_ids"))}, str(folder / "model.safetensors"))
-    for f in tokenizer.iterdir():
-        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
-            shutil.copy(f, folder / f.name)
-    return folder
+    return write_random_folder(cfg, root / shape, tokenizer, perturb=False)
 
 
 def hf_padded(folder: Path, device, dtype, batch: int, max_length: int):

@@ -23,6 +23,36 @@ ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def write_random_folder(cfg, folder: Path, tokenizer: Path, perturb: bool = True) -> Path:
+    """Save a random-weight model for the HF config `cfg` (its `architectures[0]` picks the
+    transformers class: *ForSequenceClassification, *ForCausalLM, else the bare model) as a
+    folder with safetensors weights and the tokenizer files found in `tokenizer`. `perturb`
+    shifts norms and biases off their init, so a mis-loaded tensor shows in a parity check."""
+    import shutil
+
+    import transformers
+    from safetensors.torch import save_file
+    auto = {"ForSequenceClassification": transformers.AutoModelForSequenceClassification,
+            "ForCausalLM": transformers.AutoModelForCausalLM}
+    arch = cfg.architectures[0]
+    cls = next((c for suffix, c in auto.items() if arch.endswith(suffix)), transformers.AutoModel)
+    torch.manual_seed(0)
+    model = cls.from_config(cfg)
+    if perturb:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias") or "norm" in name.lower():
+                    p.add_(torch.randn_like(p) * 0.1)
+    folder.mkdir(parents=True)
+    cfg.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()
+               if not k.endswith(("position_ids", "token_type_ids"))}, str(folder / "model.safetensors"))
+    for f in tokenizer.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(f, folder / f.name)
+    return folder
+
+
 def sample_passages(n: int, seed: int = 0, **kwargs) -> list[str]:
     """Real-text passages from the standard library's docstrings (see pipeline/samples.py).
 

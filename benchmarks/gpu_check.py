@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from benchlib import DTYPES, flops_per_token, linear_shapes, machine, matmul_ceiling, min_cosine, sample_passages
+from benchlib import (DTYPES, flops_per_token, linear_shapes, machine, matmul_ceiling, min_cosine, sample_passages,
+                      write_random_folder)
 from workers import Engine, EngineConfig
 
 # Per size: config fields shared by every case of that family.
@@ -100,24 +99,7 @@ def write_folder(case: Case, size: str, tokenizer: Path, root: Path) -> Path:
         fields.update(num_labels=NUM_LABELS[case.task])
     cfg = transformers.AutoConfig.for_model(case.model_type, **fields)
     cfg.architectures = [case.architecture]
-    torch.manual_seed(0)
-    auto = {"ForSequenceClassification": transformers.AutoModelForSequenceClassification,
-            "ForCausalLM": transformers.AutoModelForCausalLM}
-    model = next((cls for suffix, cls in auto.items() if case.architecture.endswith(suffix)),
-                 transformers.AutoModel).from_config(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name.lower():
-                p.add_(torch.randn_like(p) * 0.1)
-    folder = root / case.name.replace("/", "-")
-    folder.mkdir()
-    cfg.save_pretrained(folder)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()
-               if not k.endswith(("position_ids", "token_type_ids"))}, str(folder / "model.safetensors"))
-    for f in tokenizer.iterdir():
-        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
-            shutil.copy(f, folder / f.name)
-    return folder
+    return write_random_folder(cfg, root / case.name.replace("/", "-"), tokenizer)
 
 
 def compare(out: np.ndarray, ref: np.ndarray) -> tuple[str, float, bool]:
