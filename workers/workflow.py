@@ -66,7 +66,9 @@ class Workflow:
 
 
 _BERTS = ("Bert", "Roberta", "XLMRoberta")
-ENCODERS = frozenset(f"{f}{s}" for f in _BERTS for s in ("Model", "ForMaskedLM"))
+# Bidirectional encoders with their own bodies (workers/models/): MPNet (relative position bias).
+_OTHER_ENCODERS = ("MPNet",)
+ENCODERS = frozenset(f"{f}{s}" for f in _BERTS + _OTHER_ENCODERS for s in ("Model", "ForMaskedLM"))
 SEQUENCE_CLASSIFIERS = frozenset(f"{f}ForSequenceClassification" for f in _BERTS)
 DECODERS = frozenset(f"{f}{s}" for f in ("Qwen2", "Qwen3", "Llama", "Mistral")
                      for s in ("Model", "ForCausalLM"))

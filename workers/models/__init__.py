@@ -5,6 +5,7 @@ from torch import nn
 
 from .bert import BertModel
 from .decoder import DecoderModel
+from .mpnet import MPNetModel
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "BertModel": BertModel,
@@ -13,6 +14,8 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "RobertaForMaskedLM": BertModel,
     "XLMRobertaModel": BertModel,
     "XLMRobertaForMaskedLM": BertModel,
+    "MPNetModel": MPNetModel,
+    "MPNetForMaskedLM": MPNetModel,
     # Sequence classifiers: the body here; the head is the workflow's (workers/classifier_head.py).
     **{f"{family}ForSequenceClassification": BertModel for family in ("Bert", "Roberta", "XLMRoberta")},
     # Decoders: the *ForCausalLM checkpoints load without their LM head.
