@@ -66,8 +66,9 @@ class Workflow:
 
 
 _BERTS = ("Bert", "Roberta", "XLMRoberta")
-# Bidirectional encoders with their own bodies (workers/models/): MPNet (relative position bias).
-_OTHER_ENCODERS = ("MPNet",)
+# Bidirectional encoders with their own bodies (workers/models/): MPNet (relative position bias),
+# DistilBERT (no token types).
+_OTHER_ENCODERS = ("MPNet", "DistilBert")
 ENCODERS = frozenset(f"{f}{s}" for f in _BERTS + _OTHER_ENCODERS for s in ("Model", "ForMaskedLM"))
 SEQUENCE_CLASSIFIERS = frozenset(f"{f}ForSequenceClassification" for f in _BERTS)
 DECODERS = frozenset(f"{f}{s}" for f in ("Qwen2", "Qwen3", "Llama", "Mistral")

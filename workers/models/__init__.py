@@ -5,6 +5,7 @@ from torch import nn
 
 from .bert import BertModel
 from .decoder import DecoderModel
+from .distilbert import DistilBertModel
 from .mpnet import MPNetModel
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
@@ -16,6 +17,8 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "XLMRobertaForMaskedLM": BertModel,
     "MPNetModel": MPNetModel,
     "MPNetForMaskedLM": MPNetModel,
+    "DistilBertModel": DistilBertModel,
+    "DistilBertForMaskedLM": DistilBertModel,
     # Sequence classifiers: the body here; the head is the workflow's (workers/classifier_head.py).
     **{f"{family}ForSequenceClassification": BertModel for family in ("Bert", "Roberta", "XLMRoberta")},
     # Decoders: the *ForCausalLM checkpoints load without their LM head.
