@@ -67,8 +67,8 @@ class Workflow:
 
 _BERTS = ("Bert", "Roberta", "XLMRoberta")
 # Bidirectional encoders with their own bodies (workers/models/): MPNet (relative position bias),
-# DistilBERT (no token types).
-_OTHER_ENCODERS = ("MPNet", "DistilBert")
+# DistilBERT (no token types), ModernBERT (RoPE, alternating global and sliding-window layers).
+_OTHER_ENCODERS = ("MPNet", "DistilBert", "ModernBert")
 ENCODERS = frozenset(f"{f}{s}" for f in _BERTS + _OTHER_ENCODERS for s in ("Model", "ForMaskedLM"))
 SEQUENCE_CLASSIFIERS = frozenset(f"{f}ForSequenceClassification" for f in _BERTS)
 DECODERS = frozenset(f"{f}{s}" for f in ("Qwen2", "Qwen3", "Llama", "Mistral")

@@ -6,6 +6,7 @@ from torch import nn
 from .bert import BertModel
 from .decoder import DecoderModel
 from .distilbert import DistilBertModel
+from .modernbert import ModernBertModel
 from .mpnet import MPNetModel
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
@@ -19,6 +20,8 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "MPNetForMaskedLM": MPNetModel,
     "DistilBertModel": DistilBertModel,
     "DistilBertForMaskedLM": DistilBertModel,
+    "ModernBertModel": ModernBertModel,
+    "ModernBertForMaskedLM": ModernBertModel,
     # Sequence classifiers: the body here; the head is the workflow's (workers/classifier_head.py).
     **{f"{family}ForSequenceClassification": BertModel for family in ("Bert", "Roberta", "XLMRoberta")},
     # Decoders: the *ForCausalLM checkpoints load without their LM head.
