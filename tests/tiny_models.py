@@ -186,3 +186,31 @@ LONG_TEXTS = ["hello world", "",
               "Ünïcödé — 日本語のテキスト 🙂",
               " ".join(f"word{i} and more" for i in range(20)),
               "embeddings map text to vectors so that similar meanings land close together " * 6]
+
+
+def write_embeddinggemma_st_files(folder: Path, hidden: int, inner: int, seed: int = 0,
+                                  max_len: int = 256) -> None:
+    """EmbeddingGemma's sentence-transformers layout: mean pooling -> 2_Dense (hidden -> inner,
+    no bias, identity) -> 3_Dense (inner -> hidden) -> Normalize, plus its query/document prompts."""
+    g = torch.Generator().manual_seed(seed)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+               {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"},
+               {"idx": 4, "name": "4", "path": "4_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": hidden, "pooling_mode_mean_tokens": True, "include_prompt": True}))
+    for name, (d_in, d_out) in (("2_Dense", (hidden, inner)), ("3_Dense", (inner, hidden))):
+        (folder / name).mkdir(exist_ok=True)
+        (folder / name / "config.json").write_text(json.dumps(
+            {"in_features": d_in, "out_features": d_out, "bias": False,
+             "activation_function": "torch.nn.modules.linear.Identity"}))
+        w = torch.randn(d_out, d_in, generator=g) / d_in ** 0.5
+        save_file({"linear.weight": w.contiguous()}, str(folder / name / "model.safetensors"))
+    (folder / "4_Normalize").mkdir(exist_ok=True)
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len}))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "task: search result | query: ", "document": "title: none | text: "},
+         "default_prompt_name": None, "similarity_fn_name": "cosine"}))

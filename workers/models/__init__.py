@@ -6,6 +6,7 @@ from torch import nn
 from .bert import BertModel
 from .decoder import DecoderModel
 from .distilbert import DistilBertModel
+from .gemma3 import Gemma3TextModel
 from .modernbert import ModernBertModel
 from .mpnet import MPNetModel
 
@@ -27,6 +28,8 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     # Decoders: the *ForCausalLM checkpoints load without their LM head.
     **{f"{family}{suffix}": DecoderModel for family in ("Qwen2", "Qwen3", "Llama", "Mistral")
        for suffix in ("Model", "ForCausalLM")},
+    # EmbeddingGemma: Gemma3 text run bidirectionally.
+    "Gemma3TextModel": Gemma3TextModel,
 }
 
 
