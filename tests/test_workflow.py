@@ -7,7 +7,7 @@ from workers.input_processor import TextInputProcessor
 from workers.pair_input import PairInputProcessor
 from workers.reranker_input import RerankerPromptProcessor
 from workers.scheduler import Scheduler
-from workers.workflow import (DECODERS, ENCODERS, LLM_RERANKERS, SEQUENCE_CLASSIFIERS, WORKFLOWS,
+from workers.workflow import (BIDIRECTIONAL_ONLY, DECODERS, ENCODERS, LLM_RERANKERS, SEQUENCE_CLASSIFIERS, WORKFLOWS,
                               dense_pooler, input_processor, select_workflow,
                               sequence_classification_head, supported, yes_no_head)
 
@@ -16,7 +16,7 @@ TEXT = {"truncate": TextInputProcessor, "error": TextInputProcessor, "chunk": Ch
 TABLE = {
     "encoder": ("embed", ENCODERS, TEXT, dense_pooler, "vector", False, "cls"),
     "decoder": ("embed", DECODERS, TEXT, dense_pooler, "vector", True, "last"),
-    "decoder_bidirectional": ("embed", DECODERS, TEXT, dense_pooler, "vector", False, "mean"),
+    "decoder_bidirectional": ("embed", DECODERS | BIDIRECTIONAL_ONLY, TEXT, dense_pooler, "vector", False, "mean"),
     "cross_encoder": ("score", SEQUENCE_CLASSIFIERS, {"truncate": PairInputProcessor, "error": PairInputProcessor},
                       sequence_classification_head, "score", False, "cls"),
     "classifier": ("classify", SEQUENCE_CLASSIFIERS, {"truncate": TextInputProcessor, "error": TextInputProcessor},
@@ -50,6 +50,10 @@ def test_no_two_workflows_differ_only_by_a_flag_except_attention():
     ("XLMRobertaModel", "embed", True, "encoder"),
     ("Qwen3ForCausalLM", "embed", None, "decoder"),
     ("Qwen2Model", "embed", True, "decoder_bidirectional"),
+    ("MPNetModel", "embed", None, "encoder"),
+    ("DistilBertForMaskedLM", "embed", None, "encoder"),
+    ("ModernBertModel", "embed", None, "encoder"),
+    ("Gemma3TextModel", "embed", None, "decoder_bidirectional"),
     ("BertForSequenceClassification", "score", None, "cross_encoder"),
     ("XLMRobertaForSequenceClassification", "classify", None, "classifier"),
     ("Qwen3ForCausalLM", "score", None, "llm_reranker"),

@@ -133,3 +133,84 @@ def make_tiny_classifier(folder: Path, arch: str, num_labels: int = 1, seed: int
     else:
         write_roberta_tokenizer(folder)
     return model
+
+
+# --- encoders with their own bodies (MPNet, DistilBERT, ModernBERT) and Gemma3 ----------------
+
+def _randomize_norms_and_biases(model: torch.nn.Module, big: tuple[str, ...] = ()) -> None:
+    """Non-trivial norms and biases (so a mis-loaded tensor shows); parameters whose name holds
+    one of `big` get unit-scale values (e.g. MPNet's relative bias, so it really matters)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(b in name for b in big):
+                p.normal_(0.0, 1.0)
+            elif name.endswith("bias") or "norm" in name.lower():
+                p.add_(torch.randn_like(p) * 0.1)
+
+
+def save_tiny(folder: Path, config, seed: int = 0, big: tuple[str, ...] = (), prefix: str = "",
+              auto=None):
+    """Build transformers' model for `config` (eager attention, random weights), save it with the
+    MiniLM tokenizer to `folder`; return it (eval, fp32)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = (auto or AutoModel).from_config(config, attn_implementation="eager").eval()
+    _randomize_norms_and_biases(model, big)
+    config.save_pretrained(folder)
+    tensors = {prefix + k: v.clone().contiguous() for k, v in model.state_dict().items()  # tied: own copies
+               if not k.endswith(("position_ids", "token_type_ids"))}
+    save_file(tensors, str(folder / "model.safetensors"))
+    copy_tokenizer(folder)
+    return model
+
+
+def hf_pooled(hf_model, ids_list, pooling: str, **kwargs) -> "np.ndarray":
+    """transformers one text at a time (no padding), pooled by hand: (n, hidden) float32."""
+    out = []
+    for ids in ids_list:
+        with torch.no_grad():
+            h = hf_model(input_ids=torch.as_tensor(ids)[None], **kwargs).last_hidden_state[0]
+        out.append(h[0] if pooling == "cls" else h.mean(0))
+    return torch.stack(out).float().numpy()
+
+
+def cosines(a, b):
+    import numpy as np
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+# Texts from empty to ~130 tokens: they cross sliding windows of 16-32 tokens and MPNet's
+# logarithmic relative-position buckets.
+LONG_TEXTS = ["hello world", "",
+              "a much longer sentence, with punctuation; and numbers 12345!",
+              "Ünïcödé — 日本語のテキスト 🙂",
+              " ".join(f"word{i} and more" for i in range(20)),
+              "embeddings map text to vectors so that similar meanings land close together " * 6]
+
+
+def write_embeddinggemma_st_files(folder: Path, hidden: int, inner: int, seed: int = 0,
+                                  max_len: int = 256) -> None:
+    """EmbeddingGemma's sentence-transformers layout: mean pooling -> 2_Dense (hidden -> inner,
+    no bias, identity) -> 3_Dense (inner -> hidden) -> Normalize, plus its query/document prompts."""
+    g = torch.Generator().manual_seed(seed)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+               {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"},
+               {"idx": 4, "name": "4", "path": "4_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": hidden, "pooling_mode_mean_tokens": True, "include_prompt": True}))
+    for name, (d_in, d_out) in (("2_Dense", (hidden, inner)), ("3_Dense", (inner, hidden))):
+        (folder / name).mkdir(exist_ok=True)
+        (folder / name / "config.json").write_text(json.dumps(
+            {"in_features": d_in, "out_features": d_out, "bias": False,
+             "activation_function": "torch.nn.modules.linear.Identity"}))
+        w = torch.randn(d_out, d_in, generator=g) / d_in ** 0.5
+        save_file({"linear.weight": w.contiguous()}, str(folder / name / "model.safetensors"))
+    (folder / "4_Normalize").mkdir(exist_ok=True)
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len}))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "task: search result | query: ", "document": "title: none | text: "},
+         "default_prompt_name": None, "similarity_fn_name": "cosine"}))

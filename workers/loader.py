@@ -10,6 +10,9 @@ under grouped-query attention); rows are counted along dim 0 of both weight and 
 as a slice (an LLM reranker's two LM-head rows). One checkpoint tensor may fill several modules.
 Tensors are read only when a module takes them. Loading fails with the lists of parameters that
 were never filled and checkpoint tensors that were not used (unless explicitly ignored).
+A weights file in a subfolder of the model folder (a sentence-transformers module such as
+`2_Dense/model.safetensors`) has its tensor names prefixed with the subfolder's name
+(`2_Dense.linear.weight`), so two Dense modules' `linear.weight` stay apart.
 """
 from __future__ import annotations
 
@@ -78,7 +81,12 @@ def _copy_into(model: nn.Module, params, name: str, tensor: torch.Tensor) -> str
 Reader = Callable[[Sequence[int] | None], torch.Tensor]
 
 
-def _tensors(path: Path) -> Iterator[tuple[str, Reader]]:
+def _tensors(path: Path, prefix: str = "") -> Iterator[tuple[str, Reader]]:
+    for name, read in _file_tensors(path):
+        yield prefix + name, read
+
+
+def _file_tensors(path: Path) -> Iterator[tuple[str, Reader]]:
     """(name, read) of one weights file; `read(rows)` loads the tensor (or only `rows` of it):
     safetensors lazily, or a pickle checkpoint (only ever passed here when the caller allowed
     pickle) with torch.load(weights_only=True), which unpickles tensors and plain containers
@@ -115,8 +123,11 @@ def load_weights(modules: nn.Module | Sequence[nn.Module], files: list[Path] | t
     modules = [modules] if isinstance(modules, nn.Module) else list(modules)
     states = [(m, dict(m.named_parameters()), set()) for m in modules]
     unexpected: list[str] = []
+    root = min((Path(f).parent for f in files), key=lambda p: len(p.parts), default=None)
     for path in files:
-        for raw, read in _tensors(path):
+        sub = Path(path).parent.relative_to(root) if root is not None else Path()
+        prefix = "" if sub == Path() else ".".join(sub.parts) + "."
+        for raw, read in _tensors(path, prefix):
             taken, tensor = False, None
             for model, params, filled in states:
                 rows = getattr(model, "checkpoint_rows", {}).get(raw)

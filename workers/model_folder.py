@@ -32,6 +32,9 @@ class ModelFolder:
     st_default_prompt_name: str | None = None
     st_include_prompt: bool = True  # 1_Pooling include_prompt (False: skip the prompt in pooling)
     llm2vec: dict | None = None     # llm2vec_config.json, when the folder is an LLM2Vec model
+    # sentence-transformers Dense modules after pooling, in order: {path, in_features,
+    # out_features, bias, activation}; their weights are in `weights` (see loader.py)
+    st_dense: tuple[dict, ...] = ()
 
     @property
     def declared_bidirectional(self) -> bool | None:
@@ -109,8 +112,38 @@ def open_model_folder(model: str | None, allow_pickle: bool = False) -> ModelFol
                 "(they are then read with torch.load(weights_only=True))")
         weights = pickles
     hf_config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    dense = _dense_modules(path)
+    weights = weights + tuple(_dense_weights(path, d, allow_pickle) for d in dense)
     return ModelFolder(path, hf_config, weights, **_sentence_transformers_defaults(path),
-                       **_llm2vec_defaults(path))
+                       **_llm2vec_defaults(path), st_dense=dense)
+
+
+def _dense_modules(path: Path) -> tuple[dict, ...]:
+    """The Dense modules modules.json names (EmbeddingGemma: 2_Dense 768->3072, 3_Dense 3072->768)."""
+    out = []
+    for module in _read_json(path / "modules.json") or []:
+        if not module.get("type", "").endswith("models.Dense"):
+            continue
+        cfg = _read_json(path / module.get("path", "") / "config.json")
+        if not isinstance(cfg, dict):
+            raise FileNotFoundError(f"modules.json of {str(path)!r} names a Dense module in "
+                                    f"{module.get('path')!r}, which has no config.json")
+        out.append(dict(path=module["path"], in_features=cfg["in_features"],
+                        out_features=cfg["out_features"], bias=cfg.get("bias", True),
+                        activation=cfg.get("activation_function", "torch.nn.modules.activation.Tanh")))
+    return tuple(out)
+
+
+def _dense_weights(path: Path, dense: dict, allow_pickle: bool) -> Path:
+    folder = path / dense["path"]
+    if (folder / "model.safetensors").is_file():
+        return folder / "model.safetensors"
+    if (folder / "pytorch_model.bin").is_file() and allow_pickle:
+        return folder / "pytorch_model.bin"
+    raise FileNotFoundError(
+        f"Dense module {str(folder)!r} has no model.safetensors"
+        + (" (only pickle weights: pass allow_pickle=True if you trust the folder)"
+           if (folder / "pytorch_model.bin").is_file() else ""))
 
 
 def _pickle_weights(path: Path) -> tuple[Path, ...]:

@@ -11,6 +11,8 @@ new row here built from new modules, not a flag through a shared path (see docs/
 | encoder               | embed    | single text; chunk: windows + combiner | bidirectional | dense pooler (cls)   | vector |
 | decoder               | embed    | single text; chunk: windows + combiner | causal        | dense pooler (last)  | vector |
 | decoder_bidirectional | embed    | single text; chunk: windows + combiner | bidirectional | dense pooler (mean)  | vector |
+  (decoder_bidirectional also serves Gemma3TextModel, i.e. EmbeddingGemma, which is only ever
+  bidirectional; a folder's sentence-transformers Dense modules run inside the dense pooler.)
 | cross_encoder         | score    | text pair                              | bidirectional | sequence-cls head    | score  |
 | classifier            | classify | single text                            | bidirectional | sequence-cls head    | logits |
 | llm_reranker          | score    | reranker prompt around a pair          | causal        | LM-head yes/no slice | score  |
@@ -30,7 +32,7 @@ from .classifier_head import CLASSIFIER_HEADS
 from .execute_loop import EXECUTE_LOOPS
 from .input_processor import InputProcessor, TextInputProcessor
 from .pair_input import PairInputProcessor
-from .pooling import Pooler
+from .pooling import DensePooler, Pooler
 from .reranker_input import RerankerPromptProcessor
 from .scheduler import Scheduler
 from .yes_no_head import YesNoHead
@@ -38,7 +40,10 @@ from .yes_no_head import YesNoHead
 OUTPUTS = ("vector", "score", "logits")  # (n, dim) | (n,) | (n, num_labels), float32
 
 
-def dense_pooler(folder, resolved, processor) -> Pooler:
+def dense_pooler(folder, resolved, processor) -> Pooler | DensePooler:
+    if folder.st_dense:  # sentence-transformers Dense modules after pooling (EmbeddingGemma)
+        return DensePooler(resolved.pooling, resolved.normalize, resolved.dimensions,
+                           folder.st_dense, folder.hf_config.hidden_size)
     return Pooler(resolved.pooling, resolved.normalize, resolved.dimensions)
 
 
@@ -66,10 +71,15 @@ class Workflow:
 
 
 _BERTS = ("Bert", "Roberta", "XLMRoberta")
-ENCODERS = frozenset(f"{f}{s}" for f in _BERTS for s in ("Model", "ForMaskedLM"))
+# Bidirectional encoders with their own bodies (workers/models/): MPNet (relative position bias),
+# DistilBERT (no token types), ModernBERT (RoPE, alternating global and sliding-window layers).
+_OTHER_ENCODERS = ("MPNet", "DistilBert", "ModernBert")
+ENCODERS = frozenset(f"{f}{s}" for f in _BERTS + _OTHER_ENCODERS for s in ("Model", "ForMaskedLM"))
 SEQUENCE_CLASSIFIERS = frozenset(f"{f}ForSequenceClassification" for f in _BERTS)
 DECODERS = frozenset(f"{f}{s}" for f in ("Qwen2", "Qwen3", "Llama", "Mistral")
                      for s in ("Model", "ForCausalLM"))
+# Decoder bodies trained for bidirectional attention only (EmbeddingGemma): no causal row.
+BIDIRECTIONAL_ONLY = frozenset({"Gemma3TextModel"})
 LLM_RERANKERS = frozenset({"Qwen3ForCausalLM"})
 
 _TEXT = {"truncate": TextInputProcessor, "error": TextInputProcessor, "chunk": ChunkedInputProcessor}
@@ -83,7 +93,7 @@ WORKFLOWS: dict[str, Workflow] = {w.name: w for w in (
     Workflow("decoder", "embed", DECODERS, _TEXT, dense_pooler, "vector", causal=True,
              default_pooling="last"),
     # Decoders switched to bidirectional attention (LLM2Vec): every token sees every other.
-    Workflow("decoder_bidirectional", "embed", DECODERS, _TEXT, dense_pooler, "vector",
+    Workflow("decoder_bidirectional", "embed", DECODERS | BIDIRECTIONAL_ONLY, _TEXT, dense_pooler, "vector",
              causal=False, default_pooling="mean"),
     # Cross-encoders (ms-marco MiniLM, bge-reranker): one relevance score per pair.
     Workflow("cross_encoder", "score", SEQUENCE_CLASSIFIERS, _PAIR, sequence_classification_head,

@@ -5,6 +5,10 @@ from torch import nn
 
 from .bert import BertModel
 from .decoder import DecoderModel
+from .distilbert import DistilBertModel
+from .gemma3 import Gemma3TextModel
+from .modernbert import ModernBertModel
+from .mpnet import MPNetModel
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "BertModel": BertModel,
@@ -13,11 +17,19 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "RobertaForMaskedLM": BertModel,
     "XLMRobertaModel": BertModel,
     "XLMRobertaForMaskedLM": BertModel,
+    "MPNetModel": MPNetModel,
+    "MPNetForMaskedLM": MPNetModel,
+    "DistilBertModel": DistilBertModel,
+    "DistilBertForMaskedLM": DistilBertModel,
+    "ModernBertModel": ModernBertModel,
+    "ModernBertForMaskedLM": ModernBertModel,
     # Sequence classifiers: the body here; the head is the workflow's (workers/classifier_head.py).
     **{f"{family}ForSequenceClassification": BertModel for family in ("Bert", "Roberta", "XLMRoberta")},
     # Decoders: the *ForCausalLM checkpoints load without their LM head.
     **{f"{family}{suffix}": DecoderModel for family in ("Qwen2", "Qwen3", "Llama", "Mistral")
        for suffix in ("Model", "ForCausalLM")},
+    # EmbeddingGemma: Gemma3 text run bidirectionally.
+    "Gemma3TextModel": Gemma3TextModel,
 }
 
 
