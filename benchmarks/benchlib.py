@@ -116,7 +116,7 @@ def matmul_ceiling(shapes: Iterable[tuple[int, int, int]], dtype: torch.dtype,
 
 def linear_shapes(cfg, tokens: int) -> list[tuple[int, int, int]]:
     """(M, K, N) of one layer's linears for an HF config (BERT family or a gated decoder)."""
-    h, f = cfg.hidden_size, cfg.intermediate_size
+    h, f = cfg.hidden_size, getattr(cfg, "intermediate_size", None) or cfg.hidden_dim  # DistilBERT: hidden_dim
     heads = cfg.num_attention_heads
     d = getattr(cfg, "head_dim", None) or h // heads
     kv = getattr(cfg, "num_key_value_heads", None) or heads
@@ -138,7 +138,7 @@ def flops_per_token(cfg, lengths: np.ndarray) -> float:
 
 
 def _gated(cfg) -> bool:
-    return getattr(cfg, "model_type", "") in {"qwen2", "qwen3", "llama", "mistral", "gemma3_text"}
+    return getattr(cfg, "model_type", "") in {"qwen2", "qwen3", "llama", "mistral", "gemma3_text", "modernbert"}
 
 
 def best_of(fn: Callable[[], object], rounds: int, device: torch.device | str = "cpu"):

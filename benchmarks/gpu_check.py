@@ -45,8 +45,20 @@ SHAPES = {
              "decoder": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
                              num_key_value_heads=8, head_dim=128, intermediate_size=3072)},
 }
-ENCODER_EXTRA = {"bert": dict(max_position_embeddings=512, type_vocab_size=2),
-                 "xlm-roberta": dict(max_position_embeddings=514, type_vocab_size=1, pad_token_id=1)}
+# Per model type: what its config needs beyond the shared shape (the MiniLM tokenizer's special
+# ids: [PAD]=0, [CLS]=101, [SEP]=102). `window` is filled with the size's sliding window.
+MODEL_EXTRA = {
+    "bert": dict(max_position_embeddings=512, type_vocab_size=2),
+    "xlm-roberta": dict(max_position_embeddings=514, type_vocab_size=1, pad_token_id=1),
+    "mpnet": dict(max_position_embeddings=514),
+    "distilbert": dict(max_position_embeddings=512),
+    "modernbert": dict(max_position_embeddings=1024, global_attn_every_n_layers=3, pad_token_id=0,
+                       bos_token_id=101, eos_token_id=102, cls_token_id=101, sep_token_id=102,
+                       local_attention="window"),
+    "gemma3_text": dict(use_bidirectional_attention=True, sliding_window="window", pad_token_id=0,
+                        bos_token_id=101, eos_token_id=102),
+}
+WINDOW = {"tiny": 16, "base": 128}  # ModernBERT's local_attention / Gemma3's sliding_window
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,11 @@ CASES = [
     Case("embed/qwen3-gqa", "qwen3", "Qwen3Model", "embed", family="decoder"),
     Case("embed/qwen3-bidirectional", "qwen3", "Qwen3Model", "embed", family="decoder",
          options=(("enable_bidirectional", True), ("pooling", "mean"))),
+    Case("embed/mpnet-bias", "mpnet", "MPNetModel", "embed", options=(("pooling", "mean"),)),
+    Case("embed/distilbert", "distilbert", "DistilBertModel", "embed", options=(("pooling", "mean"),)),
+    Case("embed/modernbert-window", "modernbert", "ModernBertModel", "embed", options=(("pooling", "mean"),)),
+    Case("embed/gemma3-bidirectional-window", "gemma3_text", "Gemma3TextModel", "embed", family="decoder",
+         options=(("pooling", "mean"),)),
     Case("score/bert-cross-encoder", "bert", "BertForSequenceClassification", "score"),
     Case("score/xlm-roberta-cross-encoder", "xlm-roberta", "XLMRobertaForSequenceClassification", "score"),
     Case("classify/bert", "bert", "BertForSequenceClassification", "classify",
@@ -92,7 +109,10 @@ NUM_LABELS = {"score": 1, "classify": 3}
 def write_folder(case: Case, size: str, tokenizer: Path, root: Path) -> Path:
     """A random-weight folder for `case` (norms and biases perturbed so a mis-load shows)."""
     import transformers
-    fields = dict(SHAPES[size][case.family], vocab_size=30522, **ENCODER_EXTRA.get(case.model_type, {}))
+    extra = {k: WINDOW[size] if v == "window" else v for k, v in MODEL_EXTRA.get(case.model_type, {}).items()}
+    fields = dict(SHAPES[size][case.family], vocab_size=30522, **extra)
+    if case.model_type == "distilbert":  # its own names for the FFN width
+        fields["hidden_dim"] = fields.pop("intermediate_size")
     if case.family == "decoder":
         fields.update(max_position_embeddings=2048, tie_word_embeddings=False)
     if case.architecture.endswith("ForSequenceClassification"):
