@@ -20,7 +20,7 @@ import ray
 from .errors import ClusterUnreachableError
 
 log = logging.getLogger("pipeline")
-CONNECT_TIMEOUT_S = 10.0  # a cluster that is starting gets this long to open its GCS port
+CONNECT_TIMEOUT_S = 5.0  # a refused connect is retried this long (a head still starting)
 LOCAL = "local"
 
 
