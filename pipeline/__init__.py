@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from .config import PipelineConfig
 from .driver import engine_option_names, execute
+from .embedder import Embedder
 from .errors import (BadRowsError, ClusterUnreachableError, FingerprintMismatch, InputError,
                      InputNotFoundError, OutputWriteError, PipelineError, RunFailedError,
                      ShardFailedError, WorkersLostError)
@@ -30,7 +31,7 @@ from .redact import redact, redact_error
 from .quantize import decode as _decode
 from .writer import embedding_array, to_numpy
 
-__all__ = ["run", "read_embeddings", "to_numpy", "RunResult", "RunStats", "WorkerStats",
+__all__ = ["run", "read_embeddings", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
            "PipelineConfig", "OutputFolder", "PipelineError", "InputError", "FingerprintMismatch",
            "RunFailedError", "ShardFailedError", "BadRowsError", "OutputWriteError",
            "WorkersLostError", "ClusterUnreachableError", "redact"]
