@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from .validate import _bad_text
+from .validate import bad_text_mask
 from .writer import embedding_array
 
 
@@ -61,8 +61,7 @@ class Embedder:
             raise ValueError(f"column {self.text_column!r} not in the batch (columns "
                              f"{batch.column_names}); pass fn_constructor_kwargs={{'text_column': ...}}")
         text = batch.column(self.text_column)
-        null, empty, space = _bad_text(text)
-        good = ~(null | empty | space)
+        good = ~bad_text_mask(text)
         vectors = np.zeros((batch.num_rows, self.engine.dim), dtype=np.float32)
         if good.any():
             vectors[good] = self.engine.embed(text.filter(pa.array(good)).to_pylist())

@@ -9,9 +9,10 @@ is retried at most `max_retries` times, then the run stops naming the shard and 
 Node loss: when a node leaves, Ray restarts its actors elsewhere, and waits for ever when no node
 has room. A worker whose restart is not done within `restart_timeout_s` is given up (killed for
 good, state "lost", named in the summary); its shards were requeued when it died, so the
-survivors take them. A probe never holds the run open: once every shard is committed the run
-ends, and workers still restarting are named as lost. Only when no worker is left with shards
-still waiting does the run fail (WorkersLostError; committed shards are kept, a rerun resumes).
+survivors take them. Once every shard is committed, a worker whose node left is not waited for
+(it is named as lost at once); one that crashed on a live node gets its restart (bounded as
+above). Only when no worker is left with shards still waiting does the run fail
+(WorkersLostError; committed shards are kept, a rerun resumes).
 """
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ class Pool:
     def run(self, shards: list[Shard], on_done, on_tick) -> None:
         """Dispatch `shards` until each one's record went to `on_done(shard, worker, record)`."""
         queue, attempts = deque(shards), {}
-        while queue or any(shard is not None for _, shard in self.tasks.values()):
+        while queue or self._busy():
             self._dispatch(queue)
             if not self.tasks:
                 raise WorkersLostError(
@@ -124,9 +125,21 @@ class Pool:
                     on_done(shard, worker, record)
             self._give_up_stuck()
             on_tick()
-        for w in self.workers:  # every shard is done: a restart still pending is not waited for
+        for w in self.workers:  # every shard is done: a worker whose node left is not waited for
             if w.state == "probing":
-                self._give_up(w, "its restart had not finished when the last shard was done")
+                self._give_up(w, "its node left the cluster and it was not restarted elsewhere "
+                                 "before the last shard was done")
+
+    def _busy(self) -> bool:
+        """Shards in flight, or a worker restarting on a node that is still alive (a crashed
+        actor, back in seconds: its restart is counted). A worker whose node left holds nothing."""
+        if any(shard is not None for _, shard in self.tasks.values()):
+            return True
+        probing = [w for w in self.workers if w.state == "probing"]
+        if not probing:
+            return False
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        return any(w.node in alive for w in probing)
 
     @property
     def lost(self) -> list[Worker]:
