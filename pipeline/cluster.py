@@ -45,6 +45,16 @@ def resolve(address: str | None) -> tuple[str, str]:
     return LOCAL, "default"
 
 
+def check_address(address: str | None = None) -> None:
+    """Raise ClusterUnreachableError now if the run's cluster address answers nothing (no-op
+    when Ray is already initialised or a local Ray will be started)."""
+    if ray.is_initialized():
+        return
+    target, origin = resolve(address)
+    if target != LOCAL:
+        check_reachable(target, origin)
+
+
 def connect(address: str | None = None) -> bool:
     """Connect to the run's cluster or start a local one; True when this call started Ray.
 

@@ -48,6 +48,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
     folder = OutputFolder.open(output) if output is not None else None
     if folder is not None:
         folder.check_usable()
+    cluster.check_address(config.address)  # a dead address fails in seconds, before the model loads
     _check_model_here(engine_options, config.address)
     started_ray = cluster.connect(config.address)
     pool = manifest = None

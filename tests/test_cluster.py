@@ -29,7 +29,7 @@ import pipeline
 from pipeline.errors import ExitCode, exit_code
 from pipeline.samples import sample_passages
 
-N, SHARD_ROWS = 360, 18
+N, SHARD_ROWS = 240, 12
 RUN = {"threads_per_worker": 1, "shard_rows": SHARD_ROWS, "dtype": "float32", "progress": False,
        "restart_timeout_s": 5.0}
 
@@ -67,8 +67,8 @@ def nodes():
 def corpus(tmp_path_factory):
     texts = sample_passages(N, seed=15, max_chars=200)
     folder = tmp_path_factory.mktemp("corpus")
-    pq.write_table(pa.table({"text": texts}), folder / "all.parquet", row_group_size=36)
-    pq.write_table(pa.table({"text": texts[: N // 2]}), folder / "half.parquet", row_group_size=36)
+    pq.write_table(pa.table({"text": texts}), folder / "all.parquet", row_group_size=24)
+    pq.write_table(pa.table({"text": texts[: N // 2]}), folder / "half.parquet", row_group_size=24)
     return folder, texts
 
 

@@ -1,6 +1,7 @@
 """`pipeline.Embedder` in a Ray Data pipeline (issue 15 item 7): `map_batches` with an actor pool
-appends an `embedding` column equal to `pipeline.run`'s vectors; blank texts get a null
-embedding. Actors take half a CPU each, so Ray Data's read tasks still get one (FACTS.md)."""
+appends an `embedding` column equal to the engine's vectors, which are `pipeline.run`'s
+(tests/test_pipeline_run.py::test_list_in_memory_equals_engine); blank texts get a null
+embedding, where `pipeline.run` gives NaN rows. Actors take half a CPU each, so Ray Data's read tasks still get one (FACTS.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,11 +15,13 @@ N = 40
 
 
 @pytest.mark.slow
-def test_map_batches_appends_the_vectors_of_pipeline_run(ray_local):
+def test_map_batches_appends_the_engines_vectors(ray_local):
     import ray
     texts = sample_passages(N, seed=5, max_chars=200)
     texts[7], texts[20] = "", None
-    want = pipeline.run(texts, num_workers=1, dtype="float32", progress=False).embeddings
+    from workers import Engine, EngineConfig
+    good = [i for i in range(N) if i not in (7, 20)]
+    want = Engine(EngineConfig(dtype="float32", num_threads=1)).embed([texts[i] for i in good])
     ds = ray.data.from_arrow(pa.table({"row": list(range(N)), "text": texts})).repartition(4)
     ds = ds.map_batches(pipeline.Embedder, fn_constructor_kwargs={"dtype": "float32", "num_threads": 1},
                         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5,
@@ -27,7 +30,5 @@ def test_map_batches_appends_the_vectors_of_pipeline_run(ray_local):
     assert table.column_names == ["row", "text", "embedding"] and table.num_rows == N
     embedding = table.column("embedding")
     assert embedding.null_count == 2 and not embedding[7].is_valid and not embedding[20].is_valid
-    good = [i for i in range(N) if i not in (7, 20)]
     got = np.stack([np.asarray(embedding[i].values, dtype=np.float32) for i in good])
-    np.testing.assert_allclose(got, want[good], atol=2e-5, rtol=0)
-    assert np.isnan(want[[7, 20]]).all()  # pipeline.run: NaN rows for the same blank texts
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)

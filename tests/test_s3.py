@@ -188,7 +188,8 @@ def test_the_secret_is_never_written_printed_or_raised(ray_local, moto, corpus, 
     with pytest.raises(pipeline.InputNotFoundError) as missing:
         pipeline.run(moto.uri("bucket/nothing-here/"), output=str(tmp_path / "o"), progress=False, **RUN)
     with pytest.raises(pipeline.FingerprintMismatch) as mismatch:
-        pipeline.run(corpus[1], output=run["result"].output, progress=False, max_length=64, **RUN)
+        # checked before any actor starts: the output records float32 vectors
+        pipeline.run(corpus[1], output=run["result"].output, progress=False, output_dtype="float16", **RUN)
     for error in (missing.value, mismatch.value):
         text = "".join(traceback.format_exception(error))
         assert SECRET not in text and "***" in text, text
