@@ -112,7 +112,7 @@ class Pool:
                 raise WorkersLostError(
                     f"no engine actor is left ({len(queue)} shard(s) still to do); committed shards "
                     "are kept, rerun to resume once the cluster has room. Last errors: "
-                    + "; ".join(w.last_error for w in self.workers))
+                    + "; ".join(w.last_error for w in self.workers if w.last_error))
             ready, _ = ray.wait(list(self.tasks), num_returns=1, timeout=0.5)
             for ref in ready:
                 worker, shard = self.tasks.pop(ref)
