@@ -15,10 +15,11 @@ Rerunning with the same --output resumes. Exit codes (the table mapping each err
 its code is `pipeline/errors.py::EXIT_CODES`):
 
     0  done: every input row is embedded in --output
-    1  the run failed (a shard kept failing: e.g. disk full; every actor died); committed
+    1  the run failed (a shard kept failing: e.g. disk full; every actor died or its node
+       left the cluster); committed
        shards are kept, rerun the same command to resume
-    2  bad arguments or input, found before any work (missing column, non-string text
-       without --cast, a model folder that cannot load, an output folder holding other files,
+    2  bad arguments or input, found before any work (an unreachable Ray address, a missing
+       column, non-string text without --cast, a model folder that cannot load, an output folder holding other files,
        bad rows with --on-bad-row error)
     3  --output holds a different run (another model, settings or input); --overwrite or a new folder
     4  done, but some rows are reported in --output/_errors.parquet (id, shard, row, reason):
@@ -55,6 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--passthrough", nargs="*", default=(), metavar="COLUMN",
                    help="input columns copied unchanged into the output")
     p.add_argument("--model", default=None, help="local model folder (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster host:port, or 'local' for a new local Ray (default: RAY_ADDRESS, "
+                        "else the cluster `ray start` recorded here, else a new local Ray)")
+    p.add_argument("--restart-timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up a worker whose restart Ray cannot place in this time (a lost "
+                        "node); its shards go to the others (default: 180)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="engine actors (default: one per GPU, else one per 8 CPU cores at most)")
     p.add_argument("--threads-per-worker", type=int, default=None,
@@ -121,6 +128,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     import pipeline
     from pipeline.errors import ExitCode, exit_code
+    from pipeline.redact import redact
     if args.demo:
         t0 = time.perf_counter()
         args.input = str(build_demo_corpus(args.demo_rows))
@@ -138,17 +146,18 @@ def main(argv=None) -> int:
             threads_per_worker=args.threads_per_worker, shard_rows=args.shard_rows,
             passthrough_columns=tuple(args.passthrough), output_format=args.output_format,
             output_dtype=args.output_dtype, on_bad_row=args.on_bad_row, cast_text=args.cast,
-            overwrite=args.overwrite, progress=not args.no_progress,
+            overwrite=args.overwrite, progress=not args.no_progress, address=args.address,
+            **({"restart_timeout_s": args.restart_timeout} if args.restart_timeout else {}),
             **{k: v for k, v in engine.items() if v is not None})
     except Exception as e:
         code = exit_code(e)
         if code is None:  # not a failure the pipeline names: a bug, keep its traceback
             raise
         if code == ExitCode.FAILED:
-            print(f"error: the run failed: {e}\nCommitted shards are kept; rerun the same command "
+            print(f"error: the run failed: {redact(e)}\nCommitted shards are kept; rerun the same command "
                   "to resume.", file=sys.stderr)
         else:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {redact(e)}", file=sys.stderr)
         return code
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(result.stats.to_dict(), indent=1))
@@ -157,7 +166,7 @@ def main(argv=None) -> int:
     if result.stats.reported_rows:
         print(f"warning: {result.stats.bad_rows_total:,} row(s) not embedded (bad text) and "
               f"{result.stats.duplicate_ids:,} row(s) with a repeated id are listed in "
-              f"{result.output}/_errors.parquet", file=sys.stderr)
+              f"{redact(result.output)}/_errors.parquet", file=sys.stderr)
         return ExitCode.REPORTED
     return ExitCode.OK
 

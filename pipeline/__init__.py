@@ -18,23 +18,27 @@ import pyarrow as pa
 
 from .config import PipelineConfig
 from .driver import engine_option_names, execute
-from .errors import (BadRowsError, FingerprintMismatch, InputError, InputNotFoundError,
-                     OutputWriteError, PipelineError, RunFailedError, ShardFailedError)
+from .embedder import Embedder
+from .errors import (BadRowsError, ClusterUnreachableError, FingerprintMismatch, InputError,
+                     InputNotFoundError, OutputWriteError, PipelineError, RunFailedError,
+                     ShardFailedError, WorkersLostError)
 from .finish import RunResult
 from .manifest import Manifest
 from .output_folder import OutputFolder
 from .progress import RunStats, WorkerStats
 from .quantize import QUANT_KEY
+from .redact import redact, redact_error
 from .quantize import decode as _decode
 from .writer import embedding_array, to_numpy
 
-__all__ = ["run", "read_embeddings", "to_numpy", "RunResult", "RunStats", "WorkerStats",
+__all__ = ["run", "read_embeddings", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
            "PipelineConfig", "OutputFolder", "PipelineError", "InputError", "FingerprintMismatch",
-           "RunFailedError", "ShardFailedError", "BadRowsError", "OutputWriteError"]
+           "RunFailedError", "ShardFailedError", "BadRowsError", "OutputWriteError",
+           "WorkersLostError", "ClusterUnreachableError", "redact"]
 
 
 def run(data, *, output=None, model=None, text_column="text", id_column=None, num_workers=None,
-        **options) -> RunResult:
+        address=None, **options) -> RunResult:
     """Embed every row of `data` with `model` on Ray; write Parquet/Arrow parts or return vectors.
 
     Args:
@@ -52,9 +56,13 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
         text_column: the column with the texts. id_column: the column copied to `id`
             (None: the global row index).
         num_workers: engine actors (None: one per GPU, or one per 8 CPU cores at most).
+        address: the Ray cluster ("host:port", "ray://host:port", or "local" for a new local
+            Ray); None: RAY_ADDRESS, else the cluster `ray start` recorded on this machine, else
+            a new local Ray. An address nothing answers fails within seconds with
+            `ClusterUnreachableError` naming it and the fix.
         **options: `PipelineConfig` fields (shard_rows, threads_per_worker, output_format,
             output_dtype, passthrough_columns, on_bad_row, cast_text, overwrite, max_retries,
-            max_restarts, progress) and `workers.EngineConfig` fields (dtype, device,
+            max_restarts, restart_timeout_s, progress) and `workers.EngineConfig` fields (dtype, device,
             max_num_batched_tokens, max_length, pooling, normalize, dimensions, ...).
 
     Returns:
@@ -69,8 +77,11 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
     cannot load and an output folder holding files the pipeline did not write are refused with
     InputError (a ValueError) / FileNotFoundError before Ray starts.
 
-    Uses the Ray cluster already initialised (or RAY_ADDRESS); else starts a local one and shuts
-    it down afterwards.
+    Uses the Ray cluster already initialised (or `address`); else starts a local one and shuts
+    it down afterwards. On a cluster, a worker whose node leaves and cannot be restarted within
+    `restart_timeout_s` is given up: its shards go to the others and `result.stats.lost_workers`
+    names it. Credentials in URIs (`s3://KEY:SECRET@bucket/...`, `?secret_key=`) are redacted in
+    everything written or raised; prefer the environment (AWS_ACCESS_KEY_ID, ...) for them.
 
     Examples:
         >>> import pipeline
@@ -87,11 +98,15 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
         raise InputError(f"unknown option(s) {sorted(unknown)}; pipeline options are "
                          f"{sorted(pipe_names)}, engine options are {sorted(engine_names)}")
     config = PipelineConfig(text_column=text_column, id_column=id_column, num_workers=num_workers,
+                            address=address,
                             **{k: v for k, v in options.items() if k in pipe_names})
     engine_options = {k: v for k, v in options.items() if k in engine_names and k not in pipe_names}
     if model is not None:
         engine_options["model"] = os.fspath(model)
-    return execute(data, output, config, engine_options)
+    try:
+        return execute(data, output, config, engine_options)
+    except Exception as e:  # a library may have quoted a whole URI: no credentials in the text
+        raise redact_error(e)
 
 
 def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False, dequantize=False):

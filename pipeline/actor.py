@@ -68,7 +68,8 @@ class EmbedWorker:
         return self._fingerprint
 
     def info(self) -> dict:
-        return {"pid": os.getpid(), "dim": self.engine.dim, "node": os.uname().nodename}
+        return {"pid": os.getpid(), "dim": self.engine.dim, "node": os.uname().nodename,
+                "node_id": ray.get_runtime_context().get_node_id()}
 
     def sample(self, source_box: list, shards: list[Shard]) -> np.ndarray:
         """Embed the texts of `shards` that are not blank (the int8 calibration sample): (n, dim)."""

@@ -38,6 +38,15 @@ class PipelineConfig:
         max_retries: times one shard is redone after its actor died or it raised, before the run
             fails naming the shard.
         max_restarts: times Ray restarts one dead actor.
+        restart_timeout_s: seconds a dead worker's restart may take before the worker is given
+            up (e.g. its node left the cluster and no other node has room for it): its shards go
+            to the surviving workers and the summary names it. The wait never holds a run whose
+            every shard is done, and only when no worker is left does the run fail
+            (`WorkersLostError`). Default 180.
+        address: the Ray cluster: "host:port" (or "ray://host:port"), "local" (start a new local
+            Ray), or None: RAY_ADDRESS, else the cluster `ray start` recorded on this machine,
+            else a new local Ray. An address that answers nothing fails within seconds
+            (`ClusterUnreachableError`) naming it and the fix.
         on_bad_row: what a row whose text is null, empty or whitespace-only does. "record"
             (default): it is not embedded, it is listed (id, shard, row, reason) in the output's
             `_errors.parquet` (in memory: `result.errors`) and counted in `stats.bad_rows`;
@@ -59,6 +68,8 @@ class PipelineConfig:
     output_dtype: str = "float32"
     max_retries: int = 2
     max_restarts: int = 3
+    restart_timeout_s: float = 180.0
+    address: str | None = None
     on_bad_row: str = "record"
     skip_bad_rows: bool | None = None
     cast_text: bool = False
@@ -85,6 +96,11 @@ class PipelineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"{name}={value!r} must be an integer >= 0")
+        if isinstance(self.restart_timeout_s, bool) or not isinstance(self.restart_timeout_s, (int, float)) \
+                or not self.restart_timeout_s > 0:
+            raise InputError(f"restart_timeout_s={self.restart_timeout_s!r} must be a number of seconds > 0")
+        if self.address is not None and (not isinstance(self.address, str) or not self.address):
+            raise InputError(f"address={self.address!r} must be 'host:port', 'local' or None (automatic)")
         if self.skip_bad_rows is not None:
             warnings.warn("skip_bad_rows is deprecated; use on_bad_row='record' or 'error'",
                           DeprecationWarning, stacklevel=3)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import ray
 
-from . import quantize
+from . import cluster, quantize
 from .config import PipelineConfig
 from .errors import InputError
 from .finish import RunResult, finish, kept_rows
@@ -48,8 +48,9 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
     folder = OutputFolder.open(output) if output is not None else None
     if folder is not None:
         folder.check_usable()
-    _check_model_here(engine_options)
-    started_ray = _ensure_ray()
+    cluster.check_address(config.address)  # a dead address fails in seconds, before the model loads
+    _check_model_here(engine_options, config.address)
+    started_ray = cluster.connect(config.address)
     pool = manifest = None
     try:
         source = source or open_source(data, config)
@@ -63,8 +64,8 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
             check_resumable(manifest, {**manifest.fingerprint, **config.fingerprint()}, plan)
         todo = _pending(shards, manifest)
         engine_cfg = EngineConfig(**{"num_threads": threads, **engine_options})
-        pool = Pool.start(max(1, min(n_workers, len(todo))), resources, config.max_restarts,
-                          config.max_retries, source, (engine_cfg, config, folder, threads))
+        pool = Pool.start(max(1, min(n_workers, len(todo))), resources, config, source,
+                          (engine_cfg, config, folder, threads))
         fingerprint = pool.fingerprint()
         if folder:
             manifest = _prepare_output(folder, manifest, fingerprint, plan)
@@ -105,18 +106,6 @@ def _is_path(data) -> bool:
     if isinstance(data, (str, os.PathLike)):
         return True
     return isinstance(data, (list, tuple)) and bool(data) and all(isinstance(p, os.PathLike) for p in data)
-
-
-def _ensure_ray() -> bool:
-    """Connect to the cluster (RAY_ADDRESS, e.g. under `ray job submit`) or start a local Ray."""
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-    else:
-        # No dashboard: 1 GB less memory and ~1 s faster (FACTS.md); jobs use `ray start`'s.
-        ray.init(include_dashboard=False)
-    return True
 
 
 def _worker_plan(config: PipelineConfig, engine_options: dict) -> tuple[int, int | None, dict]:
@@ -182,7 +171,7 @@ def _record_run(manifest: Manifest, pool: Pool, source, config: PipelineConfig,
         manifest.put("quantization", quantize.record(config.output_dtype, pool.dim, calibration))
     options = dict(engine_options)
     if options.get("model"):
-        options["model"] = absolute(options["model"])
+        options["model"] = redact(absolute(options["model"]))
     manifest.put("engine_options", options)
     paths = [data] if isinstance(data, (str, os.PathLike)) else data if _is_path(data) else None
     paths = [redact(absolute(p)) for p in paths] if paths else None
@@ -233,18 +222,20 @@ class _Collector:
 
     def stats(self, pool: Pool, seconds: float, startup: float, resumed: int) -> RunStats:
         committed = sum(r["rows"] for r in self.manifest.shards.values()) if self.manifest else self.rows
-        workers = tuple(WorkerStats(w.index, w.shards, w.rows, w.tokens, w.busy, w.restarts) for w in pool.workers)
+        workers = tuple(WorkerStats(w.index, w.shards, w.rows, w.tokens, w.busy, w.restarts,
+                                    w.last_error if w.state == "lost" else "") for w in pool.workers)
         return RunStats(rows=self.rows, rows_total=committed, tokens=self.tokens, seconds=seconds,
                         startup_seconds=startup, truncated=self.truncated, bad_rows=self.bad_rows,
                         shards=self.shards, resumed_shards=resumed, retries=pool.retries,
                         workers=workers, chunked=self.chunked, stages=dict(self.stages), **self.io)
 
 
-def _check_model_here(engine_options: dict) -> None:
-    """Open the model folder before Ray starts; on a cluster (RAY_ADDRESS) a folder this node
-    does not have is left for the actors' nodes to open (and report)."""
+def _check_model_here(engine_options: dict, address: str | None) -> None:
+    """Open the model folder before Ray starts; on a cluster (RAY_ADDRESS or an address) a folder
+    this node does not have is left for the actors' nodes to open (and report)."""
     model = engine_options.get("model")
-    if model and os.environ.get("RAY_ADDRESS") and not os.path.exists(os.path.expanduser(model)):
+    remote = os.environ.get("RAY_ADDRESS") or address not in (None, cluster.LOCAL)
+    if model and remote and not os.path.exists(os.path.expanduser(model)):
         return
     check_model(engine_options)
 

@@ -34,6 +34,11 @@ class OutputFolderError(InputError):
     """The output is a file, or a folder holding files the pipeline did not write."""
 
 
+class ClusterUnreachableError(InputError, ConnectionError):
+    """The Ray address (address=, RAY_ADDRESS, or a cluster file left by a dead cluster)
+    answers nothing; the message names the address, where it came from and the fix."""
+
+
 # -- 3: the output belongs to another run ----------------------------------------------------------
 
 class FingerprintMismatch(PipelineError, ValueError):
@@ -53,7 +58,8 @@ class ShardFailedError(RunFailedError):
 
 
 class WorkersLostError(RunFailedError):
-    """Every engine actor died, failed to start, or the actors disagree on the fingerprint."""
+    """Every engine actor died, failed to start, or the actors disagree on the fingerprint; or
+    every worker was given up because Ray could not place its restart in time (a lost node)."""
 
 
 class WorkerStartTimeout(RunFailedError, TimeoutError):

@@ -21,6 +21,7 @@ import pyarrow.fs as pafs
 
 from . import writer
 from .errors import OutputFolderError, OutputWriteError
+from .redact import redact  # noqa: F401 (re-exported: the driver and tests import it from here)
 
 MANIFEST_NAME = "_manifest.json"
 ERRORS_FILE = "_errors.parquet"
@@ -51,11 +52,6 @@ def resolve(location) -> tuple[pafs.FileSystem, str]:
     if is_uri(location):
         return pafs.FileSystem.from_uri(location)
     return pafs.LocalFileSystem(), os.path.abspath(location)
-
-
-def redact(location: str) -> str:
-    """`location` with any `user:secret@` credentials of a URI replaced by `***@`."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1***@", location)
 
 
 def is_ours(rel: str) -> bool:
@@ -154,7 +150,7 @@ class OutputFolder:
     def save_manifest(self, body: bytes) -> None:
         """Replace `_manifest.json` atomically: a failed save leaves the previous one intact."""
         try:
-            self.publish(MANIFEST_NAME, body)
+            self.publish(MANIFEST_NAME, redact(body.decode()).encode())
         except OutputWriteError as e:
             raise OutputWriteError(f"saving {self.show(MANIFEST_NAME)} failed ({e.__cause__}); "
                                    "the previous manifest is intact: free space, then rerun to "

@@ -5,9 +5,19 @@ read (prefetched). When a shard finishes, the driver hands that worker the next 
 worker takes more. A worker whose actor died is probed until Ray has restarted it; its shards go
 back to the front of the queue and are redone whole (their parts never became visible). A shard
 is retried at most `max_retries` times, then the run stops naming the shard and the error.
+
+Node loss: when a node leaves, Ray restarts its actors elsewhere, and waits for ever when no node
+has room. A worker whose restart is not done within `restart_timeout_s` is given up (killed for
+good, state "lost", named in the summary); its shards were requeued when it died, so the
+survivors take them. Once every shard is committed, a worker whose node left is not waited for
+(it is named as lost at once); one that crashed on a live node gets its restart (bounded as
+above). Only when no worker is left with shards still waiting does the run fail
+(WorkersLostError; committed shards are kept, a rerun resumes).
 """
 from __future__ import annotations
 
+import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -18,6 +28,7 @@ from .actor import EmbedWorker
 from .errors import BadRowsError, ShardFailedError, WorkersLostError, WorkerStartTimeout
 from .shards import Shard
 
+log = logging.getLogger("pipeline")
 DEPTH = 2  # shards per worker in flight: one embedding, one prefetched
 START_TIMEOUT_S = 900
 
@@ -28,7 +39,7 @@ class Worker:
 
     index: int
     handle: object
-    state: str = "alive"  # alive | probing | dead
+    state: str = "alive"  # alive | probing | dead | lost
     inflight: int = 0
     restarts: int = 0
     shards: int = 0
@@ -36,6 +47,8 @@ class Worker:
     tokens: int = 0
     busy: float = 0.0
     last_error: str = ""
+    node: str = ""  # Ray node id of the actor's last start
+    probing_since: float = 0.0  # monotonic time its actor was found dead
 
 
 @dataclass
@@ -44,26 +57,31 @@ class Pool:
 
     workers: list[Worker]
     max_retries: int
+    restart_timeout_s: float = 180.0
     source_box: list = field(default_factory=list)  # [ObjectRef(Source)], passed with every shard
     dim: int = 0
     retries: int = 0
     tasks: dict = field(default_factory=dict)  # ref -> (worker, shard or None for a probe)
 
     @classmethod
-    def start(cls, n: int, resources: dict, max_restarts: int, max_retries: int, source,
-              args: tuple) -> "Pool":
-        """Start `n` actors with `resources` (num_cpus / num_gpus) and wait until every engine is up."""
+    def start(cls, n: int, resources: dict, config, source, args: tuple) -> "Pool":
+        """Start `n` actors with `resources` (num_cpus / num_gpus) and wait until every engine is
+        up; `config` (a PipelineConfig) gives max_restarts, max_retries and restart_timeout_s."""
         remote = ray.remote(EmbedWorker).options(
-            max_restarts=max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
+            max_restarts=config.max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
         handles = [remote.remote(*args) for _ in range(n)]
-        pool = cls([Worker(i, h) for i, h in enumerate(handles)], max_retries, [ray.put(source)])
+        pool = cls([Worker(i, h) for i, h in enumerate(handles)], config.max_retries,
+                   config.restart_timeout_s, [ray.put(source)])
         pool._wait_started(resources)
         return pool
 
     def _wait_started(self, resources: dict) -> None:
         refs = [w.handle.info.remote() for w in self.workers]
         try:
-            self.dim = ray.get(refs, timeout=START_TIMEOUT_S)[0]["dim"]
+            infos = ray.get(refs, timeout=START_TIMEOUT_S)
+            self.dim = infos[0]["dim"]
+            for w, info in zip(self.workers, infos):
+                w.node = info.get("node_id", "")
         except GetTimeoutError:
             raise WorkerStartTimeout(
                 f"{len(self.workers)} engine actor(s) needing {resources} each did not start in "
@@ -88,11 +106,13 @@ class Pool:
     def run(self, shards: list[Shard], on_done, on_tick) -> None:
         """Dispatch `shards` until each one's record went to `on_done(shard, worker, record)`."""
         queue, attempts = deque(shards), {}
-        while queue or self.tasks:
+        while queue or self._busy():
             self._dispatch(queue)
             if not self.tasks:
-                raise WorkersLostError("every engine actor is dead; last errors: "
-                                   + "; ".join(w.last_error for w in self.workers))
+                raise WorkersLostError(
+                    f"no engine actor is left ({len(queue)} shard(s) still to do); committed shards "
+                    "are kept, rerun to resume once the cluster has room. Last errors: "
+                    + "; ".join(w.last_error for w in self.workers if w.last_error))
             ready, _ = ray.wait(list(self.tasks), num_returns=1, timeout=0.5)
             for ref in ready:
                 worker, shard = self.tasks.pop(ref)
@@ -103,7 +123,45 @@ class Pool:
                 record = self._result(ref, worker, shard, queue, attempts)
                 if record is not None:
                     on_done(shard, worker, record)
+            self._give_up_stuck()
             on_tick()
+        for w in self.workers:  # every shard is done: a worker whose node left is not waited for
+            if w.state == "probing":
+                self._give_up(w, "its node left the cluster and it was not restarted elsewhere "
+                                 "before the last shard was done")
+
+    def _busy(self) -> bool:
+        """Shards in flight, or a worker restarting on a node that is still alive (a crashed
+        actor, back in seconds: its restart is counted). A worker whose node left holds nothing."""
+        if any(shard is not None for _, shard in self.tasks.values()):
+            return True
+        probing = [w for w in self.workers if w.state == "probing"]
+        if not probing:
+            return False
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        return any(w.node in alive for w in probing)
+
+    @property
+    def lost(self) -> list[Worker]:
+        """Workers given up because Ray could not bring their actor back in time."""
+        return [w for w in self.workers if w.state == "lost"]
+
+    def _give_up_stuck(self) -> None:
+        now = time.monotonic()
+        for w in self.workers:
+            if w.state == "probing" and now - w.probing_since > self.restart_timeout_s:
+                self._give_up(w, f"Ray could not restart it within restart_timeout_s="
+                                 f"{self.restart_timeout_s:g} s (its node left the cluster, or no "
+                                 "node has room for it)")
+
+    def _give_up(self, worker: Worker, reason: str) -> None:
+        """Stop waiting for `worker`: drop its probe, kill its actor for good, name it lost."""
+        for ref in [r for r, (w, _) in self.tasks.items() if w is worker]:
+            del self.tasks[ref]
+        ray.kill(worker.handle, no_restart=True)
+        worker.state = "lost"
+        worker.last_error = f"worker {worker.index} (node {worker.node[:12] or '?'}) lost: {reason}"
+        log.warning("%s; its shards went to the other workers", worker.last_error)
 
     def _dispatch(self, queue: deque) -> None:
         for w in self.workers:
@@ -118,7 +176,7 @@ class Pool:
         except RayActorError as e:
             worker.last_error = f"worker {worker.index}: {type(e).__name__}: {_first_line(e)}"
             if worker.state == "alive":  # the first of its shards to fail: probe until restarted
-                worker.state = "probing"
+                worker.state, worker.probing_since = "probing", time.monotonic()
                 self.tasks[worker.handle.info.remote()] = (worker, None)
             error = e
         except RayTaskError as e:
@@ -137,7 +195,7 @@ class Pool:
 
     def _probed(self, worker: Worker, ref) -> None:
         try:
-            ray.get(ref)
+            info = ray.get(ref)
         except ActorUnavailableError:  # still restarting (loading its engine): ask again
             self.tasks[worker.handle.info.remote()] = (worker, None)
             return
@@ -145,6 +203,7 @@ class Pool:
             worker.state, worker.last_error = "dead", f"worker {worker.index}: {_first_line(e)}"
             return
         worker.state, worker.restarts = "alive", worker.restarts + 1
+        worker.node = info.get("node_id", worker.node)
 
 
 def _first_line(e: Exception) -> str:

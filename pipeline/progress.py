@@ -20,6 +20,7 @@ class WorkerStats:
     tokens: int
     busy_seconds: float
     restarts: int = 0
+    lost: str = ""  # why the worker was given up (its node left the cluster); "" when it was not
 
     @property
     def tokens_per_s(self) -> float:
@@ -65,6 +66,11 @@ class RunStats:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
     @property
+    def lost_workers(self) -> tuple[int, ...]:
+        """Workers given up during the run (Ray could not restart them: a node left)."""
+        return tuple(w.worker for w in self.workers if w.lost)
+
+    @property
     def reported_rows(self) -> int:
         """Rows listed in the errors file: bad texts of the whole output plus repeated ids."""
         return self.bad_rows_total + self.duplicate_ids
@@ -72,6 +78,7 @@ class RunStats:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["tokens_per_s"] = self.tokens_per_s
+        out["lost_workers"] = list(self.lost_workers)
         for w, d in zip(self.workers, out["workers"]):
             d["tokens_per_s"] = w.tokens_per_s
         return out
@@ -132,6 +139,7 @@ def summary_table(stats: RunStats, output: str | None, fmt: str) -> str:
         f"{stats.duplicate_ids:,} row(s) with a repeated id"
         + (" (listed in _errors.parquet)" if stats.reported_rows and output else ""),
         f"shard retries   {stats.retries}",
+        *[f"lost worker     {w.lost}" for w in stats.workers if w.lost],
         *_stage_lines(stats),
         "",
         f"{'worker':>6} {'shards':>7} {'rows':>10} {'tokens':>12} {'busy s':>8} {'tokens/s':>10} {'restarts':>8}",

@@ -60,6 +60,12 @@ def _bad_text(text) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return null, empty, space
 
 
+def bad_text_mask(text) -> np.ndarray:
+    """True where a text column's value is null, empty or whitespace-only (not embedded)."""
+    null, empty, space = _bad_text(text)
+    return null | empty | space
+
+
 def embeddable_texts(table: pa.Table, column: str) -> list[str]:
     """The texts of `column` that `split_bad_rows` would keep (for samples, e.g. int8 calibration)."""
     null, empty, space = _bad_text(table.column(column))

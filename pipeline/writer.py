@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import quantize
+from .redact import redact
 
 FINGERPRINT_KEY = b"pipeline.fingerprint"
 
@@ -38,7 +39,7 @@ def part_table(ids: pa.Array, vectors: np.ndarray, extra: pa.Table | None, dtype
     columns = {"id": ids, "embedding": embedding_array(stored, dtype)}
     if extra is not None:
         columns.update({name: extra.column(name) for name in extra.column_names})
-    metadata = {FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True)}
+    metadata = {FINGERPRINT_KEY: redact(json.dumps(fingerprint, sort_keys=True))}
     if quant:
         metadata[quantize.QUANT_KEY] = json.dumps(quant, sort_keys=True)
     return pa.table(columns).replace_schema_metadata(metadata)

@@ -28,6 +28,7 @@ EXPECTED = [
     (errors.InputNotFoundError, ExitCode.USAGE, FileNotFoundError),
     (errors.InputTypeError, ExitCode.USAGE, TypeError),
     (errors.OutputFolderError, ExitCode.USAGE, ValueError),
+    (errors.ClusterUnreachableError, ExitCode.USAGE, ConnectionError),
     (errors.BadRowsError, ExitCode.USAGE, ValueError),
     (errors.FingerprintMismatch, ExitCode.MISMATCH, ValueError),
     (errors.RunFailedError, ExitCode.FAILED, RuntimeError),

@@ -1,0 +1,144 @@
+"""Node loss on a real multi-node Ray (issue 15 item 1): `ray.cluster_utils.Cluster` runs a head
+with no CPUs and worker nodes with one CPU each (real raylets on this machine); a node is removed
+mid-run, so its worker's restart can never be placed.
+
+- one of two nodes lost: the worker is given up after `restart_timeout_s`, its shards go to the
+  survivor, the run finishes naming the lost worker; every row once, vectors equal to the engine's.
+- the last node lost: the run fails with WorkersLostError (CLI exit code 1); once a node joins,
+  a rerun resumes from the committed shards to the same vectors.
+
+The module's cluster lives under a private RAY_TMPDIR, so its cluster file never points other
+tests (or other users of this machine) at it; the folder is removed afterwards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline
+from pipeline.errors import ExitCode, exit_code
+from pipeline.samples import sample_passages
+
+N, SHARD_ROWS = 240, 12
+RUN = {"threads_per_worker": 1, "shard_rows": SHARD_ROWS, "dtype": "float32", "progress": False,
+       "restart_timeout_s": 5.0}
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    """(cluster, [worker node, worker node]): a 0-CPU head and two 1-CPU worker nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+    if ray.is_initialized():
+        ray.shutdown()
+    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_ADDRESS")}
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ["RAY_TMPDIR"] = ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: sockets
+    cluster = None
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster, workers
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()  # also removes its cluster file
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    texts = sample_passages(N, seed=15, max_chars=200)
+    folder = tmp_path_factory.mktemp("corpus")
+    pq.write_table(pa.table({"text": texts}), folder / "all.parquet", row_group_size=24)
+    pq.write_table(pa.table({"text": texts[: N // 2]}), folder / "half.parquet", row_group_size=24)
+    return folder, texts
+
+
+@pytest.fixture(scope="module")
+def reference(corpus):
+    from workers import Engine, EngineConfig
+    return Engine(EngineConfig(dtype="float32", num_threads=2)).embed(corpus[1])
+
+
+def remove_when_committed(cluster, node, out: Path, shards: int) -> threading.Thread:
+    """Remove `node` from the cluster once the run writing `out` has committed `shards` shards."""
+    def watch():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if len(json.loads((out / "_manifest.json").read_text())["shards"]) >= shards:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass  # not written yet, or being replaced
+            time.sleep(0.1)
+        cluster.remove_node(node)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def check_output(out: Path, want: np.ndarray) -> None:
+    table = pipeline.read_embeddings(out)
+    assert table.column("id").to_pylist() == list(range(len(want)))  # every row once, in order
+    np.testing.assert_allclose(pipeline.to_numpy(table), want, atol=2e-5, rtol=0)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert {p.name for p in out.glob("part-*")} == {r["path"] for r in manifest["shards"].values()}
+
+
+@pytest.mark.slow
+def test_node_lost_mid_run_survivor_finishes_and_the_lost_worker_is_named(nodes, corpus, reference, tmp_path):
+    cluster, workers = nodes
+    out = tmp_path / "out"
+    watcher = remove_when_committed(cluster, workers[1], out, shards=3)
+    t0 = time.monotonic()
+    result = pipeline.run(str(corpus[0] / "all.parquet"), output=str(out), num_workers=2, **RUN)
+    watcher.join(timeout=60)
+    assert not watcher.is_alive()
+    stats = result.stats
+    assert len(stats.lost_workers) == 1, stats.workers
+    lost = stats.workers[stats.lost_workers[0]]
+    assert "restart_timeout_s=5" in lost.lost and "lost" in lost.lost
+    assert stats.rows == N and stats.retries >= 1
+    assert result.manifest["summary"]["lost_workers"] == list(stats.lost_workers)
+    check_output(out, reference)
+    print(f"node loss run: {time.monotonic() - t0:.1f} s; workers {stats.workers}")
+
+
+@pytest.mark.slow
+def test_last_node_lost_fails_then_a_rerun_resumes_on_a_new_node(nodes, corpus, reference, tmp_path):
+    cluster, workers = nodes  # the previous test left one worker node (workers[0])
+    out = tmp_path / "out"
+    half = str(corpus[0] / "half.parquet")
+    watcher = remove_when_committed(cluster, workers[0], out, shards=2)
+    t0 = time.monotonic()
+    with pytest.raises(pipeline.WorkersLostError, match="no engine actor is left") as e:
+        pipeline.run(half, output=str(out), num_workers=1, **RUN)
+    assert exit_code(e.value) == ExitCode.FAILED and "restart_timeout_s=5" in str(e.value)
+    watcher.join(timeout=60)
+    failed_after = time.monotonic() - t0
+    committed = len(json.loads((out / "_manifest.json").read_text())["shards"])
+    assert 2 <= committed < N // 2 // SHARD_ROWS
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    result = pipeline.run(half, output=str(out), num_workers=1, **RUN)
+    assert result.stats.resumed_shards == committed and result.stats.lost_workers == ()
+    check_output(out, reference[: N // 2])
+    print(f"last node lost: failed after {failed_after:.1f} s with {committed} shards committed")

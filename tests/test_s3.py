@@ -1,0 +1,201 @@
+"""Object storage against a real S3-compatible server (issue 15 items 3 and 4): moto's server on
+127.0.0.1 (a dev dependency), input Parquet and output on s3:// with the credentials in the URI.
+
+- the CLI driver SIGKILLed mid-run, then a resume: the same ids and vectors as an uninterrupted
+  local run, and no object the manifest does not name (parts of the killed run's in-flight
+  shards are removed, never read);
+- the secret of the URI appears in no object of the output, in nothing printed (the killed
+  driver's and the resumed run's stdout/stderr, the pipeline's log records, the Ray session's
+  log files) and in no exception text;
+- requests per shard are counted at the server (docs/SCALE.md quotes them).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline
+from pipeline.samples import sample_passages
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY, SECRET = "AKIDPIPELINETEST", "Zq7SecretValue9xTopSecret"
+N, SHARD_ROWS = 120, 20
+RUN = {"id_column": "doc", "num_workers": 1, "shard_rows": SHARD_ROWS, "dtype": "float32"}
+CLI = ["--id-column", "doc", "--num-workers", "1", "--shard-rows", str(SHARD_ROWS), "--dtype", "float32"]
+
+
+class Moto:
+    """moto's S3 in a thread, with a per-request counter (method, S3 operation kind)."""
+
+    def __init__(self):
+        from moto.moto_server.werkzeug_app import (DomainDispatcherApplication, MotoRequestHandler,
+                                                   create_backend_app)
+        from werkzeug.serving import make_server
+        app, self.counts = DomainDispatcherApplication(create_backend_app), Counter()
+
+        def counting(environ, start_response):
+            query = environ.get("QUERY_STRING", "")
+            kind = next((k for k in ("uploads", "uploadId", "list-type", "delete") if k in query), "")
+            self.counts[f"{environ['REQUEST_METHOD']} {kind}".strip()] += 1
+            return app(environ, start_response)
+
+        self.server = make_server("127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def uri(self, path: str) -> str:
+        return (f"s3://{KEY}:{SECRET}@{path}?scheme=http&endpoint_override=127.0.0.1:{self.port}"
+                "&region=us-east-1&allow_bucket_creation=true")
+
+    def fs(self) -> pafs.S3FileSystem:
+        return pafs.S3FileSystem(access_key=KEY, secret_key=SECRET, scheme="http", region="us-east-1",
+                                 endpoint_override=f"127.0.0.1:{self.port}", allow_bucket_creation=True)
+
+    def objects(self, prefix: str) -> dict[str, bytes]:
+        fs = self.fs()
+        infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+        out = {}
+        for info in infos:
+            if info.is_file:
+                with fs.open_input_stream(info.path) as f:
+                    out[info.path[len(prefix) + 1:]] = f.read()
+        return out
+
+    def stop(self):
+        self.server.shutdown()
+        self.thread.join()
+
+
+@pytest.fixture(scope="module")
+def moto():
+    server = Moto()
+    server.fs().create_dir("bucket")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def corpus(moto, tmp_path_factory):
+    """The same corpus locally and under s3://bucket/corpus/ (two files, small row groups)."""
+    texts = sample_passages(N, seed=21, max_chars=200)
+    table = pa.table({"doc": [f"d{i:04d}" for i in range(N)], "text": texts})
+    local = tmp_path_factory.mktemp("corpus")
+    fs = moto.fs()
+    for k, start in enumerate(range(0, N, 70)):
+        pq.write_table(table.slice(start, 70), local / f"c{k}.parquet", row_group_size=16)
+        pq.write_table(table.slice(start, 70), f"bucket/corpus/c{k}.parquet", row_group_size=16, filesystem=fs)
+    return str(local), moto.uri("bucket/corpus/")
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    pipeline.run(corpus[0], output=str(out), progress=False, **RUN)
+    return pipeline.read_embeddings(out)
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(ray_local, moto, corpus, reference):
+    """The CLI driver killed after its 2nd commit, then resumed in process: what each printed,
+    the pipeline's log records, and the server's request counts of the resume."""
+    out = moto.uri("bucket/out")
+    env = {**os.environ, "PIPELINE_CRASH_AT": "mid_run:2",
+           "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    killed = subprocess.run([sys.executable, "jobs/embed_corpus.py", "--input", corpus[1],
+                             "--output", out, *CLI], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    left = moto.objects("bucket/out")
+    manifest = json.loads(left["_manifest.json"])
+    records = logging.getLogger("pipeline")
+    handler = _Capture()
+    records.addHandler(handler)
+    moto.counts.clear()
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with redirect_stdout(stdout), redirect_stderr(stderr):
+            result = pipeline.run(corpus[1], output=out, progress=True, **RUN)
+    finally:
+        records.removeHandler(handler)
+    return {"killed": killed, "left": left, "manifest": manifest, "result": result,
+            "stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "logs": handler.lines,
+            "counts": dict(moto.counts)}
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_on_s3_to_the_local_runs_output(moto, killed_and_resumed, reference):
+    run = killed_and_resumed
+    committed = len(run["manifest"]["shards"])
+    assert committed == 2 and not run["manifest"]["complete"]
+    result = run["result"]
+    assert result.stats.resumed_shards == committed and result.stats.rows_total == N
+    got = pipeline.read_embeddings(result.output)
+    assert got.column("id").to_pylist() == reference.column("id").to_pylist()
+    np.testing.assert_allclose(pipeline.to_numpy(got), pipeline.to_numpy(reference), atol=1e-5, rtol=0)
+    manifest = json.loads(moto.objects("bucket/out")["_manifest.json"])
+    named = {r["path"] for r in manifest["shards"].values()}
+    assert set(moto.objects("bucket/out")) == named | {"_manifest.json"}  # strays removed
+    resumed_shards = N // SHARD_ROWS - committed
+    total = sum(run["counts"].values())
+    print(f"\nS3 requests of the resume ({resumed_shards} shards + start and finish): {run['counts']}; "
+          f"{total} in all, {total / resumed_shards:.1f} per shard")
+
+
+@pytest.mark.slow
+def test_the_secret_is_never_written_printed_or_raised(ray_local, moto, corpus, killed_and_resumed, tmp_path):
+    run = killed_and_resumed
+    # Every object of the output, the killed driver's manifest included.
+    for name, body in {**run["left"], **moto.objects("bucket/out")}.items():
+        assert SECRET.encode() not in body, name
+    assert "***@bucket" in run["manifest"]["input"][0]  # the input is recorded, redacted
+    meta = pq.read_schema(pa.BufferReader(moto.objects("bucket/out")[next(iter(run["result"].manifest["shards"].values()))["path"]])).metadata
+    assert SECRET.encode() not in b"".join(meta.values())
+    # Everything printed: the killed CLI driver, the resumed run (summary on), log records.
+    printed = [run["killed"].stdout, run["killed"].stderr, run["stdout"], run["stderr"], *run["logs"]]
+    assert "***@bucket" in run["stdout"]  # the summary names the output, redacted
+    assert not [p for p in printed if SECRET in p]
+    # The Ray session's log files (actors, raylet, GCS).
+    session = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
+    leaked = [p for p in session.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaked
+    # Exceptions: an input that is missing, an output that belongs to another run.
+    with pytest.raises(pipeline.InputNotFoundError) as missing:
+        pipeline.run(moto.uri("bucket/nothing-here/"), output=str(tmp_path / "o"), progress=False, **RUN)
+    with pytest.raises(pipeline.FingerprintMismatch) as mismatch:
+        # checked before any actor starts: the output records float32 vectors
+        pipeline.run(corpus[1], output=run["result"].output, progress=False, output_dtype="float16", **RUN)
+    for error in (missing.value, mismatch.value):
+        text = "".join(traceback.format_exception(error))
+        assert SECRET not in text and "***" in text, text
+    # The CLI's error path prints the same redacted text (exit code 2).
+    done = subprocess.run([sys.executable, "jobs/embed_corpus.py", "--input", moto.uri("bucket/nope/"),
+                           "--output", str(tmp_path / "o2"), "--no-progress"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address})
+    assert done.returncode == 2 and "***@bucket" in done.stderr and SECRET not in done.stdout + done.stderr
