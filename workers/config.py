@@ -14,6 +14,7 @@ EXECUTE_LOOPS = ("simple", "double_buffer")
 TRUNCATIONS = ("truncate", "error", "chunk")
 TASKS = ("embed", "score", "classify")
 ACTIVATIONS = ("sigmoid", "softmax", "identity")
+IMPLEMENTATIONS = ("auto", "native", "transformers")
 # Options that shape vectors only: refused for task="score"/"classify", which return numbers.
 _EMBED_ONLY = ("pooling", "normalize", "dimensions", "skip_instruction", "prompt_name", "chunk_overlap")
 
@@ -81,6 +82,12 @@ class EngineConfig:
         allow_pickle: load a folder whose only weights are pickle files (`pytorch_model.bin`),
             with torch.load(weights_only=True). Default False: such folders are refused, since
             unpickling can run code; convert them to safetensors instead.
+        implementation: "auto" (this package's packed body when it has the architecture, else
+            transformers), "native" (packed body only; an unknown architecture is an error) or
+            "transformers" (padded, length-sorted batches through transformers' own class, even
+            for BERT; never remote code). See `workers/fallback.py`.
+        lora: a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors),
+            merged into the weights at load (W += B @ A * alpha / r). None: no adapter.
     """
 
     model: str | None = None
@@ -107,6 +114,8 @@ class EngineConfig:
     profile_dir: str | None = None
     profile_batches: int = 8
     allow_pickle: bool = False
+    implementation: str = "auto"
+    lora: str | None = None
 
     def __post_init__(self):
         _choice("task", self.task, TASKS)
@@ -114,6 +123,9 @@ class EngineConfig:
             _choice("activation", self.activation, ACTIVATIONS)
         self._check_task_options()
         _choice("dtype", self.dtype, DTYPES)
+        _choice("implementation", self.implementation, IMPLEMENTATIONS)
+        if self.lora is not None and not isinstance(self.lora, str):
+            raise ValueError(f"lora={self.lora!r} must be the path of a PEFT adapter folder (str) or None")
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r} is not one of {DEVICES} or 'cuda:N'")
         if self.pooling is not None:

@@ -27,9 +27,11 @@ import torch
 
 from attention import select_backend
 
+from . import lora
 from .chunking import WindowLedger
 from .classifier_head import labels_of
 from .config import EngineConfig
+from .fallback import fallback_body, fallback_head, fallback_workflow, implementation
 from .feeder import feed_batches
 from .input_builder import InputBuilder
 from .loader import load_weights
@@ -95,12 +97,15 @@ class Engine:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.folder = open_model_folder(config.model, allow_pickle=config.allow_pickle)
-        model_cls = model_class(self.folder.architecture)
-        self.workflow = _workflow(config, self.folder)
+        self.implementation = implementation(config, self.folder)
+        native = self.implementation == "native"
+        self.workflow = _workflow(config, self.folder) if native else fallback_workflow(config, self.folder)
+        self.lora = lora.open_adapter(config.lora) if config.lora else None
+        if self.lora:
+            lora.check_base(self.lora, self.folder)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        with torch.device("meta"):
-            body = model_cls(self.folder.hf_config)
+        body = _native_body(self.folder) if native else fallback_body(self.folder, self.workflow, device, dtype)
         self.resolved = r = resolve(config, self.folder, body.max_length, self.workflow, device, dtype)
         processor = input_processor(self.workflow, config.truncation)
         self.processor = processor.for_engine(self.folder.path, r, config)
@@ -131,12 +136,20 @@ class Engine:
                     r.activation, r.max_length)
 
     def _load(self, body: torch.nn.Module, head, device, dtype):
-        """Materialize the body (and the head, when it has weights) and fill both in one pass."""
-        modules = [body] + ([head] if isinstance(head, torch.nn.Module) else [])
-        modules = [m.to_empty(device=device).to(dtype) for m in modules]
-        load_weights(modules, self.folder.weights)
-        modules = [m.eval().requires_grad_(False) for m in modules]
-        return modules[0], (modules[1] if len(modules) > 1 else head)
+        """Materialize the body (and the head, when it has weights) and fill both in one pass,
+        then merge the LoRA adapter. A transformers body arrives loaded (fallback.py)."""
+        if self.implementation == "transformers":
+            body = body.with_budget(self.resolved.max_num_batched_tokens)
+            head = fallback_head(self.folder, head, device, dtype)
+        else:
+            modules = [body] + ([head] if isinstance(head, torch.nn.Module) else [])
+            modules = [m.to_empty(device=device).to(dtype) for m in modules]
+            load_weights(modules, self.folder.weights)
+            modules = [m.eval().requires_grad_(False) for m in modules]
+            body, head = modules[0], (modules[1] if len(modules) > 1 else head)
+        if self.lora:
+            lora.merge(getattr(body, "hf", body), self.lora, self.folder)
+        return body, head
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Embed `texts`; returns float32 (len(texts), dim) in input order.
@@ -260,8 +273,18 @@ class Engine:
             fp["prompt"] = r.prompt
         if r.skip_instruction:
             fp["skip_instruction"] = True
+        if self.implementation == "transformers":
+            fp["implementation"] = "transformers"
+        if self.lora:
+            fp["lora"] = self.lora.hash
         fp.update(self.processor.fingerprint())
         return fp
+
+
+def _native_body(folder: ModelFolder) -> torch.nn.Module:
+    """This package's packed body for the folder, on the meta device (`Engine._load` fills it)."""
+    with torch.device("meta"):
+        return model_class(folder.architecture)(folder.hf_config)
 
 
 def _workflow(config: EngineConfig, folder: ModelFolder) -> Workflow:

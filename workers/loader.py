@@ -78,6 +78,28 @@ def _copy_into(model: nn.Module, params, name: str, tensor: torch.Tensor) -> str
     return f"{target}#{shard}"
 
 
+def destination(model: nn.Module, params, name: str) -> tuple[str, torch.Tensor] | None:
+    """Where checkpoint tensor `name` would go: (canonical name, the parameter or its fused rows),
+    None when the module has no such parameter. Used to merge LoRA deltas (`workers/lora.py`)."""
+    name = _canonical(name, model, params)
+    if name in params:
+        return name, params[name].data
+    target = _packed_target(name, model)
+    if target not in params:
+        return None
+    mapping = model.packed_modules_mapping
+    entry = mapping[next(s for s in mapping if s in name.split("."))]
+    shards = sum(1 for e in mapping.values() if e[0] == entry[0])
+    rows = params[target].shape[0] // shards
+    start, rows = entry[2:] if len(entry) == 4 else (entry[1] * rows, rows)
+    return name, params[target].data[start:start + rows]
+
+
+def ignored(model: nn.Module, params, name: str) -> bool:
+    """A checkpoint tensor the module deliberately does not use (an LM head, a pooler)."""
+    return _ignored(_canonical(name, model, params), model)
+
+
 Reader = Callable[[Sequence[int] | None], torch.Tensor]
 
 
