@@ -79,8 +79,10 @@ def fallback_workflow(config: EngineConfig, folder: ModelFolder) -> Workflow:
         raise ValueError(f"architecture {arch!r} with task={config.task!r} is not supported by the "
                          "transformers fallback, which scores and classifies only with a "
                          "*ForSequenceClassification folder; use task='embed'")
-    if config.enable_bidirectional and arch in DECODERS:
-        raise ValueError(f"enable_bidirectional=True: transformers runs {arch} causally; use "
+    bidirectional = config.enable_bidirectional
+    if arch in DECODERS and (bidirectional or (bidirectional is None and folder.declared_bidirectional)):
+        raise ValueError(f"{folder.path} asks for bidirectional attention (enable_bidirectional or "
+                         f"the folder's config), but transformers runs {arch} causally; use "
                          "implementation='native' (or 'auto') for bidirectional decoders")
     if any(arch in w.architectures for w in WORKFLOWS.values() if w.task == "embed"):
         return select_workflow(arch, "embed", None if arch not in DECODERS else False)
