@@ -32,6 +32,25 @@ class ModelFolder:
     st_default_prompt_name: str | None = None
     st_include_prompt: bool = True  # 1_Pooling include_prompt (False: skip the prompt in pooling)
     llm2vec: dict | None = None     # llm2vec_config.json, when the folder is an LLM2Vec model
+    allow_pickle: bool = False      # the caller trusts this folder's pickle files
+
+    def side_weights(self, safetensors: Path, pickle: Path) -> Path:
+        """A head's own weights file beside the model's (bge-m3's `colbert_linear.pt`, a
+        sentence-transformers Dense's `pytorch_model.bin`): the safetensors file when present,
+        else the pickle file, but only if the folder was opened with allow_pickle."""
+        if safetensors.is_file():
+            return safetensors
+        if not pickle.is_file():
+            raise FileNotFoundError(f"{self.path} has neither {safetensors.relative_to(self.path)} "
+                                    f"nor {pickle.relative_to(self.path)}, which this task needs")
+        if not self.allow_pickle:
+            raise ValueError(
+                f"{pickle} is a pickle file; unpickling can run arbitrary code, so it is refused. "
+                f"Convert it once to safetensors: python -c \"import torch, safetensors.torch as st; "
+                f"st.save_file(torch.load('{pickle}', weights_only=True), '{safetensors}')\", "
+                "or pass allow_pickle=True if you trust the folder (it is then read with "
+                "torch.load(weights_only=True))")
+        return pickle
 
     @property
     def declared_bidirectional(self) -> bool | None:
@@ -110,7 +129,7 @@ def open_model_folder(model: str | None, allow_pickle: bool = False) -> ModelFol
         weights = pickles
     hf_config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     return ModelFolder(path, hf_config, weights, **_sentence_transformers_defaults(path),
-                       **_llm2vec_defaults(path))
+                       **_llm2vec_defaults(path), allow_pickle=allow_pickle)
 
 
 def _pickle_weights(path: Path) -> tuple[Path, ...]:
