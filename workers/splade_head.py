@@ -7,7 +7,7 @@
     out      = the nonzero entries of s_b, by index              (B, V) -> indices, values, offsets
 
 The (T, V) logits never exist whole: `chunk_tokens` rows at a time are projected, transformed
-and reduced into the (B, V) float32 pool (index_reduce amax / index_add over sequence ids).
+and reduced into the (B, V) float32 pool (scatter_reduce amax / index_add over sequence ids).
 Parameters keep BERT's MLM head names (`cls.predictions.transform.dense`, `.LayerNorm`,
 `.decoder`, `.bias`); a tied decoder (`tie_word_embeddings`) reads the word embeddings. Pooling
 strategy and activation come from the folder's SpladePooling config (modules.json), default
@@ -72,7 +72,7 @@ class SpladeHead(nn.Module):
                 w = torch.log1p(w)                                                # (c, V)
             seq = batch.seq_ids[start:start + self.chunk_tokens]                  # (c,)
             if self.strategy == "max":
-                pooled.index_reduce_(0, seq, w, "amax", include_self=True)
+                pooled.scatter_reduce_(0, seq[:, None].expand_as(w), w, "amax", include_self=True)
             else:
                 pooled.index_add_(0, seq, w)
         nz = pooled.nonzero()                                                     # (N, 2), row-major
