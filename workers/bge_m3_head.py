@@ -21,9 +21,10 @@ from safetensors import safe_open
 from torch import nn
 
 from .input_builder import PackedBatch
+from .model_folder import SIDE_WEIGHTS
 from .ragged import offsets_from_counts, segment_counts
 
-HEADS = ("colbert_linear", "sparse_linear")
+HEADS = SIDE_WEIGHTS  # colbert_linear, sparse_linear
 
 
 class BgeM3Head(nn.Module):

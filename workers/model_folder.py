@@ -13,6 +13,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
+# Heads' own files beside the checkpoint (bge-m3), never part of the model's weights.
+SIDE_WEIGHTS = ("colbert_linear", "sparse_linear")
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.ckpt")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
                     "sentencepiece.bpe.model")
@@ -104,7 +106,7 @@ def open_model_folder(model: str | None, allow_pickle: bool = False) -> ModelFol
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {str(path)!r} does not exist (models load from "
                                 "local folders only; nothing is downloaded)")
-    weights = tuple(sorted(path.glob("*.safetensors")))
+    weights = tuple(sorted(p for p in path.glob("*.safetensors") if p.stem not in SIDE_WEIGHTS))
     pickles = _pickle_weights(path)
     missing = [what for what, ok in (
         ("config.json", (path / "config.json").is_file()),
