@@ -136,3 +136,11 @@ def test_auto_map_only_architecture_is_refused(bert, tmp_path):
 def test_implementation_is_validated():
     with pytest.raises(ValueError, match="implementation='fast' is not supported"):
         EngineConfig(implementation="fast")
+
+
+def test_token_states_through_transformers_equal_native(bert):
+    native = Engine(EngineConfig(model=str(bert), device="cpu", dtype="float32", task="tokens"))
+    forced = Engine(EngineConfig(model=str(bert), device="cpu", dtype="float32", task="tokens",
+                                 implementation="transformers"))
+    for a, b in zip(forced.embed_tokens(TEXTS), native.embed_tokens(TEXTS)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

@@ -7,7 +7,10 @@ from workers.input_processor import TextInputProcessor
 from workers.pair_input import PairInputProcessor
 from workers.reranker_input import RerankerPromptProcessor
 from workers.scheduler import Scheduler
-from workers.workflow import (BIDIRECTIONAL_ONLY, DECODERS, ENCODERS, LLM_RERANKERS, SEQUENCE_CLASSIFIERS, WORKFLOWS,
+from workers import bge_m3_head, splade_head, token_head
+from workers.token_input import TokenInputProcessor
+from workers.workflow import (BGE_M3, BIDIRECTIONAL_ONLY, DECODERS, ENCODERS, LLM_RERANKERS, SEQUENCE_CLASSIFIERS,
+                              SPLADE_MLMS, WORKFLOWS,
                               dense_pooler, input_processor, select_workflow,
                               sequence_classification_head, supported, yes_no_head)
 
@@ -23,6 +26,12 @@ TABLE = {
                    sequence_classification_head, "logits", False, "cls"),
     "llm_reranker": ("score", LLM_RERANKERS, {"truncate": RerankerPromptProcessor, "error": RerankerPromptProcessor},
                      yes_no_head, "score", True, "last"),
+    "token_embed": ("tokens", ENCODERS, {"truncate": TokenInputProcessor, "error": TokenInputProcessor},
+                    token_head.build, "tokens", False, "all"),
+    "splade": ("sparse", SPLADE_MLMS, {"truncate": TextInputProcessor, "error": TextInputProcessor},
+               splade_head.build, "sparse", False, "max"),
+    "bge_m3": ("bge-m3", BGE_M3, {"truncate": TextInputProcessor, "error": TextInputProcessor},
+               bge_m3_head.build, "bge_m3", False, "cls"),
 }
 
 
@@ -57,6 +66,9 @@ def test_no_two_workflows_differ_only_by_a_flag_except_attention():
     ("BertForSequenceClassification", "score", None, "cross_encoder"),
     ("XLMRobertaForSequenceClassification", "classify", None, "classifier"),
     ("Qwen3ForCausalLM", "score", None, "llm_reranker"),
+    ("BertModel", "tokens", None, "token_embed"),
+    ("BertForMaskedLM", "sparse", None, "splade"),
+    ("XLMRobertaModel", "bge-m3", None, "bge_m3"),
 ])
 def test_select_workflow(arch, task, bidirectional, name):
     assert select_workflow(arch, task, bidirectional).name == name

@@ -214,3 +214,73 @@ def write_embeddinggemma_st_files(folder: Path, hidden: int, inner: int, seed: i
     (folder / "config_sentence_transformers.json").write_text(json.dumps(
         {"prompts": {"query": "task: search result | query: ", "document": "title: none | text: "},
          "default_prompt_name": None, "similarity_fn_name": "cosine"}))
+
+
+def make_tiny_multi_vector(folder: Path, expansion: dict | None = None, bias: bool = False,
+                           prompts: dict | None = None, seed: int = 0):
+    """A sentence-transformers MultiVectorEncoder folder saved by sentence-transformers itself:
+    a tiny random BERT -> token Dense (32 -> 24) -> MultiVectorMask (punctuation skip-list) ->
+    Normalize, with query/document markers and optional query expansion; returns the encoder."""
+    import string
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.base.modules.dense import Dense
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+    base = folder.parent / (folder.name + "-base")
+    make_tiny_model(base, "BertModel", seed=seed)
+    transformer = Transformer(str(base), query_length=max(12, (expansion or {}).get("length", 0)),
+                              document_length=20,
+                              query_expansion=expansion)
+    torch.manual_seed(seed + 1)
+    dense = Dense(32, 24, bias=bias, activation_function=torch.nn.Identity(),
+                  module_input_name="token_embeddings")
+    model = MultiVectorEncoder(
+        modules=[transformer, dense, MultiVectorMask(skiplist_words=list(string.punctuation)),
+                 Normalize(module_input_name="token_embeddings")],
+        prompts=prompts if prompts is not None else {"query": "query: ", "document": "passage: "},
+        device="cpu")
+    model.save(str(folder))
+    return model
+
+
+def make_tiny_splade(folder: Path, seed: int = 0, pooling: dict | None = None):
+    """A random BertForMaskedLM saved as a sentence-transformers SparseEncoder (MLM Transformer ->
+    SpladePooling); returns the SparseEncoder."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+    from transformers import AutoModelForMaskedLM
+    base = folder.parent / (folder.name + "-base")
+    base.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = CONFIGS["BertModel"]()
+    config.architectures = ["BertForMaskedLM"]
+    model = AutoModelForMaskedLM.from_config(config, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+        model.cls.predictions.bias.normal_(-0.35, 0.1)   # most logits negative: a sparse output
+    model.save_pretrained(base)
+    copy_tokenizer(base)
+    encoder = SparseEncoder(modules=[Transformer(str(base), transformer_task="fill-mask"),
+                                     SpladePooling(**(pooling or {}))], device="cpu")
+    encoder.save(str(folder))
+    return encoder
+
+
+def make_tiny_bge_m3(folder: Path, seed: int = 0, colbert_dim: int = 16, pickle: bool = True):
+    """A tiny random XLMRobertaModel (RoBERTa-style tokenizer) with bge-m3's side heads saved
+    as `colbert_linear.pt` / `sparse_linear.pt` (pickle=True) or `.safetensors`; returns
+    (transformers model, colbert_linear, sparse_linear)."""
+    model = make_tiny_model(folder, "XLMRobertaModel", seed=seed)
+    write_roberta_tokenizer(folder)
+    torch.manual_seed(seed + 1)
+    colbert, sparse = torch.nn.Linear(32, colbert_dim), torch.nn.Linear(32, 1)
+    for name, layer in (("colbert_linear", colbert), ("sparse_linear", sparse)):
+        state = {k: v.contiguous() for k, v in layer.state_dict().items()}
+        if pickle:
+            torch.save(state, folder / f"{name}.pt")
+        else:
+            save_file(state, str(folder / f"{name}.safetensors"))
+    return model, colbert.eval(), sparse.eval()

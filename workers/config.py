@@ -12,7 +12,7 @@ DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("cls", "mean", "last")
 EXECUTE_LOOPS = ("simple", "double_buffer")
 TRUNCATIONS = ("truncate", "error", "chunk")
-TASKS = ("embed", "score", "classify")
+TASKS = ("embed", "score", "classify", "tokens", "sparse", "bge-m3")
 ACTIVATIONS = ("sigmoid", "softmax", "identity")
 IMPLEMENTATIONS = ("auto", "native", "transformers")
 # Options that shape vectors only: refused for task="score"/"classify", which return numbers.
@@ -32,8 +32,11 @@ class EngineConfig:
     Args:
         task: what the engine serves (see `workers/workflow.py` for the table):
             "embed" (vectors; `Engine.embed`), "score" (cross-encoder or LLM-reranker relevance of
-            (query, document) pairs; `Engine.score` / `Engine.rerank`) or "classify" (sequence
-            classification logits; `Engine.classify`).
+            (query, document) pairs; `Engine.score` / `Engine.rerank`), "classify" (sequence
+            classification logits; `Engine.classify`), "tokens" (one vector per token: last
+            hidden states, or a multi-vector/ColBERT folder's projected vectors;
+            `Engine.embed_tokens`), "sparse" (SPLADE vocabulary weights; `Engine.embed_sparse`)
+            or "bge-m3" (bge-m3's dense, sparse and multi-vector outputs; `Engine.embed_m3`).
         activation: score/classify only: "sigmoid", "softmax" or "identity" applied to the
             head's logits. None: for score, what sentence-transformers' CrossEncoder.predict
             applies for the folder (its saved activation_fn, else sigmoid for one label); for

@@ -10,6 +10,10 @@
     labels = Engine(EngineConfig(model="a-classifier", task="classify"))
     labels.classify(["text", ...])               # (n, num_labels) logits; labels.labels: names
 
+    Engine(EngineConfig(task="tokens")).embed_tokens(texts)      # [(L_i, d)] token vectors
+    Engine(EngineConfig(model="splade", task="sparse")).embed_sparse(texts)   # [(indices, values)]
+    Engine(EngineConfig(model="bge-m3", task="bge-m3")).embed_m3(texts)  # dense, sparse, colbert
+
 Startup resolves everything once (model folder, workflow for (architecture, task), device,
 dtype, attention backend, pooling or activation); a call then runs: tokenize -> schedule ->
 build -> run (model + head) per the workflow's execute loop, and returns its kind of output.
@@ -34,13 +38,14 @@ from .config import EngineConfig
 from .fallback import fallback_body, fallback_head, fallback_workflow, implementation
 from .feeder import feed_batches
 from .input_builder import InputBuilder
-from .loader import load_weights
+from .loader import load_side_weights, load_weights
 from .memory import PROFILE_TOKENS, MemoryBudgetError, profile_token_budget
 from .model_folder import ModelFolder, open_model_folder
 from .models import model_class
 from .platform import resolve_device, resolve_dtype
 from .resolve import Resolved, resolve
 from .runner import ModelRunner
+from .token_outputs import TokenOutputs
 from .trace import TraceWindow
 from .workflow import DECODERS, Workflow, input_processor, select_workflow
 
@@ -87,11 +92,13 @@ STAGES = ("tokenize", "build", "copy_in", "forward", "copy_out", "idle")
 
 # output kind -> the task that gives it and the methods that return it (named in the error when
 # the wrong method is called)
-_TASK_OF = {"vector": "embed", "score": "score", "logits": "classify"}
-_METHODS = {"vector": "embed()", "score": "score() / rerank()", "logits": "classify()"}
+_TASK_OF = {"vector": "embed", "score": "score", "logits": "classify", "tokens": "tokens",
+            "sparse": "sparse", "bge_m3": "bge-m3"}
+_METHODS = {"vector": "embed()", "score": "score() / rerank()", "logits": "classify()",
+            "tokens": "embed_tokens()", "sparse": "embed_sparse()", "bge_m3": "embed_m3()"}
 
 
-class Engine:
+class Engine(TokenOutputs):
     def __init__(self, config: EngineConfig | None = None):
         self.config = config = config or EngineConfig()
         if config.num_threads:
@@ -116,7 +123,7 @@ class Engine:
         self.builder = InputBuilder(self.backend, device, self.workflow.causal, self.model.uses_token_types)
         self.runner = ModelRunner(self.model, self.backend, self.head)
         self.execute_loop = self.workflow.execute_loops[config.execute_loop]
-        self.dim = _width(self.workflow, self.folder, r)
+        self.dim = getattr(self.head, "width", None) or _width(self.workflow, self.folder, r)
         self.labels = labels_of(self.folder.hf_config) if self.workflow.output == "logits" else None
         if device.type == "cuda" and config.max_num_batched_tokens is None:
             try:
@@ -136,15 +143,19 @@ class Engine:
                     r.activation, r.max_length)
 
     def _load(self, body: torch.nn.Module, head, device, dtype):
-        """Materialize the body (and the head, when it has weights) and fill both in one pass,
-        then merge the LoRA adapter. A transformers body arrives loaded (fallback.py)."""
+        """Materialize the body (and the head, when it has weights) and fill both in one pass
+        (a head with `side_weights`, its own files, is filled from those instead), then merge
+        the LoRA adapter. A transformers body arrives loaded (fallback.py)."""
         if self.implementation == "transformers":
             body = body.with_budget(self.resolved.max_num_batched_tokens)
             head = fallback_head(self.folder, head, device, dtype)
         else:
             modules = [body] + ([head] if isinstance(head, torch.nn.Module) else [])
             modules = [m.to_empty(device=device).to(dtype) for m in modules]
-            load_weights(modules, self.folder.weights)
+            side = getattr(head, "side_weights", None)
+            load_weights(modules[:1] if side else modules, self.folder.weights)
+            if side:
+                load_side_weights(modules[1], side)
             modules = [m.eval().requires_grad_(False) for m in modules]
             body, head = modules[0], (modules[1] if len(modules) > 1 else head)
         if self.lora:
@@ -241,13 +252,13 @@ class Engine:
             out[indices] = values
         return out[:, 0] if self.workflow.output == "score" else out
 
-    def _run(self, items: Iterable) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _run(self, items: Iterable, processor=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         t0 = time.perf_counter()
         r = self.resolved
         scheduler = self.workflow.scheduler(r.max_num_batched_tokens, r.max_num_seqs)
         ledger = WindowLedger()
-        batches = feed_batches(items, self.processor, scheduler, self.builder, self.stats,
-                               _TOKENIZE_CHUNK, ledger)
+        batches = feed_batches(items, processor or self.processor, scheduler, self.builder,
+                               self.stats, _TOKENIZE_CHUNK, ledger)
         try:
             results = self._trace.wrap(self.execute_loop(batches, self.runner, self.stats))
             combine = getattr(self.processor, "combiner", None)

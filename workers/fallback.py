@@ -8,7 +8,8 @@ workflows the fallback serves.
 The fallback keeps the native workflow when the architecture has one for the task (same input
 processor, pooler and defaults); otherwise embed gets `transformers_embed` (mean pooling, as
 sentence-transformers gives a plain transformers model; last token for a `*ForCausalLM`), and a
-`*ForSequenceClassification` folder serves score and classify through transformers' own head.
+`*ForSequenceClassification` folder serves score and classify through transformers' own head;
+task="tokens" uses the native token head on transformers' hidden states.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .activation import ACTIVATIONS, cross_encoder_activation
 from .config import EngineConfig
 from .hf_model import TransformersModel, native_class_name
 from .input_builder import PackedBatch
+from .loader import load_side_weights
 from .model_folder import ModelFolder
 from .models import MODEL_REGISTRY, model_class
 from .pooling import cls_pool
@@ -75,10 +77,13 @@ def fallback_workflow(config: EngineConfig, folder: ModelFolder) -> Workflow:
         if config.task == "embed":
             raise ValueError(f"{arch} is a sequence classifier: use task='score' or 'classify'")
         return FALLBACK_WORKFLOWS[f"transformers_{'cross_encoder' if config.task == 'score' else 'classifier'}"]
+    if config.task == "tokens":  # the token head reads (T, hidden) states, whoever computed them
+        return WORKFLOWS["token_embed"]
     if config.task != "embed":
         raise ValueError(f"architecture {arch!r} with task={config.task!r} is not supported by the "
-                         "transformers fallback, which scores and classifies only with a "
-                         "*ForSequenceClassification folder; use task='embed'")
+                         "transformers fallback, which serves embed and tokens, and score/classify "
+                         "with a *ForSequenceClassification folder; use implementation='native' for "
+                         f"{config.task!r}")
     bidirectional = config.enable_bidirectional
     if arch in DECODERS and (bidirectional or (bidirectional is None and folder.declared_bidirectional)):
         raise ValueError(f"{folder.path} asks for bidirectional attention (enable_bidirectional or "
@@ -105,6 +110,10 @@ def fallback_head(folder: ModelFolder, head, device, dtype):
     if not isinstance(head, nn.Module):
         return head
     head = head.to_empty(device=device).to(dtype)
+    side = getattr(head, "side_weights", None)
+    if side:
+        load_side_weights(head, side)
+        return head.eval().requires_grad_(False)
     state = {}
     for spec in folder.st_dense:
         tensors = load_file(str(folder.path / spec["path"] / "model.safetensors"))

@@ -40,12 +40,13 @@ def feed_batches(texts: Iterable, processor: InputProcessor, scheduler: Schedule
             pool_starts = tok.pool_starts or [0] * len(tok.ids)
             owners = tok.owners or range(len(tok.ids))
             types = tok.type_ids or [None] * len(tok.ids)
+            flags = tok.flags or [None] * len(tok.ids)
             if tok.windows:
                 stats.chunked += len(tok.windows)
                 for offset, window_tokens in tok.windows.items():
                     ledger.register(start + offset, window_tokens)
-            scheduler.add(Request(start + i, ids, first, type_ids)
-                          for i, ids, first, type_ids in zip(owners, tok.ids, pool_starts, types))
+            scheduler.add(Request(start + i, ids, first, type_ids, f)
+                          for i, ids, first, type_ids, f in zip(owners, tok.ids, pool_starts, types, flags))
             start += len(texts_chunk)
         # Between chunks only full batches go out; the remainder waits for the next chunk.
         while len(scheduler) and (last or scheduler.has_full_batch()):

@@ -20,6 +20,7 @@ import torch
 from attention import AttentionBackend, AttentionMetadata
 
 from .scheduler import Request
+from .token_flags import KEEP, QUERY_ONLY
 
 
 @dataclass
@@ -33,6 +34,8 @@ class PackedBatch:
     seqlens: torch.Tensor            # (B,) int64
     attn: AttentionMetadata          # cu_seqlens (B+1,), max_seqlen, backend plan
     pool_starts: torch.Tensor | None = None  # (B,) int64 first pooled position; None: all 0
+    keep: torch.Tensor | None = None         # (T,) bool: tokens a token-level head emits; None: all
+    attended: torch.Tensor | None = None     # (T,) bool: tokens other tokens attend to; None: all
     ready: "torch.cuda.Event | None" = None  # CUDA: recorded on the copy stream after the inputs
     copy_in_seconds: float = 0.0     # host time pinning and issuing the input copies
     copy_out_seconds: float = 0.0    # set by the runner: waiting for and copying the vectors back
@@ -79,6 +82,7 @@ class InputBuilder:
             seqlens=put(lens),
             attn=self.backend.prepare(meta),
             pool_starts=self._pool_starts(requests),
+            **self._token_flags(requests),
             copy_in_seconds=self._copy_seconds,
         )
 
@@ -100,6 +104,16 @@ class InputBuilder:
         return self._to_device(np.concatenate([                               # (T,)
             np.zeros(r.num_tokens, dtype=np.int64) if r.type_ids is None else r.type_ids
             for r in requests]))
+
+    def _token_flags(self, requests: list[Request]) -> dict:
+        """`keep` and `attended` masks from the requests' token flags; None where all are set."""
+        if all(r.flags is None for r in requests):
+            return {}
+        flags = np.concatenate([np.full(r.num_tokens, KEEP, dtype=np.uint8) if r.flags is None
+                                else r.flags for r in requests])                # (T,)
+        keep, hidden = (flags & KEEP) != 0, (flags & QUERY_ONLY) != 0
+        return {"keep": None if keep.all() else self._to_device(keep),
+                "attended": self._to_device(~hidden) if hidden.any() else None}
 
     def _pool_starts(self, requests: list[Request]) -> torch.Tensor | None:
         starts = np.fromiter((r.pool_start for r in requests), dtype=np.int64, count=len(requests))

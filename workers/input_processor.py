@@ -43,6 +43,8 @@ class Tokenized:
     owners: list[int] | None = None
     windows: dict[int, list[int]] | None = None
     type_ids: list[np.ndarray] | None = None  # per entry of `ids`: token type ids (text pairs)
+    # per entry of `ids`: uint8 token flags for token-level heads (see `workers/token_flags.py`)
+    flags: list[np.ndarray] | None = None
 
 
 class InputProcessor:

@@ -141,6 +141,13 @@ def _expected(model: nn.Module, params) -> set[str]:
     return expected
 
 
+def load_side_weights(head: nn.Module, files: dict[str, Path]) -> None:
+    """Fill a head from its own files (`submodule name -> file`; "" is the whole head), each
+    with the same coverage checks as the model's checkpoint."""
+    for name, path in files.items():
+        load_weights(head.get_submodule(name), [path])
+
+
 def load_weights(modules: nn.Module | Sequence[nn.Module], files: list[Path] | tuple[Path, ...]) -> None:
     modules = [modules] if isinstance(modules, nn.Module) else list(modules)
     states = [(m, dict(m.named_parameters()), set()) for m in modules]

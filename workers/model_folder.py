@@ -13,6 +13,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
+# Heads' own files beside the checkpoint (bge-m3), never part of the model's weights.
+SIDE_WEIGHTS = ("colbert_linear", "sparse_linear")
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.ckpt")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
                     "sentencepiece.bpe.model")
@@ -35,6 +37,25 @@ class ModelFolder:
     # sentence-transformers Dense modules after pooling, in order: {path, in_features,
     # out_features, bias, activation}; their weights are in `weights` (see loader.py)
     st_dense: tuple[dict, ...] = ()
+    allow_pickle: bool = False      # the caller trusts this folder's pickle files
+
+    def side_weights(self, safetensors: Path, pickle: Path) -> Path:
+        """A head's own weights file beside the model's (bge-m3's `colbert_linear.pt`, a
+        sentence-transformers Dense's `pytorch_model.bin`): the safetensors file when present,
+        else the pickle file, but only if the folder was opened with allow_pickle."""
+        if safetensors.is_file():
+            return safetensors
+        if not pickle.is_file():
+            raise FileNotFoundError(f"{self.path} has neither {safetensors.relative_to(self.path)} "
+                                    f"nor {pickle.relative_to(self.path)}, which this task needs")
+        if not self.allow_pickle:
+            raise ValueError(
+                f"{pickle} is a pickle file; unpickling can run arbitrary code, so it is refused. "
+                f"Convert it once to safetensors: python -c \"import torch, safetensors.torch as st; "
+                f"st.save_file(torch.load('{pickle}', weights_only=True), '{safetensors}')\", "
+                "or pass allow_pickle=True if you trust the folder (it is then read with "
+                "torch.load(weights_only=True))")
+        return pickle
 
     @property
     def declared_bidirectional(self) -> bool | None:
@@ -88,7 +109,7 @@ def open_model_folder(model: str | None, allow_pickle: bool = False) -> ModelFol
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {str(path)!r} does not exist (models load from "
                                 "local folders only; nothing is downloaded)")
-    weights = tuple(sorted(path.glob("*.safetensors")))
+    weights = tuple(sorted(p for p in path.glob("*.safetensors") if p.stem not in SIDE_WEIGHTS))
     pickles = _pickle_weights(path)
     missing = [what for what, ok in (
         ("config.json", (path / "config.json").is_file()),
@@ -115,7 +136,7 @@ def open_model_folder(model: str | None, allow_pickle: bool = False) -> ModelFol
     dense = _dense_modules(path)
     weights = weights + tuple(_dense_weights(path, d, allow_pickle) for d in dense)
     return ModelFolder(path, hf_config, weights, **_sentence_transformers_defaults(path),
-                       **_llm2vec_defaults(path), st_dense=dense)
+                       **_llm2vec_defaults(path), st_dense=dense, allow_pickle=allow_pickle)
 
 
 def _dense_modules(path: Path) -> tuple[dict, ...]:

@@ -1,7 +1,12 @@
 """Device side of a step: forward over the packed batch, the workflow's head, copy back. Nothing else.
 
-The head maps (T, hidden) states to a float32 (B, width) array: a dense pooler (vectors), a
-sequence-classification head (logits) or an LM-head slice (yes/no scores).
+The head maps (T, hidden) states to a float32 (B, width) tensor: a dense pooler (vectors), a
+sequence-classification head (logits) or an LM-head slice (yes/no scores); or, for ragged
+outputs (token vectors, sparse pairs, bge-m3), to a dict of flat tensors plus per-sequence
+offsets (see `ragged.py`), each copied back the same way.
+
+A batch with query-only tokens (ColBERT query expansion, `attend: false`) runs its attention
+through `QueryOnlyAttention`; every other batch through the engine's backend.
 
 On CUDA (streams and events always of the engine's device, so `device="cuda:1"` works whatever
 the process's current device) the compute stream first waits for the batch's input copies (an event recorded on the
@@ -20,6 +25,7 @@ import torch
 from attention import AttentionBackend
 
 from .input_builder import PackedBatch
+from .query_only_attention import QueryOnlyAttention
 
 
 class ModelRunner:
@@ -29,21 +35,39 @@ class ModelRunner:
         self.head = head
 
     @torch.inference_mode()
-    def run(self, batch: PackedBatch) -> np.ndarray:
+    def run(self, batch: PackedBatch) -> np.ndarray | dict[str, np.ndarray]:
         if batch.ready is not None:  # the engine's device's stream, whatever the current device is
             torch.cuda.current_stream(batch.input_ids.device).wait_event(batch.ready)
+        backend = self.backend if batch.attended is None else \
+            QueryOnlyAttention(self.backend, batch.attended, batch.attn)
         hidden = self.model(batch.input_ids, batch.positions, batch.token_type_ids, batch.attn,
-                            self.backend)                                  # (T, hidden)
-        pooled = self.head(hidden, batch)                                  # (B, width) float32
+                            backend)                                       # (T, hidden)
+        out = self.head(hidden, batch)          # (B, width) float32, or a dict of tensors (ragged)
         start = time.perf_counter()
-        if pooled.is_cuda:
-            host = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
-            host.copy_(pooled, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(torch.cuda.current_stream(pooled.device))
-            done.synchronize()
-            vectors = host.numpy()
+        if isinstance(out, dict):
+            host = {name: _to_host(t) for name, t in out.items()}
+            if any(t.is_cuda for t in out.values()):
+                _sync(next(t for t in out.values() if t.is_cuda).device)
+            result = {name: t.numpy() for name, t in host.items()}
         else:
-            vectors = pooled.numpy()
+            host = _to_host(out)
+            if out.is_cuda:
+                _sync(out.device)
+            result = host.numpy()
         batch.copy_out_seconds = time.perf_counter() - start
-        return vectors
+        return result
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """CPU: the tensor itself. CUDA: a non-blocking copy into pinned memory (valid after `_sync`)."""
+    if not t.is_cuda:
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
+def _sync(device: torch.device) -> None:
+    done = torch.cuda.Event()
+    done.record(torch.cuda.current_stream(device))
+    done.synchronize()

@@ -19,6 +19,7 @@ class Request:
     ids: np.ndarray       # (L,) int64 token ids, special tokens included
     pool_start: int = 0   # first token mean pooling counts (after a skipped instruction)
     type_ids: np.ndarray | None = None  # (L,) token type ids (text pairs); None: all 0
+    flags: np.ndarray | None = None     # (L,) uint8 token flags (token_flags.py); None: all KEEP
 
     @property
     def num_tokens(self) -> int:

@@ -16,6 +16,9 @@ new row here built from new modules, not a flag through a shared path (see docs/
 | cross_encoder         | score    | text pair                              | bidirectional | sequence-cls head    | score  |
 | classifier            | classify | single text                            | bidirectional | sequence-cls head    | logits |
 | llm_reranker          | score    | reranker prompt around a pair          | causal        | LM-head yes/no slice | score  |
+| token_embed           | tokens   | single text; multi-vector query/doc side | bidirectional | token states / ColBERT projection | tokens |
+| splade                | sparse   | single text                            | bidirectional | MLM head, SPLADE max | sparse |
+| bge_m3                | bge-m3   | single text                            | bidirectional | dense + sparse + colbert | bge_m3 |
 
 Both execute loops (simple, double_buffer) serve every workflow.
 """
@@ -36,8 +39,13 @@ from .pooling import DensePooler, Pooler
 from .reranker_input import RerankerPromptProcessor
 from .scheduler import Scheduler
 from .yes_no_head import YesNoHead
+from . import bge_m3_head, splade_head, token_head
+from .token_input import TokenInputProcessor
 
 OUTPUTS = ("vector", "score", "logits")  # (n, dim) | (n,) | (n, num_labels), float32
+# Ragged outputs (heads return flat tensors + offsets, see ragged.py): (L_i, d) per text |
+# (indices, values) per text | bge-m3's dense + sparse + colbert per text
+RAGGED_OUTPUTS = ("tokens", "sparse", "bge_m3")
 
 
 def dense_pooler(folder, resolved, processor) -> Pooler | DensePooler:
@@ -85,6 +93,10 @@ LLM_RERANKERS = frozenset({"Qwen3ForCausalLM"})
 _TEXT = {"truncate": TextInputProcessor, "error": TextInputProcessor, "chunk": ChunkedInputProcessor}
 _PAIR = {"truncate": PairInputProcessor, "error": PairInputProcessor}
 _PROMPT = {"truncate": RerankerPromptProcessor, "error": RerankerPromptProcessor}
+_SINGLE = {"truncate": TextInputProcessor, "error": TextInputProcessor}
+_TOKENS = {"truncate": TokenInputProcessor, "error": TokenInputProcessor}
+SPLADE_MLMS = frozenset({"BertForMaskedLM"})
+BGE_M3 = frozenset({"XLMRobertaModel"})
 
 WORKFLOWS: dict[str, Workflow] = {w.name: w for w in (
     Workflow("encoder", "embed", ENCODERS, _TEXT, dense_pooler, "vector", causal=False,
@@ -104,6 +116,15 @@ WORKFLOWS: dict[str, Workflow] = {w.name: w for w in (
     # Qwen3-Reranker: a causal LM asked "yes or no?"; only two LM-head rows are ever loaded.
     Workflow("llm_reranker", "score", LLM_RERANKERS, _PROMPT, yes_no_head, "score", causal=True,
              default_pooling="last"),
+    # Token vectors: last hidden states, or a multi-vector folder's ColBERT projection.
+    Workflow("token_embed", "tokens", ENCODERS, _TOKENS, token_head.build, "tokens", causal=False,
+             default_pooling="all"),
+    # SPLADE (SparseEncoder): the MLM head in chunks, log1p(relu) max-pooled into vocab space.
+    Workflow("splade", "sparse", SPLADE_MLMS, _SINGLE, splade_head.build, "sparse", causal=False,
+             default_pooling="max"),
+    # bge-m3: dense, sparse and multi-vector from one forward of an XLM-R body.
+    Workflow("bge_m3", "bge-m3", BGE_M3, _SINGLE, bge_m3_head.build, "bge_m3", causal=False,
+             default_pooling="cls"),
 )}
 
 
