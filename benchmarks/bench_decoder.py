@@ -1,5 +1,6 @@
 """Decoder benchmark: this engine vs plain transformers (padded) on a random ~0.5B Qwen2-shaped
-model in bfloat16 on the CPU, same real texts, one run.
+model on the CPU (bfloat16 where the CPU multiplies it natively, else float32; `--dtype`), same
+real texts, one run.
 
     python benchmarks/bench_decoder.py                        # 64 passages, max length 256, 24 layers
     python benchmarks/bench_decoder.py --passages 300 --layers 4 --rounds 1
@@ -76,7 +77,7 @@ def write_model(folder: Path, layers: int) -> None:
 
 
 def make_engine(folder: Path, args):
-    engine = Engine(EngineConfig(model=str(folder), dtype="bfloat16", max_length=args.max_length,
+    engine = Engine(EngineConfig(model=str(folder), dtype=args.dtype, max_length=args.max_length,
                                  num_threads=args.threads, normalize=False))
     return engine.embed
 
@@ -85,7 +86,7 @@ def make_hf_padded(folder: Path, args):
     """transformers: padded batches of 16 in input order (right padding), last real token."""
     from transformers import AutoModel, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModel.from_pretrained(str(folder), dtype=torch.bfloat16,
+    model = AutoModel.from_pretrained(str(folder), dtype=getattr(torch, args.dtype),
                                       attn_implementation="sdpa").eval()
 
     def encode(batch):
@@ -105,17 +106,25 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256, help="truncation length for both systems")
     parser.add_argument("--layers", type=int, default=24, help="decoder layers (Qwen2-0.5B: 24)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+                        help="auto: bfloat16 on CPUs with AMX/AVX512-BF16, else float32 (bf16 is "
+                             "emulated and ~50x slower there)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating timed rounds (best kept)")
     args = parser.parse_args()
+    if args.dtype == "auto":
+        from workers.platform import cpu_has_fast_bf16
+        args.dtype = "bfloat16" if cpu_has_fast_bf16() else "float32"
+    args.short = {"bfloat16": "bf16", "float32": "fp32"}[args.dtype]
     torch.set_num_threads(args.threads)
     corpus = sample_passages(300, seed=0)
     texts = random.Random(0).sample(corpus, min(args.passages, len(corpus)))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_model(folder, args.layers)
-        systems = {"engine-bf16": make_engine(folder, args), "hf-padded-bf16": make_hf_padded(folder, args)}
+        systems = {f"engine-{args.short}": make_engine(folder, args),
+                   f"hf-padded-{args.short}": make_hf_padded(folder, args)}
         results = alternating_rounds(systems, texts, args.rounds)
-        probe = Engine(EngineConfig(model=str(folder), dtype="bfloat16", max_length=args.max_length))
+        probe = Engine(EngineConfig(model=str(folder), dtype=args.dtype, max_length=args.max_length))
         lengths = np.array([len(ids) for ids in probe.processor(texts).ids])
         cfg = probe.folder.hf_config
     print_table(args, cfg, texts, lengths, results)
@@ -124,16 +133,16 @@ def main() -> None:
 def print_table(args, cfg, texts, lengths, results) -> None:
     tokens = int(lengths.sum())
     fpt = flops_per_token(cfg, lengths)
-    ceiling = matmul_ceiling(linear_shapes(cfg, 4096), torch.bfloat16, reps=4)
+    ceiling = matmul_ceiling(linear_shapes(cfg, 1024), getattr(torch, args.dtype), reps=2)
     print(f"\nmachine: {machine(args.threads)}")
     print(f"corpus: {len(texts)} passages, {tokens:,} tokens after truncation at {args.max_length} "
           f"(median {int(np.median(lengths))}, max {lengths.max()})")
     print(f"model: random Qwen2-0.5B shape, {args.layers} layers, {fpt / 1e9:.2f} GFLOP/token "
           f"(linears + attention at these lengths); best of {args.rounds} alternating rounds; "
-          f"bf16 matmul ceiling at its shapes {ceiling / 1e9:,.0f} GFLOP/s")
-    base = results["hf-padded-bf16"][1]
-    cos = min_cosine(results["engine-bf16"][0], results["hf-padded-bf16"][0])
-    print("\n| system | tokens/s | vs hf-padded | % of bf16 matmul ceiling |")
+          f"{args.short} matmul ceiling at its shapes {ceiling / 1e9:,.0f} GFLOP/s")
+    base = results[f"hf-padded-{args.short}"][1]
+    cos = min_cosine(results[f"engine-{args.short}"][0], results[f"hf-padded-{args.short}"][0])
+    print(f"\n| system | tokens/s | vs hf-padded | % of {args.short} matmul ceiling |")
     print("|---|---:|---:|---:|")
     for name, (_, seconds) in results.items():
         rate = tokens / seconds
