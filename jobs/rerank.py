@@ -116,9 +116,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         queries, query_ids = load_queries(args)
+        reranker = reranker_engine(args)  # first: a folder that is no reranker fails fastest
         index, manifest = open_index(args.index, args.embeddings)
         embedder = query_engine(manifest, args.prompt)
-        reranker = reranker_engine(args)
     except (ValueError, FileNotFoundError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
