@@ -94,6 +94,7 @@ def test_missing_pair_column_is_refused_before_ray_starts(folders, pairs):
     ({"task": "classify", "pair_column": "passage"}, "is for task='score'"),
     ({"task": "score", "pair_column": "passage", "output_dtype": "int8"}, "task='embed' only"),
     ({"task": "classify", "output_dtype": "float16"}, "task='embed' only"),
+    ({"task": "score", "pair_column": "passage", "truncation": "chunk"}, "truncation='chunk' is not supported"),
 ])
 def test_task_options_are_refused(folders, pairs, options, message):
     was_up = ray.is_initialized()
@@ -150,6 +151,7 @@ def test_score_two_workers_equal_the_engine(reference):
     assert reference.num_rows == len(GOOD)
 
 
+@pytest.mark.slow
 def test_score_killed_then_resumed_gives_the_same_scores(cluster, folders, pairs, engine_scores,
                                                          reference, tmp_path):
     """The CLI driver with 2 workers: one actor SIGKILLs itself mid-shard (Ray restarts it and the
