@@ -16,7 +16,7 @@ the other in each round (benchlib.alternating_rounds); the best round counts. On
 bf16 matmul support bf16 runs ~10x slower than fp32: --bf16-pairs scores only the first N pairs
 in the bf16 systems (timed in their own alternating rounds, compared with ce-fp32 on those
 pairs), and the table says how many pairs each row scored. Prints pairs/s,
-tokens/s (tokens counted once, with the tokenizer), the ratio to CrossEncoder bf16 and fp32, and
+tokens/s (tokens counted once, with the tokenizer), the tokens/s ratio to CrossEncoder bf16 and fp32, and
 the max abs difference of the scores (sigmoid of the logit) from CrossEncoder fp32.
 """
 from __future__ import annotations
@@ -140,15 +140,16 @@ def main(argv=None) -> None:
 
 
 def print_table(results: dict) -> None:
-    """results: system -> (scores, seconds, pairs, tokens); ratios are of pairs/s."""
-    rate = {name: n / seconds for name, (_, seconds, n, _) in results.items()}
+    """results: system -> (scores, seconds, pairs, tokens). Ratios are of tokens/s, which stays
+    comparable when --bf16-pairs gives the bf16 rows fewer (and differently long) pairs."""
+    rate = {name: tokens / seconds for name, (_, seconds, _, tokens) in results.items()}
     reference = results["ce-fp32"][0] if "ce-fp32" in results else None
     print("\n| system | pairs | pairs/s | tokens/s | vs ce-bf16 | vs ce-fp32 | max abs diff vs ce-fp32 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, (scores, seconds, n, tokens) in results.items():
         ratios = [f"{rate[name] / rate[ref]:.2f}x" if ref in rate else "-" for ref in ("ce-bf16", "ce-fp32")]
         diff = f"{np.abs(scores - reference[:n]).max():.1e}" if reference is not None else "-"
-        print(f"| {name} | {n:,} | {rate[name]:,.1f} | {tokens / seconds:,.0f} | {ratios[0]} | "
+        print(f"| {name} | {n:,} | {n / seconds:,.1f} | {tokens / seconds:,.0f} | {ratios[0]} | "
               f"{ratios[1]} | {diff} |")
     engines = [n for n in rate if n.startswith("engine")]
     if engines and "ce-bf16" in rate:
