@@ -79,13 +79,12 @@ def check_model(engine_options: dict) -> None:
     """Open the model folder in the driver, so a missing or unsafe model, or one that cannot
     serve the task (e.g. task="score" with an embedding model), fails before Ray starts."""
     from workers.model_folder import open_model_folder
-    from workers.workflow import input_processor, select_workflow
+    from workers.workflow import select_workflow
     kwargs = {"allow_pickle": True} if engine_options.get("allow_pickle") else {}
     folder = open_model_folder(engine_options.get("model"), **kwargs)
     task = engine_options.get("task", "embed")
     if task != "embed":  # embedding rows also depend on enable_bidirectional: the engine checks
         try:
-            workflow = select_workflow(folder.architecture, task)
-            input_processor(workflow, engine_options.get("truncation", "truncate"))  # no chunked pairs
+            select_workflow(folder.architecture, task)
         except ValueError as e:
             raise InputError(f"model {folder.path}: {e}") from None
