@@ -1,4 +1,4 @@
-"""Embed a corpus into Parquet/Arrow parts with a pool of engine actors on Ray.
+"""Embed (or score, or classify) a corpus into Parquet/Arrow parts with a pool of engine actors on Ray.
 
 On a cluster (here a local head; on a real one use its address):
 
@@ -10,6 +10,13 @@ Alone (starts a local Ray):
 
     python jobs/embed_corpus.py --input 'corpus/*.parquet' --output embeddings/ --id-column doc_id
     python jobs/embed_corpus.py --demo        # sample corpus from Python docstrings (make demo)
+
+Other tasks (parts hold `id, score` float32, or `id, logits, label`; see pipeline/tasks.py):
+
+    python jobs/embed_corpus.py --task score --model cross-encoder/ --input pairs.parquet \\
+        --text-column query --pair-column passage --output scores/
+    python jobs/embed_corpus.py --task classify --model classifier/ --activation softmax \\
+        --input corpus/ --output labels/
 
 Rerunning with the same --output resumes. Exit codes (the table mapping each error type to
 its code is `pipeline/errors.py::EXIT_CODES`):
@@ -46,12 +53,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="embed_corpus.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n" + "\n".join(
-            line for line in __doc__.splitlines() if line.strip().startswith(("python", "RAY_AUTH")))
+            line for line in __doc__.splitlines() if line.strip().startswith(("python", "RAY_AUTH", "--")))
         + "\n\nexit codes:\n" + __doc__[__doc__.index("    0  done"):])
     p.add_argument("--input", help="Parquet file, folder or glob (local or s3://, gs://...), "
                                    "or a datasets save_to_disk folder")
     p.add_argument("--output", help="output folder for the parts and _manifest.json; rerun to resume")
-    p.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
+    p.add_argument("--task", default="embed", choices=["embed", "score", "classify"],
+                   help="embed: vectors (default); score: a cross-encoder's (or Qwen3 reranker's) "
+                        "relevance of each (--text-column, --pair-column) pair; classify: a "
+                        "sequence classifier's logits and label")
+    p.add_argument("--text-column", default="text",
+                   help="column holding the texts; the queries with --task score (default: text)")
+    p.add_argument("--pair-column", default=None,
+                   help="--task score only, required there: the column of passages paired with "
+                        "each row's query")
+    p.add_argument("--activation", default=None, choices=["sigmoid", "softmax", "identity"],
+                   help="--task score/classify: applied to the logits (default: score as "
+                        "CrossEncoder.predict does, e.g. sigmoid for one label; classify: raw logits)")
     p.add_argument("--id-column", default=None, help="column copied to the output id (default: global row index)")
     p.add_argument("--passthrough", nargs="*", default=(), metavar="COLUMN",
                    help="input columns copied unchanged into the output")
@@ -79,7 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shard-rows", type=int, default=None, help="rows per shard (default: sized from the corpus)")
     p.add_argument("--output-format", default="parquet", choices=["parquet", "arrow"], help="part file format")
     p.add_argument("--output-dtype", default="float32", choices=["float32", "float16", "int8", "ubinary"],
-                   help="stored embedding values (int8: calibrated on a corpus sample; ubinary: packed sign bits)")
+                   help="stored embedding values (int8: calibrated on a corpus sample; ubinary: "
+                        "packed sign bits); --task embed only")
     p.add_argument("--dimensions", type=int, default=None,
                    help="Matryoshka: keep the first N dimensions (renormalized) before quantizing")
     p.add_argument("--on-bad-row", default=None, choices=["record", "error"],
@@ -102,6 +121,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.demo and not (args.input and args.output):
         p.error("--input and --output are required (or pass --demo)")
+    if args.task == "score" and not args.pair_column and not args.demo:
+        p.error("--task score needs --pair-column (the passages; --text-column is the query)")
+    if args.pair_column and args.task != "score":
+        p.error(f"--pair-column is for --task score; --task {args.task} reads --text-column only")
+    if args.demo and args.task != "embed":
+        p.error("--demo embeds the sample corpus; it takes no --task")
     if args.skip_bad_rows and args.on_bad_row == "error":
         p.error("--skip-bad-rows (record bad rows) contradicts --on-bad-row error; pass one")
     args.on_bad_row = args.on_bad_row or "record"
@@ -138,11 +163,12 @@ def main(argv=None) -> int:
     engine = {"dtype": args.dtype, "max_num_batched_tokens": args.batch_tokens, "max_length": args.max_length,
               "dimensions": args.dimensions, "allow_pickle": args.allow_pickle or None,
               "truncation": args.truncation, "chunk_overlap": args.chunk_overlap,
-              "profile_dir": args.profile_dir}
+              "profile_dir": args.profile_dir, "activation": args.activation}
     try:
         result = pipeline.run(
             args.input, output=args.output, model=args.model, text_column=args.text_column,
-            id_column=args.id_column, num_workers=args.num_workers,
+            id_column=args.id_column, num_workers=args.num_workers, task=args.task,
+            pair_column=args.pair_column,
             threads_per_worker=args.threads_per_worker, shard_rows=args.shard_rows,
             passthrough_columns=tuple(args.passthrough), output_format=args.output_format,
             output_dtype=args.output_dtype, on_bad_row=args.on_bad_row, cast_text=args.cast,
@@ -164,7 +190,7 @@ def main(argv=None) -> int:
     if args.demo:
         show_demo(result.output)
     if result.stats.reported_rows:
-        print(f"warning: {result.stats.bad_rows_total:,} row(s) not embedded (bad text) and "
+        print(f"warning: {result.stats.bad_rows_total:,} row(s) not processed (bad text) and "
               f"{result.stats.duplicate_ids:,} row(s) with a repeated id are listed in "
               f"{redact(result.output)}/_errors.parquet", file=sys.stderr)
         return ExitCode.REPORTED

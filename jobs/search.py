@@ -81,19 +81,25 @@ def passages(manifest: dict, ids: list) -> tuple[dict, str]:
     return dict(zip(table.column(id_col).to_pylist(), table.column(text_col).to_pylist())), ""
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def open_index(index_path, embeddings=None):
+    """(the loaded `pipeline.index.Index`, the manifest dict of the embeddings it was built from:
+    `embeddings`, else the folder named in the index's PATH.json)."""
     from pipeline.index import Index
     from pipeline.manifest import Manifest
     from pipeline.output_folder import OutputFolder
+    index = Index.load(index_path)
+    folder = embeddings or index.meta["embeddings"]
+    loaded = Manifest.load(OutputFolder.open(folder))
+    if loaded is None:
+        raise FileNotFoundError(f"{folder} has no _manifest.json: pass --embeddings with the "
+                                "folder the index was built from")
+    return index, loaded.data
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     try:
-        index = Index.load(args.index)
-        folder = args.embeddings or index.meta["embeddings"]
-        loaded = Manifest.load(OutputFolder.open(folder))
-        if loaded is None:
-            raise FileNotFoundError(f"{folder} has no _manifest.json: pass --embeddings with the "
-                                    "folder the index was built from")
-        manifest = loaded.data
+        index, manifest = open_index(args.index, args.embeddings)
         engine = query_engine(manifest, args.prompt)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

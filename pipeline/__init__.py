@@ -1,9 +1,13 @@
-"""Embed a whole corpus with a pool of engine actors on Ray; read the vectors back.
+"""Embed (or score, or classify) a whole corpus with a pool of engine actors on Ray; read it back.
 
     import pipeline
     result = pipeline.run("corpus/*.parquet", output="embeddings/")
     table = pipeline.read_embeddings("embeddings/")          # id, embedding, pass-through
     matrix = pipeline.read_embeddings("embeddings/", as_numpy=True)
+
+    pipeline.run("pairs.parquet", output="scores/", model="cross-encoder/", task="score",
+                 text_column="query", pair_column="passage")
+    scores = pipeline.read_scores("scores/", as_numpy=True)  # (n,) float32
 
 The data flow (plan, resume, dispatch, embed, write, commit, finish) is in DESIGN.md; each step
 has its own module here. The actor class lives in `pipeline/actor.py`.
@@ -29,9 +33,10 @@ from .progress import RunStats, WorkerStats
 from .quantize import QUANT_KEY
 from .redact import redact, redact_error
 from .quantize import decode as _decode
+from .tasks import TASKS
 from .writer import embedding_array, to_numpy
 
-__all__ = ["run", "read_embeddings", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
+__all__ = ["run", "read_embeddings", "read_scores", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
            "PipelineConfig", "OutputFolder", "PipelineError", "InputError", "FingerprintMismatch",
            "RunFailedError", "ShardFailedError", "BadRowsError", "OutputWriteError",
            "WorkersLostError", "ClusterUnreachableError", "redact"]
@@ -39,7 +44,8 @@ __all__ = ["run", "read_embeddings", "Embedder", "to_numpy", "RunResult", "RunSt
 
 def run(data, *, output=None, model=None, text_column="text", id_column=None, num_workers=None,
         address=None, **options) -> RunResult:
-    """Embed every row of `data` with `model` on Ray; write Parquet/Arrow parts or return vectors.
+    """Embed every row of `data` with `model` on Ray (or score / classify it: `task=`); write
+    Parquet/Arrow parts or return the results in memory.
 
     Args:
         data: a Parquet file, folder or glob (local or a pyarrow filesystem URI such as
@@ -53,25 +59,30 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             arguments or input, `FingerprintMismatch`, `BadRowsError`, and `RunFailedError`
             (a RuntimeError; e.g. `ShardFailedError`) once work has begun: rerun to resume.
         model: a local model folder; None is the bundled all-MiniLM-L6-v2.
-        text_column: the column with the texts. id_column: the column copied to `id`
-            (None: the global row index).
+        text_column: the column with the texts (the queries with task="score"). id_column: the
+            column copied to `id` (None: the global row index).
         num_workers: engine actors (None: one per GPU, or one per 8 CPU cores at most).
         address: the Ray cluster ("host:port", "ray://host:port", or "local" for a new local
             Ray); None: RAY_ADDRESS, else the cluster `ray start` recorded on this machine, else
             a new local Ray. An address nothing answers fails within seconds with
             `ClusterUnreachableError` naming it and the fix.
-        **options: `PipelineConfig` fields (shard_rows, threads_per_worker, output_format,
-            output_dtype, passthrough_columns, on_bad_row, cast_text, overwrite, max_retries,
-            max_restarts, restart_timeout_s, progress) and `workers.EngineConfig` fields (dtype, device,
-            max_num_batched_tokens, max_length, pooling, normalize, dimensions, ...).
+        **options: `PipelineConfig` fields (task, pair_column, shard_rows, threads_per_worker,
+            output_format, output_dtype, passthrough_columns, on_bad_row, cast_text, overwrite,
+            max_retries, max_restarts, restart_timeout_s, progress) and `workers.EngineConfig`
+            fields (dtype, device, max_num_batched_tokens, max_length, pooling, normalize,
+            dimensions, activation, ...). `task="score"` (a cross-encoder or LLM-reranker folder)
+            needs `pair_column=`, the passage paired with each row's `text_column` query; parts
+            hold `id, score` (float32). `task="classify"` (a sequence classifier) parts hold `id,
+            logits` (fixed_size_list<float32>[num_labels]), `label` (the argmax's id2label
+            name). `output_dtype` other than float32 is for task="embed" only.
 
     Returns:
         RunResult with `.output`, `.stats` (rows, tokens, seconds, tokens_per_s, per worker,
-        truncated, bad_rows, duplicate_ids), `.manifest`, and `.embeddings` / `.errors` for
-        in-memory runs.
+        truncated, bad_rows, duplicate_ids), `.manifest`, and for in-memory runs `.errors`
+        and `.embeddings` (embed), `.scores` (score) or `.logits` and `.labels` (classify).
 
-    Every input row is embedded or reported: a null, empty or whitespace-only text is not
-    embedded and, with on_bad_row="record" (default), listed with its id, shard, row and reason
+    Every input row is embedded or reported: a null, empty or whitespace-only text (in either
+    column of a pair) is not embedded and, with on_bad_row="record" (default), listed with its id, shard, row and reason
     in `output/_errors.parquet`; rows whose id repeats are embedded and listed there too.
     Missing columns, a non-string text column (unless cast_text=True), a model folder that
     cannot load and an output folder holding files the pipeline did not write are refused with
@@ -101,6 +112,8 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
                             address=address,
                             **{k: v for k, v in options.items() if k in pipe_names})
     engine_options = {k: v for k, v in options.items() if k in engine_names and k not in pipe_names}
+    if config.task != "embed":  # the engine serves the same task (PipelineConfig owns the name)
+        engine_options["task"] = config.task
     if model is not None:
         engine_options["model"] = os.fspath(model)
     try:
@@ -132,21 +145,10 @@ def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False, 
         >>> pipeline.read_embeddings(out, as_numpy=True).shape
         (3, 384)
     """
-    folder = OutputFolder.open(path)
-    manifest = Manifest.load(folder)
-    if manifest is None:
-        raise InputNotFoundError(f"{folder} has no _manifest.json: not the output of pipeline.run")
-    if not manifest.data.get("complete") and not allow_partial:
-        raise InputError(f"the run writing {folder} has not finished ({len(manifest.shards)} of "
-                         f"{manifest.plan['num_shards']} shards committed); rerun pipeline.run "
-                         "with the same output to finish it, or pass allow_partial=True")
-    if as_numpy:
-        columns = ["embedding"]
-    records = [manifest.shards[k] for k in sorted(manifest.shards, key=int)]
-    tables = list(folder.read_parts(records, columns))
-    if not tables:
+    folder, manifest = _open_output(path, ("embed",), allow_partial)
+    table = _read_parts(folder, manifest, ["embedding"] if as_numpy else columns)
+    if table is None:
         return np.zeros((0, 0), dtype=np.float32) if as_numpy else pa.table({})
-    table = pa.concat_tables(tables)
     if not dequantize or "embedding" not in table.column_names:
         return to_numpy(table) if as_numpy else table
     matrix = _decode(to_numpy(table), manifest.data.get("quantization"))
@@ -157,3 +159,65 @@ def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False, 
     # The values are decoded now: drop the record, so they are never decoded twice.
     metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != QUANT_KEY}
     return table.replace_schema_metadata(metadata)
+
+
+def read_scores(path, *, columns=None, as_numpy=False, allow_partial=False):
+    """The results of a finished task="score" or task="classify" run, in input order, as a
+    pyarrow Table (or a NumPy array).
+
+    Only the parts named by the manifest are read; embeddings are read by `read_embeddings`,
+    and each of the two refuses the other's output, naming the right one.
+
+    Args:
+        path: the `output` folder of `pipeline.run` (local or URI).
+        columns: columns to read (default: all: `id`, then `score` (score) or `logits` and
+            `label` (classify), then pass-through).
+        as_numpy: score: the (n,) float32 scores; classify: the (n, num_labels) float32 logits
+            (their names: the table's `label` column, or `Engine(...).labels`).
+        allow_partial: read the committed shards of an unfinished run instead of raising.
+
+    Example (a cross-encoder folder and a Parquet file of query/passage pairs):
+
+        pipeline.run("pairs.parquet", output="scores/", model="ms-marco-MiniLM-L-6-v2",
+                     task="score", text_column="query", pair_column="passage")
+        pipeline.read_scores("scores/").column_names          # ['id', 'score']
+        pipeline.read_scores("scores/", as_numpy=True)        # array([0.93, 0.02, ...], float32)
+    """
+    folder, manifest = _open_output(path, ("score", "classify"), allow_partial)
+    task = _task_of(manifest)
+    values = TASKS[task].columns[0].name  # score, or logits
+    table = _read_parts(folder, manifest, [values] if as_numpy else columns)
+    if not as_numpy:
+        return pa.table({}) if table is None else table
+    if table is None:
+        return np.zeros((0,) if task == "score" else (0, 0), dtype=np.float32)
+    return table.column(values).to_numpy() if task == "score" else to_numpy(table, values)
+
+
+def _task_of(manifest: Manifest) -> str:
+    return manifest.fingerprint.get("engine", {}).get("task", "embed")
+
+
+def _open_output(path, tasks: tuple[str, ...], allow_partial: bool):
+    """(folder, manifest) of a `pipeline.run` output whose task is one of `tasks`."""
+    folder = OutputFolder.open(path)
+    manifest = Manifest.load(folder)
+    if manifest is None:
+        raise InputNotFoundError(f"{folder} has no _manifest.json: not the output of pipeline.run")
+    task = _task_of(manifest)
+    if task not in tasks:
+        reader = "read_embeddings" if task == "embed" else "read_scores"
+        raise InputError(f"{folder} holds the output of task={task!r}; read it with "
+                         f"pipeline.{reader}({str(folder)!r})")
+    if not manifest.data.get("complete") and not allow_partial:
+        raise InputError(f"the run writing {folder} has not finished ({len(manifest.shards)} of "
+                         f"{manifest.plan['num_shards']} shards committed); rerun pipeline.run "
+                         "with the same output to finish it, or pass allow_partial=True")
+    return folder, manifest
+
+
+def _read_parts(folder: OutputFolder, manifest: Manifest, columns) -> pa.Table | None:
+    """The committed parts as one table in shard order (None when there are none)."""
+    records = [manifest.shards[k] for k in sorted(manifest.shards, key=int)]
+    tables = list(folder.read_parts(records, columns))
+    return pa.concat_tables(tables) if tables else None

@@ -1,8 +1,9 @@
-"""The Ray actor that hosts one engine: reads its shard's rows, embeds them, writes the part.
+"""The Ray actor that hosts one engine: reads its shard's rows, runs the task on them, writes the part.
 
 DESIGN.md places the actor class in `workers/actor.py`; it lives here because `workers/` is the
-engine's package and this class is the pipeline's side of the contract (it only calls
-`Engine.embed`, `.stats`, `.fingerprint()` and `.dim`).
+engine's package and this class is the pipeline's side of the contract (it only calls the
+task's engine method, `Engine.embed` / `.score` / `.classify` as `pipeline/tasks.py` says, and
+`.stats`, `.fingerprint()`, `.dim`, `.labels`).
 
 The actor runs two calls at once (`max_concurrency=2`): while one call holds the engine, the
 other reads its rows, so the engine never waits for I/O between shards (the "prefetched shard").
@@ -25,8 +26,9 @@ from .manifest import Manifest
 from .output_folder import OutputFolder
 from .shards import Shard, read_shard
 from .sources import text_as_string
+from .tasks import TASKS
 from .validate import embeddable_texts, split_bad_rows
-from .writer import part_table
+from .writer import task_part
 
 
 CRASH_FILE_ENV = "PIPELINE_CRASH_FILE"
@@ -58,6 +60,7 @@ class EmbedWorker:
         from workers import Engine
         self.engine = Engine(engine_config)
         self.config, self._sources = config, {}
+        self.task = TASKS[config.task]
         self.folder = output
         self.lock = threading.Lock()
         self._quant = None  # the output's quantization record, read from its manifest once
@@ -90,7 +93,7 @@ class EmbedWorker:
         return self._quant
 
     def process(self, source_box: list, shard: Shard) -> dict:
-        """Embed one shard; write its part (or return the vectors when there is no output folder).
+        """Run the task on one shard; write its part (or return its outputs when there is no output folder).
 
         `source_box` is `[ObjectRef(Source)]`: boxed so Ray passes the reference, fetched once per
         actor (and again after a restart) instead of being a constructor argument.
@@ -99,7 +102,7 @@ class EmbedWorker:
         source = self._source(source_box[0])
         table = text_as_string(read_shard(source, shard, self.config.input_columns), self.config)
         good, errors, keep = split_bad_rows(shard, table, self.config)
-        texts = good.column(self.config.text_column).to_pylist()
+        texts = [good.column(c).to_pylist() for c in self.config.text_columns]
         t1 = time.perf_counter()
         with self.lock:
             stats = self.engine.stats  # cumulative: this shard's share is after - before
@@ -108,7 +111,7 @@ class EmbedWorker:
             start = time.perf_counter()
             from workers.input_processor import TextTooLongError  # loaded with the engine already
             try:
-                vectors = self.engine.embed(texts)
+                outputs = self.task.compute(self.engine, texts)
             except TextTooLongError as e:
                 raise self._too_long(shard, good, keep, e) from None
             seconds = time.perf_counter() - start
@@ -121,11 +124,12 @@ class EmbedWorker:
         ids = self._ids(shard, good, keep)
         extra = good.select(list(self.config.passthrough_columns)) if self.config.passthrough_columns else None
         if self.folder is None:
-            record.update(ids=ids, vectors=vectors, extra=extra, errors_list=errors.to_pylist())
+            record.update(ids=ids, outputs=outputs, errors_list=errors.to_pylist())
             return record
         t2 = time.perf_counter()
-        part = part_table(ids, vectors, extra, self.config.output_dtype, self._fingerprint,
-                          self.quantization())
+        quant = self.quantization() if self.task.quantized else None
+        columns = self.task.arrays(outputs, self.config.output_dtype, quant)
+        part = task_part(ids, columns, extra, self._fingerprint, quant)
         record.update(self.folder.publish_part(shard.id, part, self.config.output_format))
         if errors.num_rows:
             record["errors"] = self.folder.publish_errors(shard.id, errors)

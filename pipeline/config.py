@@ -9,6 +9,7 @@ import warnings
 from dataclasses import dataclass
 
 from .errors import InputError
+from .tasks import check_task
 
 OUTPUT_FORMATS = ("parquet", "arrow")
 BAD_ROW_POLICIES = ("record", "error")
@@ -20,7 +21,13 @@ class PipelineConfig:
     """How a corpus is sharded, embedded by a pool of Ray actors, and written.
 
     Args:
-        text_column: column holding the texts (a list of strings is read as this column).
+        task: "embed" (vectors), "score" (a cross-encoder's or LLM reranker's relevance of the
+            pair (text_column, pair_column)) or "classify" (logits and the argmax's label);
+            the part schema of each is in `pipeline/tasks.py`. Passed on to the engine.
+        text_column: column holding the texts (a list of strings is read as this column); the
+            query with task="score".
+        pair_column: task="score" only (and required there): the column holding the passage
+            paired with each row's query.
         id_column: column copied to the output `id`; None: the global row index (int64).
         passthrough_columns: extra input columns copied unchanged into every output part.
         num_workers: engine actors; None: one per GPU, or on CPU-only clusters one per
@@ -34,7 +41,7 @@ class PipelineConfig:
         output_dtype: stored embedding values: "float32", "float16", "int8" (per-dimension
             ranges calibrated on a sample of the corpus, kept in the manifest) or "ubinary"
             (sign bits packed 8 per byte); see `pipeline/quantize.py`. Files only: an
-            in-memory run returns float32.
+            in-memory run returns float32. task="embed" only; scores and logits are float32.
         max_retries: times one shard is redone after its actor died or it raised, before the run
             fails naming the shard.
         max_restarts: times Ray restarts one dead actor.
@@ -47,7 +54,8 @@ class PipelineConfig:
             Ray), or None: RAY_ADDRESS, else the cluster `ray start` recorded on this machine,
             else a new local Ray. An address that answers nothing fails within seconds
             (`ClusterUnreachableError`) naming it and the fix.
-        on_bad_row: what a row whose text is null, empty or whitespace-only does. "record"
+        on_bad_row: what a row whose text (in either column of a pair) is null, empty or
+            whitespace-only does. "record"
             (default): it is not embedded, it is listed (id, shard, row, reason) in the output's
             `_errors.parquet` (in memory: `result.errors`) and counted in `stats.bad_rows`;
             "error": the run stops naming its shard, row and id.
@@ -75,6 +83,8 @@ class PipelineConfig:
     cast_text: bool = False
     overwrite: bool = False
     progress: bool = True
+    task: str = "embed"
+    pair_column: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.text_column, str) or not self.text_column:
@@ -85,7 +95,8 @@ class PipelineConfig:
             raise InputError(f"passthrough_columns={self.passthrough_columns!r} must be a tuple of "
                              f"column names, e.g. ({self.passthrough_columns!r},)")
         object.__setattr__(self, "passthrough_columns", tuple(self.passthrough_columns))
-        reserved = {"id", "embedding"}
+        spec = check_task(self.task, self.pair_column, self.output_dtype)
+        reserved = {"id", *spec.output_names}
         clash = reserved.intersection(self.passthrough_columns)
         if clash:
             raise InputError(f"passthrough_columns {sorted(clash)} clash with the output columns "
@@ -110,9 +121,14 @@ class PipelineConfig:
         _choice("output_dtype", self.output_dtype, OUTPUT_DTYPES)
 
     @property
+    def text_columns(self) -> tuple[str, ...]:
+        """The columns holding texts the engine reads: text_column, then pair_column if any."""
+        return (self.text_column,) + ((self.pair_column,) if self.pair_column else ())
+
+    @property
     def input_columns(self) -> list[str]:
-        """The input columns an actor reads: text, then id, then pass-through (no repeats)."""
-        cols = [self.text_column, self.id_column, *self.passthrough_columns]
+        """The input columns an actor reads: text (and pair), then id, then pass-through (no repeats)."""
+        cols = [*self.text_columns, self.id_column, *self.passthrough_columns]
         return list(dict.fromkeys(c for c in cols if c is not None))
 
     def fingerprint(self) -> dict:
@@ -123,6 +139,8 @@ class PipelineConfig:
             "passthrough_columns": list(self.passthrough_columns),
             "output_format": self.output_format,
             "output_dtype": self.output_dtype,
+            # Only when set, so embedding manifests written before pairs existed stay resumable.
+            **({"pair_column": self.pair_column} if self.pair_column else {}),
         }
 
 

@@ -12,7 +12,6 @@ import os
 import signal
 import time
 
-import numpy as np
 import ray
 
 from . import cluster, quantize
@@ -24,7 +23,8 @@ from .output_folder import OutputFolder, absolute, redact
 from .pool import Pool
 from .progress import Progress, RunStats, WorkerStats
 from .shards import default_shard_rows, plan_record, plan_shards
-from .sources import open_source
+from .sources import check_schema, open_source, peek_schema
+from .tasks import TASKS, memory_results
 from .validate import check_model
 
 log = logging.getLogger("pipeline")
@@ -45,6 +45,8 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
         raise InputError("output= is required for file inputs (the corpus may not fit in "
                          "memory); pass a folder, e.g. output='embeddings/'")
     source = open_source(data, config) if _is_path(data) else None
+    if source is None and (schema := peek_schema(data, config)) is not None:
+        check_schema(schema, config, where="table")  # missing columns: refused before Ray starts
     folder = OutputFolder.open(output) if output is not None else None
     if folder is not None:
         folder.check_usable()
@@ -74,7 +76,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
             _crash_point("plan", 0)
         progress = Progress(source.num_rows, source.num_rows - sum(s.num_rows for s in todo),
                             enabled=config.progress)
-        collector = _Collector(manifest, progress, source.num_rows, pool.dim)
+        collector = _Collector(manifest, progress, source.num_rows, pool.dim, config.task)
         startup = time.perf_counter() - t0
         pool.run(todo, collector.done, progress.tick)
         progress.close()
@@ -180,10 +182,12 @@ def _record_run(manifest: Manifest, pool: Pool, source, config: PipelineConfig,
 
 
 class _Collector:
-    """Receives finished shards: commits them to the manifest, or keeps in-memory vectors."""
+    """Receives finished shards: commits them to the manifest, or keeps in-memory outputs."""
 
-    def __init__(self, manifest: Manifest | None, progress: Progress, total_rows: int, dim: int):
+    def __init__(self, manifest: Manifest | None, progress: Progress, total_rows: int, dim: int,
+                 task: str = "embed"):
         self.manifest, self.progress, self.total_rows, self.dim = manifest, progress, total_rows, dim
+        self.task = TASKS[task]
         self.rows = self.tokens = self.truncated = self.chunked = self.bad_rows = self.shards = 0
         self.parts = {}
         self.stages: dict[str, float] = {}
@@ -203,7 +207,7 @@ class _Collector:
             self.io[key] += record.get(key, 0.0)
         self.progress.update(record["rows"] + record["bad_rows"], record["tokens"])
         if self.manifest is None:
-            self.parts[shard.index] = (shard, record.pop("vectors"), record.pop("errors_list"),
+            self.parts[shard.index] = (shard, record.pop("outputs"), record.pop("errors_list"),
                                        record.pop("ids"))
             return
         _crash_point("after_publish", self.shards)  # the part is published, not yet committed
@@ -213,12 +217,11 @@ class _Collector:
         self.manifest.save()
         _crash_point("mid_run", self.shards, self.manifest)  # other shards are still running
 
-    def matrix(self) -> np.ndarray:
-        """In-memory result: vectors in input order, NaN rows for skipped bad rows."""
-        out = np.full((self.total_rows, self.dim), np.nan, dtype=np.float32)
-        for shard, vectors, errors, _ in self.parts.values():
-            out[kept_rows(shard, errors)] = vectors
-        return out
+    def results(self) -> dict:
+        """In-memory result: RunResult fields (e.g. `embeddings`, `scores`) in input order, NaN
+        (or None) rows for skipped bad rows; see `pipeline/tasks.py`."""
+        parts = [(kept_rows(shard, errors), outputs) for shard, outputs, errors, _ in self.parts.values()]
+        return memory_results(self.task, parts, self.total_rows, self.dim)
 
     def stats(self, pool: Pool, seconds: float, startup: float, resumed: int) -> RunStats:
         committed = sum(r["rows"] for r in self.manifest.shards.values()) if self.manifest else self.rows

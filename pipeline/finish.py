@@ -33,11 +33,15 @@ class RunResult:
         output: the output folder (None when the vectors came back in memory).
         stats: a `RunStats` (rows, tokens, seconds, tokens_per_s, per-worker, truncated, bad rows).
         manifest: the output's manifest as a dict (None without an output folder).
-        embeddings: with no output folder, an (n, dim) array in input order (bad rows are NaN);
-            else None — use `pipeline.read_embeddings(result.output)`.
+        embeddings: task="embed" with no output folder: an (n, dim) float32 array in input
+            order (bad rows are NaN); else None — use `pipeline.read_embeddings(result.output)`.
         errors: with no output folder, the reported rows as {"id", "shard", "row", "reason"}
             dicts in row order (bad texts, and rows whose id repeats); else in the output's
             `_errors.parquet`.
+        scores: task="score" with no output folder: (n,) float32 in input order (bad rows
+            NaN); else None — use `pipeline.read_scores(result.output)`.
+        logits, labels: task="classify" with no output folder: (n, num_labels) float32 (bad
+            rows NaN) and the argmax's label name per row (None for bad rows); else None.
     """
 
     output: str | None
@@ -45,6 +49,9 @@ class RunResult:
     manifest: dict | None
     embeddings: np.ndarray | None = None
     errors: tuple = ()
+    scores: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    labels: list | None = None
 
 
 def finish(stats: RunStats, collector, manifest, folder: OutputFolder | None, config) -> RunResult:
@@ -63,13 +70,13 @@ def finish(stats: RunStats, collector, manifest, folder: OutputFolder | None, co
     if config.progress:
         print(summary_table(stats, str(folder) if folder else None, config.output_format), flush=True)
     return RunResult(output=folder.location if folder else None, stats=stats,
-                     manifest=manifest.data if manifest else None,
-                     embeddings=collector.matrix() if folder is None else None, errors=tuple(errors))
+                     manifest=manifest.data if manifest else None, errors=tuple(errors),
+                     **(collector.results() if folder is None else {}))
 
 
 def memory_errors(parts: dict, check_ids: bool) -> tuple[list[dict], int]:
     """In-memory run: (bad rows and, with an id column, rows of repeated ids, as dicts in row
-    order; the number of repeated-id rows). `parts`: shard index -> (shard, vectors, bad-row
+    order; the number of repeated-id rows). `parts`: shard index -> (shard, outputs, bad-row
     dicts, ids) as the actors returned them."""
     parts = [parts[k] for k in sorted(parts)]
     bad = [e for _, _, errors, _ in parts for e in errors]

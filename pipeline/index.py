@@ -54,6 +54,10 @@ class Corpus:
         if manifest is None:
             raise InputNotFoundError(f"{folder} has no _manifest.json: pass the output folder of "
                                      "pipeline.run / jobs/embed_corpus.py as --embeddings")
+        task = manifest.fingerprint["engine"].get("task", "embed")
+        if task != "embed":
+            raise InputError(f"{folder} holds the output of task={task!r}, not embeddings; "
+                             "index the output of a task='embed' run")
         if not manifest.data.get("complete"):
             raise InputError(f"the run writing {folder} has not finished; rerun it to finish first")
         quant = manifest.data.get("quantization") or quantize.record(

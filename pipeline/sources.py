@@ -164,33 +164,54 @@ def _open(data, config):
 
 
 def check_schema(schema: pa.Schema, config: PipelineConfig, where: str) -> None:
-    """Raise InputError (a ValueError) naming the column if the text/id/pass-through columns are missing or the text is not a string."""
+    """Raise InputError (a ValueError) naming the column if the text/pair/id/pass-through columns
+    are missing or a text column is not a string."""
     for name in config.input_columns:
         if schema.get_field_index(name) < 0:
+            setters = "text_column= / pair_column= / id_column=" if config.pair_column \
+                else "text_column= / id_column="
             raise InputError(f"column {name!r} not found in the input {where}; its columns are "
-                             f"{schema.names} (set text_column= / id_column= to one of them)")
-    text_type = schema.field(config.text_column).type
+                             f"{schema.names} (set {setters} to one of them)")
+    for column in config.text_columns:
+        _check_text_type(schema.field(column).type, column, config, where)
+
+
+def _check_text_type(text_type: pa.DataType, column: str, config: PipelineConfig, where: str) -> None:
     if text_type in _TEXT_TYPES or text_type == pa.null():
         return
     if not config.cast_text:
-        raise InputError(f"text column {config.text_column!r} of the input {where} has type "
+        raise InputError(f"text column {column!r} of the input {where} has type "
                          f"{text_type}, not a string: point text_column= (--text-column) at the "
                          "text, or pass cast_text=True (--cast) to convert it with a pyarrow cast")
     try:
         pa.array([], type=text_type).cast(pa.large_string())
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as e:
-        raise InputError(f"text column {config.text_column!r} of the input {where} has type "
+        raise InputError(f"text column {column!r} of the input {where} has type "
                          f"{text_type}, which pyarrow cannot cast to string ({e}); convert it "
                          "to text before embedding") from None
 
 
+def peek_schema(data, config: PipelineConfig) -> pa.Schema | None:
+    """The schema of an in-memory table, DataFrame or list of strings, read without Ray (None for
+    other inputs), so that missing columns are refused before Ray starts."""
+    if isinstance(data, (list, tuple)) and not _is_path_list(data):
+        return pa.schema([(config.text_column, pa.large_string())])
+    if isinstance(data, pa.Table):
+        return data.schema
+    if type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame":
+        return pa.Schema.from_pandas(data, preserve_index=False)
+    return None
+
+
 def text_as_string(table: pa.Table, config: PipelineConfig) -> pa.Table:
-    """`table` with its text column cast to large_string when `config.cast_text` asks for it."""
-    index = table.schema.get_field_index(config.text_column)
-    if not config.cast_text or table.schema.field(index).type in _TEXT_TYPES:
+    """`table` with its text columns cast to large_string when `config.cast_text` asks for it."""
+    if not config.cast_text:
         return table
-    text = table.column(index).cast(pa.large_string())
-    return table.set_column(index, config.text_column, text)
+    for column in config.text_columns:
+        index = table.schema.get_field_index(column)
+        if table.schema.field(index).type not in _TEXT_TYPES:
+            table = table.set_column(index, column, table.column(index).cast(pa.large_string()))
+    return table
 
 
 def _table_source(table: pa.Table) -> TableSource:

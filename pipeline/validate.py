@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .config import PipelineConfig
-from .errors import BadRowsError
+from .errors import BadRowsError, InputError
 
 
 def errors_table(ids: pa.Array, shard_ids, rows, reasons) -> pa.Table:
@@ -26,11 +26,12 @@ def split_bad_rows(shard, table: pa.Table, config: PipelineConfig):
 
     A text is bad when it is null, empty, or only whitespace (pyarrow's utf8_is_space, which
     agrees with str.isspace: spaces, tabs, newlines, U+3000, U+00A0, ...): the engine would
-    embed the special tokens alone, a vector that matches nothing. Raises BadRowsError when
-    `config.on_bad_row == "error"`.
+    embed the special tokens alone, a vector that matches nothing. With pairs (task="score")
+    a row is bad when either column's text is; its reason names every bad column. Raises
+    BadRowsError when `config.on_bad_row == "error"`.
     """
-    null, empty, space = _bad_text(table.column(config.text_column))
-    bad = null | empty | space
+    reasons_by_column = [_reasons(table.column(c), c) for c in config.text_columns]
+    bad = np.logical_or.reduce([r.astype(bool) for r in reasons_by_column])  # None -> False
     id_type = table.schema.field(config.id_column).type if config.id_column else pa.int64()
     if not bad.any():
         return table, errors_table(pa.array([], id_type), [], [], []), None
@@ -38,9 +39,7 @@ def split_bad_rows(shard, table: pa.Table, config: PipelineConfig):
     rows = shard.row_offset + index
     ids = table.column(config.id_column).take(pa.array(index)).combine_chunks() \
         if config.id_column else pa.array(rows, pa.int64())
-    column = config.text_column
-    reasons = [f"text column {column!r} is null" if null[i] else f"text column {column!r} is empty"
-               if empty[i] else f"text column {column!r} is whitespace only" for i in index]
+    reasons = ["; ".join(r[i] for r in reasons_by_column if r[i] is not None) for i in index]
     errors = errors_table(ids, [shard.id] * len(index), rows, reasons)
     if config.on_bad_row == "error":
         raise BadRowsError(
@@ -48,6 +47,16 @@ def split_bad_rows(shard, table: pa.Table, config: PipelineConfig):
             f"(id {ids[0].as_py()!r}): {reasons[0]}; clean the input, or pass on_bad_row='record' "
             "(--on-bad-row record) to list such rows in _errors.parquet and go on")
     return table.filter(pa.array(~bad)), errors, ~bad
+
+
+def _reasons(text, column: str) -> np.ndarray:
+    """Per row, why its text in `column` is bad (object array; None where it is fine)."""
+    null, empty, space = _bad_text(text)
+    out = np.full(len(null), None, dtype=object)
+    out[space] = f"text column {column!r} is whitespace only"
+    out[empty] = f"text column {column!r} is empty"
+    out[null] = f"text column {column!r} is null"
+    return out
 
 
 def _bad_text(text) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,7 +82,15 @@ def embeddable_texts(table: pa.Table, column: str) -> list[str]:
 
 
 def check_model(engine_options: dict) -> None:
-    """Open the model folder in the driver, so a missing or unsafe model fails before Ray starts."""
+    """Open the model folder in the driver, so a missing or unsafe model, or one that cannot
+    serve the task (e.g. task="score" with an embedding model), fails before Ray starts."""
     from workers.model_folder import open_model_folder
+    from workers.workflow import select_workflow
     kwargs = {"allow_pickle": True} if engine_options.get("allow_pickle") else {}
-    open_model_folder(engine_options.get("model"), **kwargs)
+    folder = open_model_folder(engine_options.get("model"), **kwargs)
+    task = engine_options.get("task", "embed")
+    if task != "embed":  # embedding rows also depend on enable_bidirectional: the engine checks
+        try:
+            select_workflow(folder.architecture, task)
+        except ValueError as e:
+            raise InputError(f"model {folder.path}: {e}") from None

@@ -1,7 +1,9 @@
 """Output parts: the schema of a part and its encodings (Parquet, Arrow IPC), in memory.
 
-A part holds `id`, `embedding` (`fixed_size_list<float32|float16|int8|uint8>[width]`) and the
-pass-through columns; its schema metadata carries the run fingerprint and, for quantized
+A part holds `id`, the task's output columns (embed: `embedding`
+`fixed_size_list<float32|float16|int8|uint8>[width]`; score: `score` float32; classify:
+`logits` `fixed_size_list<float32>[num_labels]` and `label` string; see `pipeline/tasks.py`) and
+the pass-through columns; its schema metadata carries the run fingerprint and, for quantized
 outputs, the quantization record. A part is built and encoded whole in memory, so it can be
 hashed and published in one piece by `OutputFolder.publish_part`.
 """
@@ -33,10 +35,17 @@ def embedding_array(vectors: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
 
 def part_table(ids: pa.Array, vectors: np.ndarray, extra: pa.Table | None, dtype: str,
                fingerprint: dict, quant: dict | None = None) -> pa.Table:
-    """The output schema: `id`, `embedding`, then pass-through columns; metadata carries the
+    """The embedding part: `id`, `embedding`, then pass-through columns; metadata carries the
     fingerprint and, given `quant` (a `quantize.record`), the quantization used to encode `vectors`."""
     stored = quantize.encode(vectors, quant) if quant else vectors
-    columns = {"id": ids, "embedding": embedding_array(stored, dtype)}
+    return task_part(ids, {"embedding": embedding_array(stored, dtype)}, extra, fingerprint, quant)
+
+
+def task_part(ids: pa.Array, outputs: dict[str, pa.Array], extra: pa.Table | None,
+              fingerprint: dict, quant: dict | None = None) -> pa.Table:
+    """A part of any task: `id`, the task's output columns (`pipeline/tasks.py`: `embedding`;
+    `score`; `logits`, `label`), then pass-through columns; metadata as in `part_table`."""
+    columns = {"id": ids, **outputs}
     if extra is not None:
         columns.update({name: extra.column(name) for name in extra.column_names})
     metadata = {FINGERPRINT_KEY: redact(json.dumps(fingerprint, sort_keys=True))}
