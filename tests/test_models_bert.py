@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from tiny_models import CONFIGS, copy_tokenizer, make_tiny_model, write_sentence_transformers_files
 from workers import Engine, EngineConfig

@@ -9,9 +9,8 @@ import pytest
 import torch
 from transformers import Gemma3TextConfig
 
-from tiny_models import LONG_TEXTS, cosines, hf_pooled, save_tiny, write_embeddinggemma_st_files
+from tiny_models import assert_packed_hidden_match, LONG_TEXTS, cosines, hf_pooled, save_tiny, write_embeddinggemma_st_files
 from workers import Engine, EngineConfig
-from workers.scheduler import Request
 
 TEXTS = LONG_TEXTS
 SAVED_WINDOW = 32  # config.json's sliding_window: transformers sees |i - j| <= 16 bidirectionally
@@ -65,15 +64,7 @@ def test_pooled_matches_transformers_fp32(tiny):
 def test_packed_hidden_states_match_transformers(tiny):
     folder, hf = tiny
     engine = _engine(folder)
-    ids = engine.processor(TEXTS).ids
-    batch = engine.builder.build([Request(i, x) for i, x in enumerate(ids)])
-    with torch.inference_mode():
-        hidden = engine.model(batch.input_ids, batch.positions, None, batch.attn, engine.backend)
-    cu = batch.attn.cu_seqlens.tolist()
-    for i, x in enumerate(ids):
-        with torch.no_grad():
-            ref = hf(input_ids=torch.as_tensor(x)[None]).last_hidden_state[0]
-        torch.testing.assert_close(hidden[cu[i]:cu[i + 1]], ref, atol=1e-5, rtol=0)
+    assert_packed_hidden_match(engine, hf, TEXTS)
 
 
 def test_bf16_cosine_alone_equals_packed_naive_equals_sdpa(tiny):

@@ -2,12 +2,10 @@
 layers) against transformers' ModernBertModel (eager attention) on the same random weights."""
 import numpy as np
 import pytest
-import torch
 from transformers import AutoModelForMaskedLM, ModernBertConfig
 
-from tiny_models import LONG_TEXTS, cosines, hf_pooled, save_tiny, write_sentence_transformers_files
+from tiny_models import assert_packed_hidden_match, LONG_TEXTS, cosines, hf_pooled, save_tiny, write_sentence_transformers_files
 from workers import Engine, EngineConfig
-from workers.scheduler import Request
 
 TEXTS = LONG_TEXTS
 WINDOW = 16  # local_attention: each token sees 8 positions either side
@@ -55,15 +53,7 @@ def test_pooled_matches_transformers_fp32(tiny, pooling):
 def test_packed_hidden_states_match_transformers(tiny):
     folder, hf = tiny
     engine = _engine(folder)
-    ids = engine.processor(TEXTS).ids
-    batch = engine.builder.build([Request(i, x) for i, x in enumerate(ids)])
-    with torch.inference_mode():
-        hidden = engine.model(batch.input_ids, batch.positions, None, batch.attn, engine.backend)
-    cu = batch.attn.cu_seqlens.tolist()
-    for i, x in enumerate(ids):
-        with torch.no_grad():
-            ref = hf(input_ids=torch.as_tensor(x)[None]).last_hidden_state[0]
-        torch.testing.assert_close(hidden[cu[i]:cu[i + 1]], ref, atol=1e-5, rtol=0)
+    assert_packed_hidden_match(engine, hf, TEXTS)
 
 
 def test_window_matters(tiny):

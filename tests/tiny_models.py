@@ -164,7 +164,7 @@ def save_tiny(folder: Path, config, seed: int = 0, big: tuple[str, ...] = (), pr
     return model
 
 
-def hf_pooled(hf_model, ids_list, pooling: str, **kwargs) -> "np.ndarray":
+def hf_pooled(hf_model, ids_list, pooling: str, **kwargs) -> "numpy.ndarray":
     """transformers one text at a time (no padding), pooled by hand: (n, hidden) float32."""
     out = []
     for ids in ids_list:
@@ -172,6 +172,21 @@ def hf_pooled(hf_model, ids_list, pooling: str, **kwargs) -> "np.ndarray":
             h = hf_model(input_ids=torch.as_tensor(ids)[None], **kwargs).last_hidden_state[0]
         out.append(h[0] if pooling == "cls" else h.mean(0))
     return torch.stack(out).float().numpy()
+
+
+def assert_packed_hidden_match(engine, hf_model, texts, atol: float = 1e-5) -> None:
+    """The engine's body over one packed batch of `texts` equals transformers' last hidden
+    states of each text run alone (no padding), token for token."""
+    from workers.scheduler import Request
+    ids = engine.processor(texts).ids
+    batch = engine.builder.build([Request(i, x) for i, x in enumerate(ids)])
+    with torch.inference_mode():
+        hidden = engine.model(batch.input_ids, batch.positions, None, batch.attn, engine.backend)
+    cu = batch.attn.cu_seqlens.tolist()
+    for i, x in enumerate(ids):
+        with torch.no_grad():
+            ref = hf_model(input_ids=torch.as_tensor(x)[None]).last_hidden_state[0]
+        torch.testing.assert_close(hidden[cu[i]:cu[i + 1]], ref, atol=atol, rtol=0)
 
 
 def cosines(a, b):

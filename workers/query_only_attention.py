@@ -23,7 +23,7 @@ class QueryOnlyAttention(AttentionBackend):
             raise ValueError("query-only tokens (query expansion with attend=false) need a "
                              "bidirectional encoder")
         lens = torch.tensor(meta.seqlens, device=attended.device)
-        B, L, T = len(meta.seqlens), meta.max_seqlen, attended.shape[0]
+        L, T = meta.max_seqlen, attended.shape[0]
         slot = torch.arange(L, device=attended.device)
         self.valid = slot[None, :] < lens[:, None]                                # (B, L)
         starts = meta.cu_seqlens[:-1].long()[:, None]

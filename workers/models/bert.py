@@ -7,7 +7,6 @@ batch: (T,) ids and positions, no padding; attention runs through the selected b
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
