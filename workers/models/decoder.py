@@ -22,7 +22,7 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import ACTIVATIONS
+from .layers import activation, gated_packed_modules
 from .rotary import Rotary
 
 
@@ -92,10 +92,7 @@ class DecoderMLP(nn.Module):
 
     def __init__(self, cfg, spec: DecoderSpec):
         super().__init__()
-        if cfg.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act={cfg.hidden_act!r} is not supported; "
-                             f"supported: {sorted(ACTIVATIONS)}")
-        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.act = activation(cfg.hidden_act, "hidden_act")
         inter = cfg.intermediate_size
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * inter, bias=spec.mlp_bias)
         self.down_proj = nn.Linear(inter, cfg.hidden_size, bias=spec.mlp_bias)
@@ -150,13 +147,7 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, spec) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         q, kv = self.layers[0].self_attn.sizes[:2] if self.layers else (0, 0)
-        f = cfg.intermediate_size
-        # checkpoint module -> (fused module, shard, first row, rows); q/k/v differ under GQA
-        self.packed_modules_mapping = {
-            "q_proj": ("qkv_proj", 0, 0, q), "k_proj": ("qkv_proj", 1, q, kv),
-            "v_proj": ("qkv_proj", 2, q + kv, kv),
-            "gate_proj": ("gate_up_proj", 0, 0, f), "up_proj": ("gate_up_proj", 1, f, f),
-        }
+        self.packed_modules_mapping = gated_packed_modules(q, kv, cfg.intermediate_size)
 
     def forward(self, input_ids, positions, token_type_ids, meta: AttentionMetadata,
                 backend: AttentionBackend) -> torch.Tensor:

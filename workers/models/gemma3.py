@@ -23,7 +23,7 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import ACTIVATIONS
+from .layers import activation, gated_packed_modules
 from .modernbert import _layer_rotary
 from .rotary import Rotary
 
@@ -72,10 +72,7 @@ class Gemma3MLP(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        if cfg.hidden_activation not in ACTIVATIONS:
-            raise ValueError(f"hidden_activation={cfg.hidden_activation!r} is not supported; "
-                             f"supported: {sorted(ACTIVATIONS)}")
-        self.act = ACTIVATIONS[cfg.hidden_activation]
+        self.act = activation(cfg.hidden_activation, "hidden_activation")
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
@@ -126,13 +123,7 @@ class Gemma3TextModel(nn.Module):
         self.layers = nn.ModuleList(Gemma3DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = Gemma3RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         q, kv = self.layers[0].self_attn.sizes[:2] if self.layers else (0, 0)
-        f = cfg.intermediate_size
-        # checkpoint module -> (fused module, shard, first row, rows); q/k/v differ under GQA
-        self.packed_modules_mapping = {
-            "q_proj": ("qkv_proj", 0, 0, q), "k_proj": ("qkv_proj", 1, q, kv),
-            "v_proj": ("qkv_proj", 2, q + kv, kv),
-            "gate_proj": ("gate_up_proj", 0, 0, f), "up_proj": ("gate_up_proj", 1, f, f),
-        }
+        self.packed_modules_mapping = gated_packed_modules(q, kv, cfg.intermediate_size)
 
     def forward(self, input_ids, positions, token_type_ids, meta: AttentionMetadata,
                 backend: AttentionBackend) -> torch.Tensor:

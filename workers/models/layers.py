@@ -28,6 +28,21 @@ ACTIVATIONS = {
     "swish": F.silu,
 }
 
+def activation(name: str, field: str = "hidden_act"):
+    """The activation function a config names in `field`; a ValueError listing the supported ones."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"{field}={name!r} is not supported; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def gated_packed_modules(q_rows: int, kv_rows: int, ffn: int) -> dict[str, tuple[str, int, int, int]]:
+    """A gated decoder's fused projections: checkpoint module -> (fused module, shard, first row,
+    rows); q/k/v differ in size under grouped-query attention, gate and up are `ffn` rows each."""
+    return {"q_proj": ("qkv_proj", 0, 0, q_rows), "k_proj": ("qkv_proj", 1, q_rows, kv_rows),
+            "v_proj": ("qkv_proj", 2, q_rows + kv_rows, kv_rows),
+            "gate_proj": ("gate_up_proj", 0, 0, ffn), "up_proj": ("gate_up_proj", 1, ffn, ffn)}
+
+
 # activation name -> (oneDNN post-op, its algorithm argument)
 _ONEDNN_ACTS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"),
                 "gelu_pytorch_tanh": ("gelu", "tanh"), "relu": ("relu", "")}
@@ -53,10 +68,8 @@ class LinearAct(nn.Linear):
 
     def __init__(self, d_in: int, d_out: int, act: str, bias: bool = True):
         super().__init__(d_in, d_out, bias=bias)
-        if act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act={act!r} is not supported; supported: {sorted(ACTIVATIONS)}")
+        self.act = activation(act)
         self.act_name = act
-        self.act = ACTIVATIONS[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and self.act_name in _ONEDNN_ACTS and onednn_fusion_available(x.dtype):

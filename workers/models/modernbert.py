@@ -18,7 +18,7 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import ACTIVATIONS
+from .layers import activation
 from .rotary import Rotary
 
 
@@ -62,10 +62,7 @@ class ModernBertMLP(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        if cfg.hidden_activation not in ACTIVATIONS:
-            raise ValueError(f"hidden_activation={cfg.hidden_activation!r} is not supported; "
-                             f"supported: {sorted(ACTIVATIONS)}")
-        self.act = ACTIVATIONS[cfg.hidden_activation]
+        self.act = activation(cfg.hidden_activation, "hidden_activation")
         self.Wi = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.Wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
