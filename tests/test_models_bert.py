@@ -95,8 +95,9 @@ def test_unknown_architecture_lists_supported(tmp_path):
     make_tiny_model(tmp_path, "BertModel")
     cfg = (tmp_path / "config.json").read_text().replace('"BertModel"', '"GPT2Model"')
     (tmp_path / "config.json").write_text(cfg)
+    # "native" refuses what the registry lacks; "auto" would hand it to the transformers fallback.
     with pytest.raises(ValueError, match="GPT2Model.*not supported.*XLMRobertaModel"):
-        Engine(EngineConfig(model=str(tmp_path)))
+        Engine(EngineConfig(model=str(tmp_path), implementation="native"))
 
 
 def test_pickle_weights_refused(tmp_path):

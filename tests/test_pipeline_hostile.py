@@ -328,7 +328,7 @@ def test_cli_exit_codes_for_reported_rows_and_bad_row_errors(ray_local, tmp_path
     out = tmp_path / "out"
     reported = cli(*args, "--output", str(out), "--summary-json", str(tmp_path / "s.json"), env=env)
     assert reported.returncode == 4, reported.stderr[-2000:]
-    assert "1 row(s) not embedded" in reported.stderr and "_errors.parquet" in reported.stderr
+    assert "1 row(s) not processed" in reported.stderr and "_errors.parquet" in reported.stderr
     assert json.loads((tmp_path / "s.json").read_text())["bad_rows_total"] == 1
     strict = cli(*args, "--output", str(tmp_path / "strict"), "--on-bad-row", "error", env=env)
     assert strict.returncode == 2, strict.stderr[-2000:]
