@@ -1,6 +1,8 @@
 """Shared fixtures: one local Ray per test module that asks for it (FACTS.md: no dashboard, 2 CPUs)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -13,3 +15,20 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One local Ray whose workers see $PIPELINE_CRASH_FILE (armed per test by writing it):
+    (gcs address, crash file). Used by the crash and task kill-and-resume tests."""
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    crash_file = tmp_path_factory.mktemp("crash") / "armed"
+    os.environ["PIPELINE_CRASH_FILE"] = str(crash_file)  # inherited by the raylet and its workers
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield ray.get_runtime_context().gcs_address, crash_file
+    finally:
+        ray.shutdown()
+        del os.environ["PIPELINE_CRASH_FILE"]

@@ -36,22 +36,6 @@ CLI_ARGS = ["--id-column", "doc", "--num-workers", "1", "--shard-rows", str(SHAR
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """One local Ray whose workers see $PIPELINE_CRASH_FILE (armed per test by writing it)."""
-    import ray
-    if ray.is_initialized():
-        ray.shutdown()
-    crash_file = tmp_path_factory.mktemp("crash") / "armed"
-    os.environ["PIPELINE_CRASH_FILE"] = str(crash_file)  # inherited by the raylet and its workers
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        yield ray.get_runtime_context().gcs_address, crash_file
-    finally:
-        ray.shutdown()
-        del os.environ["PIPELINE_CRASH_FILE"]
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A Parquet corpus (several files, small row groups) with bad texts and repeated ids."""
     texts = sample_passages(N, seed=11, max_chars=200)

@@ -108,21 +108,6 @@ def test_task_options_are_refused(folders, pairs, options, message):
 
 # -- end to end -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """One local Ray whose workers see $PIPELINE_CRASH_FILE (armed per test by writing it)."""
-    if ray.is_initialized():
-        ray.shutdown()
-    crash_file = tmp_path_factory.mktemp("crash") / "armed"
-    os.environ["PIPELINE_CRASH_FILE"] = str(crash_file)  # inherited by the raylet and its workers
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        yield ray.get_runtime_context().gcs_address, crash_file
-    finally:
-        ray.shutdown()
-        del os.environ["PIPELINE_CRASH_FILE"]
-
-
 def check_scores(out: Path, pairs, engine_scores):
     table = pipeline.read_scores(out)
     assert table.column_names == ["id", "score", "lang"]
