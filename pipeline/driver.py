@@ -75,7 +75,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
             todo = _pending(shards, manifest)
             _crash_point("plan", 0)
         progress = Progress(source.num_rows, source.num_rows - sum(s.num_rows for s in todo),
-                            enabled=config.progress)
+                            enabled=config.progress, task=config.task)
         collector = _Collector(manifest, progress, source.num_rows, pool.dim, config.task)
         startup = time.perf_counter() - t0
         pool.run(todo, collector.done, progress.tick)

@@ -68,7 +68,8 @@ def finish(stats: RunStats, collector, manifest, folder: OutputFolder | None, co
         errors, duplicates = memory_errors(collector.parts, config.id_column is not None)
         stats = dataclasses.replace(stats, bad_rows_total=stats.bad_rows, duplicate_ids=duplicates)
     if config.progress:
-        print(summary_table(stats, str(folder) if folder else None, config.output_format), flush=True)
+        print(summary_table(stats, str(folder) if folder else None, config.output_format, config.task),
+              flush=True)
     return RunResult(output=folder.location if folder else None, stats=stats,
                      manifest=manifest.data if manifest else None, errors=tuple(errors),
                      **(collector.results() if folder is None else {}))
