@@ -9,6 +9,11 @@
                  text_column="query", pair_column="passage")
     scores = pipeline.read_scores("scores/", as_numpy=True)  # (n,) float32
 
+    pipeline.run("corpus.parquet", output="colbert/", model="colbert-folder/", task="tokens")
+    vectors = pipeline.read_tokens("colbert/", as_numpy=True)  # [(L_i, d) float16]
+    pipeline.run("corpus.parquet", output="splade/", model="splade-folder/", task="sparse")
+    pairs = pipeline.read_sparse("splade/", as_numpy=True)     # [(indices, values)]
+
 The data flow (plan, resume, dispatch, embed, write, commit, finish) is in DESIGN.md; each step
 has its own module here. The actor class lives in `pipeline/actor.py`.
 """
@@ -34,9 +39,9 @@ from .quantize import QUANT_KEY
 from .redact import redact, redact_error
 from .quantize import decode as _decode
 from .tasks import TASKS
-from .writer import embedding_array, to_numpy
+from .writer import embedding_array, ragged_rows, to_numpy
 
-__all__ = ["run", "read_embeddings", "read_scores", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
+__all__ = ["run", "read_embeddings", "read_scores", "read_tokens", "read_sparse", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
            "PipelineConfig", "OutputFolder", "PipelineError", "InputError", "FingerprintMismatch",
            "RunFailedError", "ShardFailedError", "BadRowsError", "OutputWriteError",
            "WorkersLostError", "ClusterUnreachableError", "redact"]
@@ -74,12 +79,19 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             needs `pair_column=`, the passage paired with each row's `text_column` query; parts
             hold `id, score` (float32). `task="classify"` (a sequence classifier) parts hold `id,
             logits` (fixed_size_list<float32>[num_labels]), `label` (the argmax's id2label
-            name). `output_dtype` other than float32 is for task="embed" only.
+            name). `task="tokens"` parts hold `id, tokens` (list<fixed_size_list<float16>[d]>,
+            the document side's token vectors), `num_tokens`; `task="sparse"` (a SPLADE folder)
+            `id, indices, values`; `task="bge-m3"` all of `embedding, indices, values, tokens,
+            num_tokens` from one forward pass. `output_dtype`: embed float32 (default) |
+            float16 | int8 | ubinary; tokens / bge-m3 float16 (default) | float32 (token
+            vectors only); other tasks float32. `max_part_bytes` (default 256 MiB) bounds a
+            token task's part.
 
     Returns:
         RunResult with `.output`, `.stats` (rows, tokens, seconds, tokens_per_s, per worker,
         truncated, bad_rows, duplicate_ids), `.manifest`, and for in-memory runs `.errors`
-        and `.embeddings` (embed), `.scores` (score) or `.logits` and `.labels` (classify).
+        and `.embeddings` (embed), `.scores` (score), `.logits` and `.labels` (classify),
+        `.tokens` (tokens), `.sparse` (sparse), or `.embeddings`, `.sparse`, `.tokens` (bge-m3).
 
     Every input row is embedded or reported: a null, empty or whitespace-only text (in either
     column of a pair) is not embedded and, with on_bad_row="record" (default), listed with its id, shard, row and reason
@@ -123,7 +135,8 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
 
 
 def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False, dequantize=False):
-    """The vectors of a finished run, in input order, as a pyarrow Table (or an (n, dim) array).
+    """The vectors of a finished run (task="embed", or bge-m3's dense vectors), in input order,
+    as a pyarrow Table (or an (n, dim) array).
 
     Only the parts named by the manifest are read, so leftovers of a crash are never seen.
 
@@ -145,7 +158,8 @@ def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False, 
         >>> pipeline.read_embeddings(out, as_numpy=True).shape
         (3, 384)
     """
-    folder, manifest = _open_output(path, ("embed",), allow_partial)
+    folder, manifest = _open_output(path, ("embed", "bge-m3"), allow_partial)
+    columns = _own_columns(manifest, ("embedding",), columns)
     table = _read_parts(folder, manifest, ["embedding"] if as_numpy else columns)
     if table is None:
         return np.zeros((0, 0), dtype=np.float32) if as_numpy else pa.table({})
@@ -194,8 +208,77 @@ def read_scores(path, *, columns=None, as_numpy=False, allow_partial=False):
     return table.column(values).to_numpy() if task == "score" else to_numpy(table, values)
 
 
+def read_tokens(path, *, columns=None, as_numpy=False, allow_partial=False):
+    """The token vectors of a finished task="tokens" (or "bge-m3": its multi-vector output) run,
+    in input order, as a pyarrow Table or a list of (L_i, d) arrays.
+
+    Args:
+        path: the `output` folder of `pipeline.run` (local or URI).
+        columns: columns to read (default: `id`, `tokens`, `num_tokens`, pass-through).
+        as_numpy: one (L_i, d) array per row, of the stored dtype (float16 unless the run
+            passed output_dtype="float32"); views of one buffer per part.
+        allow_partial: read the committed shards of an unfinished run instead of raising.
+
+    Example (a ColBERT / MultiVectorEncoder folder, or any model for its last hidden states):
+
+        pipeline.run("corpus.parquet", output="colbert/", model="colbert-folder/", task="tokens")
+        pipeline.read_tokens("colbert/").column_names    # ['id', 'tokens', 'num_tokens']
+        docs = pipeline.read_tokens("colbert/", as_numpy=True)
+        maxsim = (query @ docs[0].T.astype("float32")).max(axis=1).sum()
+    """
+    folder, manifest = _open_output(path, ("tokens", "bge-m3"), allow_partial)
+    columns = _own_columns(manifest, ("tokens", "num_tokens"), columns)
+    table = _read_parts(folder, manifest, ["tokens"] if as_numpy else columns)
+    if not as_numpy:
+        return pa.table({}) if table is None else table
+    return [] if table is None else ragged_rows(table.column("tokens"))
+
+
+def read_sparse(path, *, columns=None, as_numpy=False, allow_partial=False):
+    """The sparse vectors of a finished task="sparse" (or "bge-m3") run, in input order, as a
+    pyarrow Table or a list of (indices int32, values float32) pairs sorted by index.
+
+    Args:
+        path: the `output` folder of `pipeline.run` (local or URI).
+        columns: columns to read (default: `id`, `indices`, `values`, pass-through).
+        as_numpy: one (indices, values) pair of NumPy arrays per row.
+        allow_partial: read the committed shards of an unfinished run instead of raising.
+
+    Example (a SPLADE / SparseEncoder folder):
+
+        pipeline.run("corpus.parquet", output="splade/", model="splade-folder/", task="sparse")
+        pipeline.read_sparse("splade/").column_names     # ['id', 'indices', 'values']
+        indices, values = pipeline.read_sparse("splade/", as_numpy=True)[0]
+
+    `python jobs/search.py --embeddings splade/ --export-sparse out.jsonl` writes them as JSON
+    lines for a search engine's sparse-vector field.
+    """
+    folder, manifest = _open_output(path, ("sparse", "bge-m3"), allow_partial)
+    columns = _own_columns(manifest, ("indices", "values"), columns)
+    table = _read_parts(folder, manifest, ["indices", "values"] if as_numpy else columns)
+    if not as_numpy:
+        return pa.table({}) if table is None else table
+    if table is None:
+        return []
+    return list(zip(ragged_rows(table.column("indices")), ragged_rows(table.column("values"))))
+
+
+# The reader of each task's output, named when another reader is given its folder.
+_READERS = {"embed": "read_embeddings", "score": "read_scores", "classify": "read_scores",
+            "tokens": "read_tokens", "sparse": "read_sparse",
+            "bge-m3": "read_embeddings, read_sparse or read_tokens"}
+
+
 def _task_of(manifest: Manifest) -> str:
     return manifest.fingerprint.get("engine", {}).get("task", "embed")
+
+
+def _own_columns(manifest: Manifest, own: tuple[str, ...], columns):
+    """The columns a reader reads by default: all of them, except from a bge-m3 output, whose
+    three readers each read `id`, their own columns and the pass-through ones."""
+    if columns is not None or _task_of(manifest) != "bge-m3":
+        return columns
+    return ["id", *own, *manifest.fingerprint.get("passthrough_columns", [])]
 
 
 def _open_output(path, tasks: tuple[str, ...], allow_partial: bool):
@@ -206,9 +289,8 @@ def _open_output(path, tasks: tuple[str, ...], allow_partial: bool):
         raise InputNotFoundError(f"{folder} has no _manifest.json: not the output of pipeline.run")
     task = _task_of(manifest)
     if task not in tasks:
-        reader = "read_embeddings" if task == "embed" else "read_scores"
         raise InputError(f"{folder} holds the output of task={task!r}; read it with "
-                         f"pipeline.{reader}({str(folder)!r})")
+                         f"pipeline.{_READERS.get(task, 'read_embeddings')}({str(folder)!r})")
     if not manifest.data.get("complete") and not allow_partial:
         raise InputError(f"the run writing {folder} has not finished ({len(manifest.shards)} of "
                          f"{manifest.plan['num_shards']} shards committed); rerun pipeline.run "

@@ -14,7 +14,7 @@ import time
 
 import ray
 
-from . import cluster, quantize
+from . import cluster, part_size, quantize
 from .config import PipelineConfig
 from .errors import InputError
 from .finish import RunResult, finish, kept_rows
@@ -58,7 +58,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
         source = source or open_source(data, config)
         n_workers, threads, resources = _worker_plan(config, engine_options)
         manifest = _load_manifest(folder, config) if folder else None
-        shards, plan = _plan(source, config, manifest, n_workers)
+        shards, plan = _plan(source, config, manifest, n_workers, engine_options)
         if manifest is not None:
             # The input and this config's part of the fingerprint (columns, output form) are
             # known now: a mismatch fails before any actor loads a model. The engine's part is
@@ -91,10 +91,16 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
             ray.shutdown()
 
 
-def _plan(source, config: PipelineConfig, manifest: Manifest | None, n_workers: int):
-    """(shards, plan record); a resumed run keeps the shard size recorded in its manifest."""
-    rows = manifest.plan["shard_rows"] if manifest else (
-        config.shard_rows or default_shard_rows(source.num_rows, n_workers))
+def _plan(source, config: PipelineConfig, manifest: Manifest | None, n_workers: int,
+          engine_options: dict | None = None):
+    """(shards, plan record); a resumed run keeps the shard size recorded in its manifest. Token
+    outputs' shards are capped so a part stays under `max_part_bytes` (`part_size.py`)."""
+    if manifest:
+        rows = manifest.plan["shard_rows"]
+    else:
+        rows = config.shard_rows or default_shard_rows(source.num_rows, n_workers)
+        per_row = part_size.row_bytes(config.task, config.output_dtype, engine_options or {})
+        rows = part_size.bounded_rows(rows, config.max_part_bytes, per_row)
     shards = plan_shards(source.fragments, rows)
     return shards, plan_record(source, rows, len(shards))
 
@@ -170,7 +176,9 @@ def _record_run(manifest: Manifest, pool: Pool, source, config: PipelineConfig,
             windows = quantize.calibration_shards(source.fragments)
             sample = ray.get(pool.workers[0].handle.sample.remote(pool.source_box, windows))
             calibration = quantize.calibrate(sample)
-        manifest.put("quantization", quantize.record(config.output_dtype, pool.dim, calibration))
+        # It describes the `embedding` column: bge-m3's is float32 whatever its tokens' dtype.
+        stored = config.output_dtype if TASKS[config.task].quantized else "float32"
+        manifest.put("quantization", quantize.record(stored, pool.dim, calibration))
     options = dict(engine_options)
     if options.get("model"):
         options["model"] = redact(absolute(options["model"]))
