@@ -19,7 +19,8 @@ from .config import PipelineConfig
 from .errors import InputError
 from .finish import RunResult, finish, kept_rows
 from .manifest import MANIFEST_NAME, Manifest, check_resumable
-from .output_folder import OutputFolder, absolute, redact
+from .model_sync import model_spec
+from .output_folder import OutputFolder, absolute, is_uri, redact
 from .pool import Pool
 from .progress import Progress, RunStats, WorkerStats
 from .shards import default_shard_rows, plan_record, plan_shards
@@ -56,6 +57,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
     pool = manifest = None
     try:
         source = source or open_source(data, config)
+        spec = _model_spec(engine_options, ship=not started_ray)
         n_workers, threads, resources = _worker_plan(config, engine_options)
         manifest = _load_manifest(folder, config) if folder else None
         shards, plan = _plan(source, config, manifest, n_workers)
@@ -67,7 +69,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
         todo = _pending(shards, manifest)
         engine_cfg = EngineConfig(**{"num_threads": threads, **engine_options})
         pool = Pool.start(max(1, min(n_workers, len(todo))), resources, config, source,
-                          (engine_cfg, config, folder, threads))
+                          (engine_cfg, config, folder, threads, spec))
         fingerprint = pool.fingerprint()
         if folder:
             manifest = _prepare_output(folder, manifest, fingerprint, plan)
@@ -234,13 +236,27 @@ class _Collector:
 
 
 def _check_model_here(engine_options: dict, address: str | None) -> None:
-    """Open the model folder before Ray starts; on a cluster (RAY_ADDRESS or an address) a folder
+    """Open the model folder before Ray starts. A URI is opened by each node (after the driver
+    lists and hashes it, `model_sync`); on a cluster (RAY_ADDRESS or an address) a local folder
     this node does not have is left for the actors' nodes to open (and report)."""
     model = engine_options.get("model")
+    if model and is_uri(model):
+        return
     remote = os.environ.get("RAY_ADDRESS") or address not in (None, cluster.LOCAL)
     if model and remote and not os.path.exists(os.path.expanduser(model)):
         return
     check_model(engine_options)
+
+
+def _model_spec(engine_options: dict, ship: bool):
+    """What each node needs to make its copy of the model (`pipeline/model_sync.py`): None for
+    the bundled model (installed with the package on every node) and for a local folder the
+    driver does not have (the actors' nodes must have it). `ship`: put a local folder's bytes in
+    the object store (False when this driver started Ray: every worker is on this machine)."""
+    model = engine_options.get("model")
+    if not model or not (is_uri(model) or os.path.isdir(os.path.expanduser(model))):
+        return None
+    return model_spec(model if is_uri(model) else os.path.expanduser(model), ship)
 
 
 CRASH_ENV = "PIPELINE_CRASH_AT"
