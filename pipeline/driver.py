@@ -68,8 +68,10 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
             check_resumable(manifest, {**manifest.fingerprint, **config.fingerprint()}, plan)
         todo = _pending(shards, manifest)
         engine_cfg = EngineConfig(**{"num_threads": threads, **engine_options})
-        pool = Pool.start(max(1, min(n_workers, len(todo))), resources, config, source,
-                          (engine_cfg, config, folder, threads, spec))
+        actor_args = (engine_cfg, config, folder, threads, spec)
+        pool = Pool.start(max(1, min(n_workers, len(todo))), resources, config, source, actor_args)
+        if config.num_workers is None:  # "auto": nodes that join mid-run get workers too
+            pool.follow(resources, config, actor_args)
         fingerprint = pool.fingerprint()
         if folder:
             manifest = _prepare_output(folder, manifest, fingerprint, plan)
