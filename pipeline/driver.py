@@ -57,7 +57,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
     pool = manifest = None
     try:
         source = source or open_source(data, config)
-        spec = _model_spec(engine_options, ship=not started_ray)
+        spec = _model_spec(engine_options, joined=not started_ray)
         n_workers, threads, resources = _worker_plan(config, engine_options)
         manifest = _load_manifest(folder, config) if folder else None
         shards, plan = _plan(source, config, manifest, n_workers)
@@ -250,15 +250,17 @@ def _check_model_here(engine_options: dict, address: str | None) -> None:
     check_model(engine_options)
 
 
-def _model_spec(engine_options: dict, ship: bool):
-    """What each node needs to make its copy of the model (`pipeline/model_sync.py`): None for
-    the bundled model (installed with the package on every node) and for a local folder the
-    driver does not have (the actors' nodes must have it). `ship`: put a local folder's bytes in
-    the object store (False when this driver started Ray: every worker is on this machine)."""
+def _model_spec(engine_options: dict, joined: bool):
+    """What each node needs to make its copy of the model (`pipeline/model_sync.py`), or None
+    where the actors open the path as given: the bundled model (installed on every node), a
+    local folder when this driver started Ray itself (every worker is on this machine), and one
+    the driver does not have on a cluster (the actors' nodes must have it)."""
     model = engine_options.get("model")
-    if not model or not (is_uri(model) or os.path.isdir(os.path.expanduser(model))):
-        return None
-    return model_spec(model if is_uri(model) else os.path.expanduser(model), ship)
+    if model and is_uri(model):
+        return model_spec(model)
+    if model and joined and os.path.isdir(os.path.expanduser(model)):
+        return model_spec(os.path.expanduser(model))
+    return None
 
 
 CRASH_ENV = "PIPELINE_CRASH_AT"

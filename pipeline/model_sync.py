@@ -5,8 +5,8 @@ that exists only where the driver runs. The driver describes the folder once (`m
 every file's relative name, size and sha256, and the content hash of that list, which names the
 cache entry. A local folder is shipped through Ray's object store (`ray.put` in CHUNK pieces, so
 the driver never holds a whole file; fine for models up to a few GB, larger ones belong on object
-storage) unless the driver started Ray itself (then every worker is on this machine); a URI is
-read by each node straight from storage.
+storage); a URI is read by each node straight from storage. (When the driver started Ray itself
+every worker is on its machine: the driver passes no spec and the engine opens the path.)
 
 In each actor, before its engine is built, `ensure_local_model(spec)` returns the folder to load:
 - on the driver's own node, a local folder is used in place (no copy);
@@ -72,7 +72,6 @@ class ModelSpec:
     files: tuple[ModelFile, ...]
     digest: str             # content hash: sha256 over (name, size, sha256) of every file
     origin_node: str        # Ray node id of the driver (its local folder is used in place)
-    shipped: bool           # a local folder whose bytes are in the object store
 
     @property
     def name(self) -> str:
@@ -94,9 +93,9 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
 
 
-def model_spec(model: str, ship: bool) -> ModelSpec:
+def model_spec(model: str) -> ModelSpec:
     """Describe the model folder at `model` (local path or URI), reading every file once to hash
-    it; with `ship`, a local folder's bytes also go into the object store (call after Ray is up)."""
+    it; a local folder's bytes also go into the object store (so call it once Ray is up)."""
     uri = is_uri(model)
     fs, root = resolve(model)
     root = root.rstrip("/")
@@ -107,11 +106,10 @@ def model_spec(model: str, ship: bool) -> ModelSpec:
         raise InputNotFoundError(f"model folder {redact(model)!r} holds no files (or does not "
                                  "exist); pass the folder with config.json, the tokenizer and "
                                  "*.safetensors")
-    ship = ship and not uri
-    files = tuple(_describe(fs, f"{root}/{rel}", rel, ship) for rel in rels)
+    files = tuple(_describe(fs, f"{root}/{rel}", rel, ship=not uri) for rel in rels)
     digest = hashlib.sha256("".join(f"{f.rel}\0{f.size}\0{f.sha256}\n" for f in files).encode())
     return ModelSpec(model if uri else os.path.abspath(model), files, digest.hexdigest()[:32],
-                     ray.get_runtime_context().get_node_id() if ray.is_initialized() else "", ship)
+                     ray.get_runtime_context().get_node_id())
 
 
 def _wanted(rel: str) -> bool:
@@ -135,12 +133,8 @@ def _describe(fs, path: str, rel: str, ship: bool) -> ModelFile:
 def ensure_local_model(spec: ModelSpec) -> str:
     """The local folder this node's engine loads `spec`'s model from (copied once per node)."""
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    if not is_uri(spec.source) and (node == spec.origin_node or not spec.shipped):
-        if os.path.isdir(spec.source):
-            return spec.source
-        raise ModelSyncError(f"{_where(node)}: model folder {spec.shown} is not on this node and "
-                             "was not shipped (the driver started Ray itself, so every worker "
-                             "should be on its machine); pass a folder every node has, or a URI")
+    if node == spec.origin_node and not is_uri(spec.source) and os.path.isdir(spec.source):
+        return spec.source  # the driver's own folder
     root = cache_root()
     final = root / spec.digest
     if _complete(final, spec):

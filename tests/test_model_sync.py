@@ -73,8 +73,8 @@ def entries(cache: Path) -> list[Path]:
 
 def after_spec(monkeypatch, action):
     """Run `action(spec)` in the driver right after it described the model (before any actor)."""
-    def wrapped(model, ship):
-        spec = model_spec(model, ship)
+    def wrapped(model):
+        spec = model_spec(model)
         action(spec)
         return spec
     monkeypatch.setattr(pipeline.driver, "model_spec", wrapped)
@@ -106,7 +106,7 @@ def test_a_folder_only_the_driver_has_is_copied_once_per_node(nodes, empty_cache
     from pipeline.actor import EmbedWorker
     from pipeline.config import PipelineConfig
     from workers import EngineConfig
-    spec = model_spec(str(mine), ship=True)
+    spec = model_spec(str(mine))
     actor = ray.remote(EmbedWorker).options(num_cpus=1).remote(
         EngineConfig(model=str(mine), dtype="float32", num_threads=1), PipelineConfig(), None, 1, spec)
     info = ray.get(actor.info.remote())
@@ -142,7 +142,7 @@ def test_a_changed_or_missing_file_names_the_node_and_the_file(nodes, empty_cach
     for name, body in files.items():
         with fs.open_output_stream(f"bucket/models/bad/{name}") as f:
             f.write(body)
-    spec = model_spec(moto.uri("bucket/models/bad"), ship=False)
+    spec = model_spec(moto.uri("bucket/models/bad"))
     with fs.open_output_stream("bucket/models/bad/vocab.txt") as f:
         f.write(b"[PAD]\n[UNK]\n[CLS]\n")  # changed after the driver hashed it
     with pytest.raises(ModelSyncError) as changed:
