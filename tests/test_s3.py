@@ -27,7 +27,7 @@ import pytest
 
 import pipeline
 from pipeline.samples import sample_passages
-from s3_server import KEY, SECRET  # the moto fixture is in conftest.py
+from s3_server import SECRET  # the moto fixture is in conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
 N, SHARD_ROWS = 120, 20
