@@ -84,7 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--id-column", default=None, help="column copied to the output id (default: global row index)")
     p.add_argument("--passthrough", nargs="*", default=(), metavar="COLUMN",
                    help="input columns copied unchanged into the output")
-    p.add_argument("--model", default=None, help="local model folder (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--model", default=None, help="model folder, local or a URI such as s3://bucket/models/x; each node "
+                   "caches its own copy (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--address", default=None,
                    help="Ray cluster host:port, or 'local' for a new local Ray (default: RAY_ADDRESS, "
                         "else the cluster `ray start` recorded here, else a new local Ray)")
@@ -92,7 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="give up a worker whose restart Ray cannot place in this time (a lost "
                         "node); its shards go to the others (default: 180)")
     p.add_argument("--num-workers", type=int, default=None,
-                   help="engine actors (default: one per GPU, else one per 8 CPU cores at most)")
+                   help="engine actors (default: one per GPU, else one per 8 CPU cores at most; "
+                   "nodes that join mid-run get workers too)")
     p.add_argument("--threads-per-worker", type=int, default=None,
                    help="torch threads / reserved CPUs per CPU actor (default: an even split)")
     p.add_argument("--dtype", default="auto", help="engine compute dtype: auto, float32, bfloat16, float16")

@@ -63,10 +63,13 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             Errors are typed (`pipeline/errors.py`): `InputError` (a ValueError) for bad
             arguments or input, `FingerprintMismatch`, `BadRowsError`, and `RunFailedError`
             (a RuntimeError; e.g. `ShardFailedError`) once work has begun: rerun to resume.
-        model: a local model folder; None is the bundled all-MiniLM-L6-v2.
+        model: a model folder: a local path (on a cluster it may exist only where the driver
+            runs) or a URI (`s3://bucket/models/x`); each node loads its own copy, cached by
+            content hash (`pipeline/model_sync.py`). None is the bundled all-MiniLM-L6-v2.
         text_column: the column with the texts (the queries with task="score"). id_column: the
             column copied to `id` (None: the global row index).
-        num_workers: engine actors (None: one per GPU, or one per 8 CPU cores at most).
+        num_workers: engine actors (None or "auto": one per GPU, or one per 8 CPU cores at
+            most, and nodes that join the cluster mid-run get workers too).
         address: the Ray cluster ("host:port", "ray://host:port", or "local" for a new local
             Ray); None: RAY_ADDRESS, else the cluster `ray start` recorded on this machine, else
             a new local Ray. An address nothing answers fails within seconds with

@@ -11,6 +11,7 @@ Writing a part also happens outside the engine lock, overlapping the next shard'
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -52,11 +53,15 @@ class EmbedWorker:
     """One engine in one Ray actor. Wrapped with `ray.remote` by the driver (see `driver.py`)."""
 
     def __init__(self, engine_config, config: PipelineConfig, output: OutputFolder | None,
-                 threads: int | None):
+                 threads: int | None, model_spec=None):
         if threads:
             # The tokenizer's Rust pool would otherwise start one thread per core of the node,
             # oversubscribing the cores reserved for this actor (FACTS.md: deadly with torch).
             os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = str(threads)
+        if model_spec is not None:  # this node's copy of the model (pipeline/model_sync.py)
+            from .model_sync import ensure_local_model
+            engine_config = dataclasses.replace(engine_config, model=ensure_local_model(model_spec))
+        self.model_path = engine_config.model
         from workers import Engine
         self.engine = Engine(engine_config)
         self.config, self._sources = config, {}
@@ -72,7 +77,7 @@ class EmbedWorker:
 
     def info(self) -> dict:
         return {"pid": os.getpid(), "dim": self.engine.dim, "node": os.uname().nodename,
-                "node_id": ray.get_runtime_context().get_node_id()}
+                "node_id": ray.get_runtime_context().get_node_id(), "model_path": self.model_path}
 
     def sample(self, source_box: list, shards: list[Shard]) -> np.ndarray:
         """Embed the texts of `shards` that are not blank (the int8 calibration sample): (n, dim)."""

@@ -32,8 +32,9 @@ class PipelineConfig:
             paired with each row's query.
         id_column: column copied to the output `id`; None: the global row index (int64).
         passthrough_columns: extra input columns copied unchanged into every output part.
-        num_workers: engine actors; None: one per GPU, or on CPU-only clusters one per
-            `threads_per_worker` cores.
+        num_workers: engine actors; None or "auto": one per GPU, or on CPU-only clusters one
+            per `threads_per_worker` cores, and nodes that join the cluster during the run get
+            workers too (elastic; see `pipeline/pool.py`). A number fixes the pool.
         threads_per_worker: torch threads (and reserved CPUs) of each CPU actor; None: the
             cluster's CPUs split evenly across the workers (at most 8 each).
         shard_rows: rows per shard, the unit of dispatch, retry and resume; None: sized from the
@@ -77,7 +78,7 @@ class PipelineConfig:
     text_column: str = "text"
     id_column: str | None = None
     passthrough_columns: tuple[str, ...] = ()
-    num_workers: int | None = None
+    num_workers: int | str | None = None
     threads_per_worker: int | None = None
     shard_rows: int | None = None
     output_format: str = "parquet"
@@ -112,6 +113,8 @@ class PipelineConfig:
         if clash:
             raise InputError(f"passthrough_columns {sorted(clash)} clash with the output columns "
                              f"{sorted(reserved)}; rename them in the input first")
+        if self.num_workers == "auto":
+            object.__setattr__(self, "num_workers", None)
         for name in ("num_workers", "threads_per_worker", "shard_rows", "max_part_bytes"):
             _positive_or_none(name, getattr(self, name))
         for name in ("max_retries", "max_restarts"):

@@ -19,7 +19,8 @@ from .config import PipelineConfig
 from .errors import InputError
 from .finish import RunResult, finish, kept_rows
 from .manifest import MANIFEST_NAME, Manifest, check_resumable
-from .output_folder import OutputFolder, absolute, redact
+from .model_sync import model_spec
+from .output_folder import OutputFolder, absolute, is_uri, redact
 from .pool import Pool
 from .progress import Progress, RunStats, WorkerStats
 from .shards import default_shard_rows, plan_record, plan_shards
@@ -56,6 +57,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
     pool = manifest = None
     try:
         source = source or open_source(data, config)
+        spec = _model_spec(engine_options, joined=not started_ray)
         n_workers, threads, resources = _worker_plan(config, engine_options)
         manifest = _load_manifest(folder, config) if folder else None
         shards, plan = _plan(source, config, manifest, n_workers, engine_options)
@@ -66,8 +68,10 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
             check_resumable(manifest, {**manifest.fingerprint, **config.fingerprint()}, plan)
         todo = _pending(shards, manifest)
         engine_cfg = EngineConfig(**{"num_threads": threads, **engine_options})
-        pool = Pool.start(max(1, min(n_workers, len(todo))), resources, config, source,
-                          (engine_cfg, config, folder, threads))
+        actor_args = (engine_cfg, config, folder, threads, spec)
+        pool = Pool.start(max(1, min(n_workers, len(todo))), resources, config, source, actor_args)
+        if config.num_workers is None:  # "auto": nodes that join mid-run get workers too
+            pool.follow(resources, config, actor_args)
         fingerprint = pool.fingerprint()
         if folder:
             manifest = _prepare_output(folder, manifest, fingerprint, plan)
@@ -242,13 +246,29 @@ class _Collector:
 
 
 def _check_model_here(engine_options: dict, address: str | None) -> None:
-    """Open the model folder before Ray starts; on a cluster (RAY_ADDRESS or an address) a folder
+    """Open the model folder before Ray starts. A URI is opened by each node (after the driver
+    lists and hashes it, `model_sync`); on a cluster (RAY_ADDRESS or an address) a local folder
     this node does not have is left for the actors' nodes to open (and report)."""
     model = engine_options.get("model")
+    if model and is_uri(model):
+        return
     remote = os.environ.get("RAY_ADDRESS") or address not in (None, cluster.LOCAL)
     if model and remote and not os.path.exists(os.path.expanduser(model)):
         return
     check_model(engine_options)
+
+
+def _model_spec(engine_options: dict, joined: bool):
+    """What each node needs to make its copy of the model (`pipeline/model_sync.py`), or None
+    where the actors open the path as given: the bundled model (installed on every node), a
+    local folder when this driver started Ray itself (every worker is on this machine), and one
+    the driver does not have on a cluster (the actors' nodes must have it)."""
+    model = engine_options.get("model")
+    if model and is_uri(model):
+        return model_spec(model)
+    if model and joined and os.path.isdir(os.path.expanduser(model)):
+        return model_spec(os.path.expanduser(model))
+    return None
 
 
 CRASH_ENV = "PIPELINE_CRASH_AT"

@@ -32,3 +32,13 @@ def cluster(tmp_path_factory):
     finally:
         ray.shutdown()
         del os.environ["PIPELINE_CRASH_FILE"]
+
+
+@pytest.fixture(scope="module")
+def moto():
+    """A moto S3 server on 127.0.0.1 for the module (tests/s3_server.py), with a `bucket`."""
+    from s3_server import Moto
+    server = Moto()
+    server.fs().create_dir("bucket")
+    yield server
+    server.stop()
