@@ -227,7 +227,8 @@ def main() -> None:
                             "max_seq_length 384; fallback: the folder's own)")
         p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, every system")
         p.add_argument("--batch-tokens", type=int, default=None, help="engine token budget per batch")
-        p.add_argument("--rounds", type=int, default=2, help="alternating timed rounds (best kept)")
+        if p is not prof:
+            p.add_argument("--rounds", type=int, default=2, help="alternating timed rounds (best kept)")
         p.add_argument("--seed", type=int, default=0, help="corpus sampling seed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
