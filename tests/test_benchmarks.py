@@ -76,3 +76,52 @@ def test_gpu_check_smoke_on_cpu_passes():
         assert f"\n{case} (" in out
     rows = [line for line in out.splitlines() if line.startswith(("| fp32 | sdpa |", "| bf16 | sdpa |"))]
     assert len(rows) == len(cases) * 2 * 2 and not any("FAIL" in r for r in rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_mpnet(tmp_path_factory):
+    """A random 2-layer MPNet folder laid out as sentence-transformers saves all-mpnet-base-v2
+    (mean pooling, normalize), with a unit-scale relative bias so that the bias matters."""
+    from transformers import MPNetConfig
+
+    from tiny_models import save_tiny, write_sentence_transformers_files
+    folder = tmp_path_factory.mktemp("bench") / "tiny-mpnet"
+    cfg = MPNetConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=130, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0, architectures=["MPNetModel"])
+    save_tiny(folder, cfg, big=("relative_attention_bias",))
+    write_sentence_transformers_files(folder, "mean", True, 64)
+    return str(folder)
+
+
+def _table(out: str) -> dict[str, list[str]]:
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.split("|")[1:-1]]
+                                              for line in out.splitlines() if line.startswith("| "))}
+
+
+@pytest.mark.slow
+def test_bench_models_mpnet_prints_every_system(tiny_mpnet):
+    out = _run("bench_models.py", "mpnet", "--model", tiny_mpnet, "--passages", "8", "--max-length", "64",
+               "--rounds", "1")
+    rows = _table(out)
+    assert set(rows) >= set(f"{s}-{d}" for s in ("engine", "st", "hf-sorted") for d in ("fp32", "bf16")), out
+    assert rows["st-bf16"][1] == "1.00x" and "goal engine-bf16 >= 1.6x st-bf16:" in out
+    # fp32 systems give sentence-transformers' vectors (hf-sorted puts its sorted batches back in order)
+    assert float(rows["engine-fp32"][3]) >= 0.99999 and float(rows["hf-sorted-fp32"][3]) >= 0.99999, out
+    assert float(rows["engine-bf16"][3]) >= 0.99, out
+
+
+@pytest.mark.slow
+def test_bench_models_fallback_matches_native():
+    out = _run("bench_models.py", "fallback", "--passages", "8", "--rounds", "1")
+    rows = _table(out)
+    assert set(rows) >= {"native-fp32", "transformers-fp32", "native-bf16", "transformers-bf16"}, out
+    assert rows["native-fp32"][1] == "1.00x"
+    assert float(rows["transformers-fp32"][3]) >= 0.99999 and float(rows["transformers-bf16"][3]) >= 0.99, out
+
+
+@pytest.mark.slow
+def test_bench_models_profile_groups_the_ops(tiny_mpnet):
+    out = _run("bench_models.py", "profile", "--model", tiny_mpnet, "--passages", "8", "--max-length", "64")
+    rows = _table(out)
+    assert float(rows["linears (matmul)"][0]) > 0 and float(rows["attention kernel (SDPA)"][0]) > 0, out
