@@ -161,8 +161,8 @@ def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False, 
         >>> pipeline.read_embeddings(out, as_numpy=True).shape
         (3, 384)
     """
-    folder, manifest = _open_output(path, ("embed", "bge-m3"), allow_partial)
-    columns = _own_columns(manifest, ("embedding",), columns)
+    folder, manifest = _open_output(path, "read_embeddings", allow_partial)
+    columns = _own_columns(manifest, "read_embeddings", columns)
     table = _read_parts(folder, manifest, ["embedding"] if as_numpy else columns)
     if table is None:
         return np.zeros((0, 0), dtype=np.float32) if as_numpy else pa.table({})
@@ -200,7 +200,7 @@ def read_scores(path, *, columns=None, as_numpy=False, allow_partial=False):
         pipeline.read_scores("scores/").column_names          # ['id', 'score']
         pipeline.read_scores("scores/", as_numpy=True)        # array([0.93, 0.02, ...], float32)
     """
-    folder, manifest = _open_output(path, ("score", "classify"), allow_partial)
+    folder, manifest = _open_output(path, "read_scores", allow_partial)
     task = _task_of(manifest)
     values = TASKS[task].columns[0].name  # score, or logits
     table = _read_parts(folder, manifest, [values] if as_numpy else columns)
@@ -229,8 +229,8 @@ def read_tokens(path, *, columns=None, as_numpy=False, allow_partial=False):
         docs = pipeline.read_tokens("colbert/", as_numpy=True)
         maxsim = (query @ docs[0].T.astype("float32")).max(axis=1).sum()
     """
-    folder, manifest = _open_output(path, ("tokens", "bge-m3"), allow_partial)
-    columns = _own_columns(manifest, ("tokens", "num_tokens"), columns)
+    folder, manifest = _open_output(path, "read_tokens", allow_partial)
+    columns = _own_columns(manifest, "read_tokens", columns)
     table = _read_parts(folder, manifest, ["tokens"] if as_numpy else columns)
     if not as_numpy:
         return pa.table({}) if table is None else table
@@ -256,8 +256,8 @@ def read_sparse(path, *, columns=None, as_numpy=False, allow_partial=False):
     `python jobs/search.py --embeddings splade/ --export-sparse out.jsonl` writes them as JSON
     lines for a search engine's sparse-vector field.
     """
-    folder, manifest = _open_output(path, ("sparse", "bge-m3"), allow_partial)
-    columns = _own_columns(manifest, ("indices", "values"), columns)
+    folder, manifest = _open_output(path, "read_sparse", allow_partial)
+    columns = _own_columns(manifest, "read_sparse", columns)
     table = _read_parts(folder, manifest, ["indices", "values"] if as_numpy else columns)
     if not as_numpy:
         return pa.table({}) if table is None else table
@@ -266,34 +266,32 @@ def read_sparse(path, *, columns=None, as_numpy=False, allow_partial=False):
     return list(zip(ragged_rows(table.column("indices")), ragged_rows(table.column("values"))))
 
 
-# The reader of each task's output, named when another reader is given its folder.
-_READERS = {"embed": "read_embeddings", "score": "read_scores", "classify": "read_scores",
-            "tokens": "read_tokens", "sparse": "read_sparse",
-            "bge-m3": "read_embeddings, read_sparse or read_tokens"}
-
-
 def _task_of(manifest: Manifest) -> str:
     return manifest.fingerprint.get("engine", {}).get("task", "embed")
 
 
-def _own_columns(manifest: Manifest, own: tuple[str, ...], columns):
-    """The columns a reader reads by default: all of them, except from a bge-m3 output, whose
-    three readers each read `id`, their own columns and the pass-through ones."""
-    if columns is not None or _task_of(manifest) != "bge-m3":
+def _own_columns(manifest: Manifest, reader: str, columns):
+    """The columns `reader` reads by default: all of them (None), except from an output whose
+    task has several readers (bge-m3): `id`, the reader's column group, the pass-through ones."""
+    groups = dict(TASKS[_task_of(manifest)].readers)
+    if columns is not None or groups.get(reader) is None:
         return columns
-    return ["id", *own, *manifest.fingerprint.get("passthrough_columns", [])]
+    return ["id", *groups[reader], *manifest.fingerprint.get("passthrough_columns", [])]
 
 
-def _open_output(path, tasks: tuple[str, ...], allow_partial: bool):
-    """(folder, manifest) of a `pipeline.run` output whose task is one of `tasks`."""
+def _open_output(path, reader: str, allow_partial: bool):
+    """(folder, manifest) of a `pipeline.run` output whose task lists `reader` in its readers."""
     folder = OutputFolder.open(path)
     manifest = Manifest.load(folder)
     if manifest is None:
         raise InputNotFoundError(f"{folder} has no _manifest.json: not the output of pipeline.run")
     task = _task_of(manifest)
-    if task not in tasks:
+    readers = [name for name, _ in TASKS[task].readers] if task in TASKS else []
+    if reader not in readers:
+        names = readers or ["read_embeddings"]
+        named = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
         raise InputError(f"{folder} holds the output of task={task!r}; read it with "
-                         f"pipeline.{_READERS.get(task, 'read_embeddings')}({str(folder)!r})")
+                         f"pipeline.{named}({str(folder)!r})")
     if not manifest.data.get("complete") and not allow_partial:
         raise InputError(f"the run writing {folder} has not finished ({len(manifest.shards)} of "
                          f"{manifest.plan['num_shards']} shards committed); rerun pipeline.run "

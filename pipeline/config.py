@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass
 
 from .errors import InputError
-from .tasks import check_task
+from .tasks import TASKS, check_task
 
 OUTPUT_FORMATS = ("parquet", "arrow")
 BAD_ROW_POLICIES = ("record", "error")
@@ -155,8 +155,8 @@ class PipelineConfig:
             "output_dtype": self.output_dtype,
             # Only when set, so embedding manifests written before pairs existed stay resumable.
             **({"pair_column": self.pair_column} if self.pair_column else {}),
-            # Token vectors are the passages' (document) side; only task="tokens" has two sides.
-            **({"side": "document"} if self.task == "tokens" else {}),
+            # The task's own entries (tokens: "side": "document", the passages' side), last.
+            **dict(TASKS[self.task].fingerprint),
         }
 
 

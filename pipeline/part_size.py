@@ -9,7 +9,8 @@ folder, for the worst case: every text at max_length tokens,
     bge-m3:  max_length x H x bytes per value + 4 H + 8 max_length   (colbert <= H wide, dense,
                                                                  sparse pairs)
 
-plus `ROW_OVERHEAD` bytes (id, list offsets, num_tokens). max_length is the engine option, else
+plus `ROW_OVERHEAD` bytes (id, list offsets, num_tokens). The formulas are the Task rows'
+`row_bytes` (pipeline/tasks.py); this module finds the shape they take. max_length is the engine option, else
 the folder's (sentence-transformers max_seq_length, a multi-vector folder's document length,
 else the model's positions), as the engine resolves it. Real passages are usually shorter, so
 parts come out smaller than the bound; lower max_length or raise max_part_bytes for larger ones.
@@ -31,14 +32,11 @@ FALLBACK_LENGTH, FALLBACK_WIDTH = 512, 1024
 
 def row_bytes(task: str, output_dtype: str, engine_options: dict) -> int | None:
     """Worst-case bytes of one output row of `task`; None for tasks whose rows are small."""
-    if not TASKS[task].token_rows:
+    estimate = TASKS[task].row_bytes
+    if estimate is None:
         return None
     max_length, width, hidden = _row_shape(engine_options)
-    value = STORED_DTYPES[output_dtype]().itemsize
-    size = max_length * width * value + ROW_OVERHEAD
-    if task == "bge-m3":
-        size += 4 * hidden + 8 * max_length
-    return size
+    return estimate(max_length, width, hidden, STORED_DTYPES[output_dtype]().itemsize) + ROW_OVERHEAD
 
 
 def bounded_rows(rows: int, max_part_bytes: int | None, per_row: int | None) -> int:

@@ -21,9 +21,15 @@ score, classify and sparse float32 only. In memory every value is float32 as the
 
 Token vectors are the document side: the pipeline embeds passages (`embed_tokens(...,
 is_query=False)`: a multi-vector folder's document marker and skip-list), and records
-`"side": "document"` in the fingerprint of task="tokens" (bge-m3 has one side). Queries are
-embedded at search time (`pipeline/late_search.py`). Parts of the token tasks are bounded in
-bytes: their shards are planned smaller (`pipeline/part_size.py`, `max_part_bytes`).
+`"side": "document"` in the fingerprint of task="tokens" (its row's `fingerprint`; bge-m3 has
+one side). Queries are embedded at search time (`pipeline/late_search.py`). Parts of the token
+tasks are bounded in bytes: their shards are planned smaller (`pipeline/part_size.py`,
+`max_part_bytes`, with the row's `row_bytes` estimate).
+
+Every per-task fact lives on the Task row, so nothing else branches on a task's name: the
+config's fingerprint adds the row's `fingerprint` pairs, part_size calls its `row_bytes`, and
+`pipeline.read_*` accepts an output whose task lists that reader in `readers` (a bge-m3 output
+has three readers, each reading `id`, its own column group and the pass-through columns).
 """
 from __future__ import annotations
 
@@ -61,7 +67,14 @@ class Task:
     quantized: bool = False                           # int8 calibration applies
     output_dtypes: tuple[str, ...] = ("float32",)     # stored precisions; the first is the default
     stored: tuple[str, ...] = ()                      # part columns, when not the columns' names
-    token_rows: bool = False                          # rows hold token vectors: bounded parts
+    # Worst-case bytes of a row's output columns from (max_length, token width, hidden size,
+    # bytes per token value), for tasks whose rows hold token vectors: their parts are bounded
+    # (pipeline/part_size.py). None: rows are small.
+    row_bytes: Callable[[int, int, int, int], int] | None = None
+    fingerprint: tuple[tuple[str, str], ...] = ()     # (key, value) pairs the config's fingerprint adds
+    # Reader name -> the part columns it reads by default (then `id` first, pass-through last).
+    # One reader: None, all columns. Several (an output holding several outputs): their groups.
+    readers: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -134,20 +147,35 @@ def _bge_m3_arrays(values, dtype, quant):
 
 _TOKEN_DTYPES = ("float16", "float32")
 
+
+def _token_row_bytes(max_length, width, hidden, value):
+    return max_length * width * value
+
+
+def _bge_m3_row_bytes(max_length, width, hidden, value):
+    # colbert vectors (<= hidden wide), the float32 dense vector, (int32, float32) sparse pairs
+    return max_length * width * value + 4 * hidden + 8 * max_length
+
+
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("embed", (Column("embedding", "embeddings", "matrix"),), False, _embed,
-         _embedding_arrays, quantized=True, output_dtypes=("float32", "float16", "int8", "ubinary")),
-    Task("score", (Column("score", "scores", "vector"),), True, _score, _score_arrays),
+         _embedding_arrays, quantized=True, output_dtypes=("float32", "float16", "int8", "ubinary"),
+         readers=(("read_embeddings", None),)),
+    Task("score", (Column("score", "scores", "vector"),), True, _score, _score_arrays,
+         readers=(("read_scores", None),)),
     Task("classify", (Column("logits", "logits", "matrix"), Column("label", "labels", "text")),
-         False, _classify, _classify_arrays),
+         False, _classify, _classify_arrays, readers=(("read_scores", None),)),
     Task("tokens", (Column("tokens", "tokens", "list"),), False, _tokens, _token_arrays,
-         output_dtypes=_TOKEN_DTYPES, stored=("tokens", "num_tokens"), token_rows=True),
+         output_dtypes=_TOKEN_DTYPES, stored=("tokens", "num_tokens"), row_bytes=_token_row_bytes,
+         fingerprint=(("side", "document"),), readers=(("read_tokens", None),)),
     Task("sparse", (Column("sparse", "sparse", "list"),), False, _sparse, _sparse_arrays,
-         stored=("indices", "values")),
+         stored=("indices", "values"), readers=(("read_sparse", None),)),
     Task("bge-m3", (Column("embedding", "embeddings", "matrix"), Column("sparse", "sparse", "list"),
                     Column("tokens", "tokens", "list")), False, _bge_m3, _bge_m3_arrays,
          output_dtypes=_TOKEN_DTYPES,
-         stored=("embedding", "indices", "values", "tokens", "num_tokens"), token_rows=True),
+         stored=("embedding", "indices", "values", "tokens", "num_tokens"), row_bytes=_bge_m3_row_bytes,
+         readers=(("read_embeddings", ("embedding",)), ("read_sparse", ("indices", "values")),
+                  ("read_tokens", ("tokens", "num_tokens")))),
 )}
 
 

@@ -125,3 +125,27 @@ def test_bench_models_profile_groups_the_ops(tiny_mpnet):
     out = _run("bench_models.py", "profile", "--model", tiny_mpnet, "--passages", "8", "--max-length", "64")
     rows = _table(out)
     assert float(rows["linears (matmul)"][0]) > 0 and float(rows["attention kernel (SDPA)"][0]) > 0, out
+
+@pytest.mark.slow
+def test_bench_tokens_prints_the_tables():
+    """SPLADE and ColBERT heads on MiniLM's first layer: the engine's outputs equal the peers' in
+    fp32, and every table row and output size is printed."""
+    out = _run("bench_tokens.py", "--passages", "4", "--layers", "1", "--max-length", "32", "--rounds", "1",
+               "--threads", "1")
+    rows = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith(("| system", "| output"))}
+    peers = ("st-sparse", "st-multivector")
+    assert {f"{s}-{d}" for s in ("engine", *peers) for d in ("fp32", "bf16")} <= set(rows)
+    splade, colbert = out.split("\nsplade (")[1].split("\ncolbert (")
+    assert "| engine-fp32 |" in splade and "| engine-fp32 |" in colbert
+    splade_row = next(ln for ln in splade.splitlines() if ln.startswith("| engine-fp32 |")).split("|")
+    assert splade_row[5].strip() == "4/4 same indices", splade_row
+    assert float(splade_row[6].split()[-1]) <= 1e-4
+    colbert_row = next(ln for ln in colbert.splitlines() if ln.startswith("| engine-fp32 |")).split("|")
+    assert colbert_row[5].strip() == "4/4 same token counts", colbert_row
+    assert float(colbert_row[6].split()[-1]) >= 0.99999
+    sizes = {line.split("|")[1].strip(): float(line.split("|")[2].replace(",", ""))
+             for line in out.split("| output | bytes per passage |")[1].splitlines() if line.startswith("| ") and "---" not in line}
+    assert sizes["dense 384-d float32 vector (for comparison)"] == 1536
+    assert sizes["128-d float32 tokens + int32 count"] - 4 == 2 * (sizes["128-d float16 tokens + int32 count"] - 4) > 0
+    assert 0 < sizes["sparse int32 indices + float32 values"] < 30522 * 8 / 4  # sparse, not empty
