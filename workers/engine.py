@@ -42,6 +42,7 @@ from .loader import load_side_weights, load_weights
 from .memory import PROFILE_TOKENS, MemoryBudgetError, profile_token_budget
 from .model_folder import ModelFolder, open_model_folder
 from .models import model_class
+from .models.packed_linear import pack_linears
 from .platform import resolve_device, resolve_dtype
 from .resolve import Resolved, resolve
 from .runner import ModelRunner
@@ -160,6 +161,8 @@ class Engine(TokenOutputs):
             body, head = modules[0], (modules[1] if len(modules) > 1 else head)
         if self.lora:
             lora.merge(getattr(body, "hf", body), self.lora, self.folder)
+        if self.implementation == "native":
+            pack_linears(body, dtype, self.resolved.max_num_batched_tokens)
         return body, head
 
     def embed(self, texts: list[str]) -> np.ndarray:
