@@ -76,3 +76,9 @@ def test_gpu_check_smoke_on_cpu_passes():
         assert f"\n{case} (" in out
     rows = [line for line in out.splitlines() if line.startswith(("| fp32 | sdpa |", "| bf16 | sdpa |"))]
     assert len(rows) == len(cases) * 2 * 2 and not any("FAIL" in r for r in rows)
+
+
+def test_bench_int8_prints_the_table_and_the_gate():
+    out = _run("bench_int8.py", "--passages", "20", "--rounds", "1", "--systems", "bf16-packed,int8")
+    assert "| bf16-packed |" in out and "| int8 |" in out
+    assert "int8 vs fp32: min cosine" in out and "top-10 overlap" in out

@@ -7,7 +7,7 @@ into oneDNN's blocked layout for batches of `tokens` rows. Each call then goes s
 `torch.ops.mkldnn._linear_pointwise` with its epilogue fused: bias always, the activation of a
 `LinearAct` (GELU, ReLU), and the residual of a `LinearAdd` (`_linear_pointwise.binary`, "add").
 Plain `F.linear` re-derives the layout on every call; at MiniLM's shapes in bfloat16 the packed
-call measured 1.1-3x faster per matmul (docs/BENCHMARKS.md).
+call was faster per matmul in a micro-benchmark; end to end it is within noise so far (docs/BENCHMARKS.md).
 
 The ops are private, so packing runs only where they exist and oneDNN has primitives for the
 dtype on this CPU (`onednn_fusion_available`); anywhere else the body keeps its plain modules.
