@@ -98,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads-per-worker", type=int, default=None,
                    help="torch threads / reserved CPUs per CPU actor (default: an even split)")
     p.add_argument("--dtype", default="auto", help="engine compute dtype: auto, float32, bfloat16, float16")
+    p.add_argument("--quantization", default=None, choices=["int8"],
+                   help="int8 weights on CPU (SmoothQuant-calibrated; default: none)")
     p.add_argument("--batch-tokens", type=int, default=None, help="engine token budget per packed batch")
     p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
     p.add_argument("--truncation", default="truncate", choices=["truncate", "error", "chunk"],
@@ -180,7 +182,8 @@ def main(argv=None) -> int:
     engine = {"dtype": args.dtype, "max_num_batched_tokens": args.batch_tokens, "max_length": args.max_length,
               "dimensions": args.dimensions, "allow_pickle": args.allow_pickle or None,
               "truncation": args.truncation, "chunk_overlap": args.chunk_overlap,
-              "profile_dir": args.profile_dir, "activation": args.activation}
+              "profile_dir": args.profile_dir, "activation": args.activation,
+              "quantization": args.quantization}
     try:
         result = pipeline.run(
             args.input, output=args.output, model=args.model, text_column=args.text_column,

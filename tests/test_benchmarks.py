@@ -149,3 +149,8 @@ def test_bench_tokens_prints_the_tables():
     assert sizes["dense 384-d float32 vector (for comparison)"] == 1536
     assert sizes["128-d float32 tokens + int32 count"] - 4 == 2 * (sizes["128-d float16 tokens + int32 count"] - 4) > 0
     assert 0 < sizes["sparse int32 indices + float32 values"] < 30522 * 8 / 4  # sparse, not empty
+
+def test_bench_int8_prints_the_table_and_the_gate():
+    out = _run("bench_int8.py", "--passages", "20", "--rounds", "1", "--systems", "bf16-packed,int8")
+    assert "| bf16-packed |" in out and "| int8 |" in out
+    assert "int8 vs fp32: min cosine" in out and "top-10 overlap" in out
