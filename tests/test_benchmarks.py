@@ -126,6 +126,7 @@ def test_bench_models_profile_groups_the_ops(tiny_mpnet):
     rows = _table(out)
     assert float(rows["linears (matmul)"][0]) > 0 and float(rows["attention kernel (SDPA)"][0]) > 0, out
 
+
 @pytest.mark.slow
 def test_bench_tokens_prints_the_tables():
     """SPLADE and ColBERT heads on MiniLM's first layer: the engine's outputs equal the peers' in
@@ -149,6 +150,7 @@ def test_bench_tokens_prints_the_tables():
     assert sizes["dense 384-d float32 vector (for comparison)"] == 1536
     assert sizes["128-d float32 tokens + int32 count"] - 4 == 2 * (sizes["128-d float16 tokens + int32 count"] - 4) > 0
     assert 0 < sizes["sparse int32 indices + float32 values"] < 30522 * 8 / 4  # sparse, not empty
+
 
 def test_bench_int8_prints_the_table_and_the_gate():
     out = _run("bench_int8.py", "--passages", "20", "--rounds", "1", "--systems", "bf16-packed,int8")
