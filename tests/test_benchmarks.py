@@ -124,7 +124,9 @@ def test_bench_models_fallback_matches_native():
 def test_bench_models_profile_groups_the_ops(tiny_mpnet):
     out = _run("bench_models.py", "profile", "--model", tiny_mpnet, "--passages", "8", "--max-length", "64")
     rows = _table(out)
-    assert float(rows["linears (matmul)"][0]) > 0 and float(rows["attention kernel (SDPA)"][0]) > 0, out
+    # a group has a row only when some profiled op fell into it (tiny shapes: times may print 0.00)
+    assert {"linears (matmul)", "attention kernel (SDPA)"} <= set(rows), out
+    assert abs(sum(float(r[1].rstrip("%")) for r in rows.values() if r[1].endswith("%")) - 100) < 5, out
 
 
 @pytest.mark.slow
