@@ -8,6 +8,7 @@
     pipeline.run("pairs.parquet", output="scores/", model="cross-encoder/", task="score",
                  text_column="query", pair_column="passage")
     scores = pipeline.read_scores("scores/", as_numpy=True)  # (n,) float32
+    pipeline.shutdown()  # stop the engine actors kept warm between calls (and a Ray run() started)
 
 The data flow (plan, resume, dispatch, embed, write, commit, finish) is in DESIGN.md; each step
 has its own module here. The actor class lives in `pipeline/actor.py`.
@@ -34,9 +35,10 @@ from .quantize import QUANT_KEY
 from .redact import redact, redact_error
 from .quantize import decode as _decode
 from .tasks import TASKS
+from .warm import shutdown
 from .writer import embedding_array, to_numpy
 
-__all__ = ["run", "read_embeddings", "read_scores", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
+__all__ = ["run", "shutdown", "read_embeddings", "read_scores", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
            "PipelineConfig", "OutputFolder", "PipelineError", "InputError", "FingerprintMismatch",
            "RunFailedError", "ShardFailedError", "BadRowsError", "OutputWriteError",
            "WorkersLostError", "ClusterUnreachableError", "redact"]
@@ -88,8 +90,11 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
     cannot load and an output folder holding files the pipeline did not write are refused with
     InputError (a ValueError) / FileNotFoundError before Ray starts.
 
-    Uses the Ray cluster already initialised (or `address`); else starts a local one and shuts
-    it down afterwards. On a cluster, a worker whose node leaves and cannot be restarted within
+    Uses the Ray cluster already initialised (or `address`); else starts a local one. The engine
+    actors stay up after a clean run (warm): a later call in this process with the same engine
+    settings (EngineConfig options, model, num_workers, threads_per_worker, max_restarts) reuses
+    them, with no Ray start and no model load; other settings replace them. `pipeline.shutdown()`
+    (or interpreter exit) stops them, and the local Ray too when this function started it. On a cluster, a worker whose node leaves and cannot be restarted within
     `restart_timeout_s` is given up: its shards go to the others and `result.stats.lost_workers`
     names it. Credentials in URIs (`s3://KEY:SECRET@bucket/...`, `?secret_key=`) are redacted in
     everything written or raised; prefer the environment (AWS_ACCESS_KEY_ID, ...) for them.

@@ -14,7 +14,7 @@ import time
 
 import ray
 
-from . import cluster, quantize
+from . import cluster, quantize, warm
 from .config import PipelineConfig
 from .errors import InputError
 from .finish import RunResult, finish, kept_rows
@@ -52,8 +52,9 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
         folder.check_usable()
     cluster.check_address(config.address)  # a dead address fails in seconds, before the model loads
     _check_model_here(engine_options, config.address)
-    started_ray = cluster.connect(config.address)
+    warm.connected(cluster.connect(config.address))
     pool = manifest = None
+    finished = False
     try:
         source = source or open_source(data, config)
         n_workers, threads, resources = _worker_plan(config, engine_options)
@@ -66,9 +67,11 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
             check_resumable(manifest, {**manifest.fingerprint, **config.fingerprint()}, plan)
         todo = _pending(shards, manifest)
         engine_cfg = EngineConfig(**{"num_threads": threads, **engine_options})
-        pool = Pool.start(max(1, min(n_workers, len(todo))), resources, config, source,
-                          (engine_cfg, config, folder, threads))
-        fingerprint = pool.fingerprint()
+        # Warm actors of an earlier run with the same engine settings, or new ones.
+        pool = warm.acquire(max(1, min(n_workers, len(todo))), resources, config.max_restarts,
+                            engine_cfg, threads)
+        pool.begin(config, folder, source)
+        fingerprint = pool.fingerprint(config)
         if folder:
             manifest = _prepare_output(folder, manifest, fingerprint, plan)
             _record_run(manifest, pool, source, config, engine_options, data)
@@ -81,14 +84,15 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
         pool.run(todo, collector.done, progress.tick)
         progress.close()
         stats = collector.stats(pool, time.perf_counter() - t0, startup, len(shards) - len(todo))
-        return finish(stats, collector, manifest, folder, config)
+        result = finish(stats, collector, manifest, folder, config)
+        finished = True
+        return result
     finally:
         if manifest is not None:
             manifest.save(force=True)
-        if pool is not None:
-            pool.stop()
-        if started_ray:
-            ray.shutdown()
+        # A clean run leaves its actors warm for the next call (pipeline/warm.py); a failed one
+        # stops them (and a Ray the pipeline started, when no actor is left warm).
+        warm.release(pool, keep=finished)
 
 
 def _plan(source, config: PipelineConfig, manifest: Manifest | None, n_workers: int):
@@ -168,7 +172,7 @@ def _record_run(manifest: Manifest, pool: Pool, source, config: PipelineConfig,
         calibration = None
         if config.output_dtype == "int8":
             windows = quantize.calibration_shards(source.fragments)
-            sample = ray.get(pool.workers[0].handle.sample.remote(pool.source_box, windows))
+            sample = ray.get(pool.workers[0].handle.sample.remote(pool.run_box, windows))
             calibration = quantize.calibrate(sample)
         manifest.put("quantization", quantize.record(config.output_dtype, pool.dim, calibration))
     options = dict(engine_options)

@@ -13,6 +13,11 @@ survivors take them. Once every shard is committed, a worker whose node left is 
 (it is named as lost at once); one that crashed on a live node gets its restart (bounded as
 above). Only when no worker is left with shards still waiting does the run fail
 (WorkersLostError; committed shards are kept, a rerun resumes).
+
+A pool outlives one run when it is kept warm (`pipeline/warm.py`): `start` takes only what the
+actors are built from (engine settings, resources, restart budget); `begin` gives it one run
+(its retry policy and the boxed `RunContext` passed with every call) and clears the per-run
+bookkeeping, so each run's stats and restarts count that run only.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
-from .actor import EmbedWorker
+from .actor import EmbedWorker, RunContext
 from .errors import BadRowsError, ShardFailedError, WorkersLostError, WorkerStartTimeout
 from .shards import Shard
 
@@ -56,24 +61,39 @@ class Pool:
     """Actors plus the in-flight task table; `run` drives every shard to a committed record."""
 
     workers: list[Worker]
-    max_retries: int
+    max_retries: int = 2
     restart_timeout_s: float = 180.0
-    source_box: list = field(default_factory=list)  # [ObjectRef(Source)], passed with every shard
+    run_box: list = field(default_factory=list)  # [ObjectRef(RunContext)], passed with every call
     dim: int = 0
     retries: int = 0
     tasks: dict = field(default_factory=dict)  # ref -> (worker, shard or None for a probe)
+    engine_fingerprint: dict = field(default_factory=dict)
 
     @classmethod
-    def start(cls, n: int, resources: dict, config, source, args: tuple) -> "Pool":
-        """Start `n` actors with `resources` (num_cpus / num_gpus) and wait until every engine is
-        up; `config` (a PipelineConfig) gives max_restarts, max_retries and restart_timeout_s."""
+    def start(cls, n: int, resources: dict, max_restarts: int, engine_config, threads: int | None) -> "Pool":
+        """Start `n` actors with `resources` (num_cpus / num_gpus), each restarted by Ray at most
+        `max_restarts` times, and wait until every engine is up."""
         remote = ray.remote(EmbedWorker).options(
-            max_restarts=config.max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
-        handles = [remote.remote(*args) for _ in range(n)]
-        pool = cls([Worker(i, h) for i, h in enumerate(handles)], config.max_retries,
-                   config.restart_timeout_s, [ray.put(source)])
+            max_restarts=max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
+        handles = [remote.remote(engine_config, threads) for _ in range(n)]
+        pool = cls([Worker(i, h) for i, h in enumerate(handles)])
         pool._wait_started(resources)
+        pool.engine_fingerprint = pool._engine_fingerprint()
         return pool
+
+    def begin(self, config, folder, source) -> None:
+        """Prepare for one run: its RunContext goes to the object store once, and the per-run
+        bookkeeping (stats, restarts, errors, retries) starts from zero."""
+        self.max_retries, self.restart_timeout_s = config.max_retries, config.restart_timeout_s
+        self.run_box = [ray.put(RunContext(config, folder, source))]
+        self.workers = [Worker(w.index, w.handle, node=w.node) for w in self.workers]
+        self.retries, self.tasks = 0, {}
+
+    @property
+    def healthy(self) -> bool:
+        """Every actor alive and never restarted in the last run: fit to be kept warm (a
+        restarted one would start the next run with less of its restart budget)."""
+        return all(w.state == "alive" and not w.restarts for w in self.workers) and not self.tasks
 
     def _wait_started(self, resources: dict) -> None:
         refs = [w.handle.info.remote() for w in self.workers]
@@ -92,12 +112,15 @@ class Pool:
             lines = [line for line in str(e).splitlines() if line.strip()]
             raise WorkersLostError(f"an engine actor failed to start: {lines[-1] if lines else e!r}") from None
 
-    def fingerprint(self) -> dict:
-        """The run fingerprint; every engine must agree on it."""
-        prints = ray.get([w.handle.fingerprint.remote() for w in self.workers])
+    def _engine_fingerprint(self) -> dict:
+        prints = ray.get([w.handle.engine_fingerprint.remote() for w in self.workers])
         if any(p != prints[0] for p in prints[1:]):
             raise WorkersLostError(f"engine actors disagree on the fingerprint: {prints}")
         return prints[0]
+
+    def fingerprint(self, config) -> dict:
+        """The run fingerprint: the engines' (every one agrees) and `config`'s part."""
+        return {"engine": self.engine_fingerprint, **config.fingerprint()}
 
     def stop(self) -> None:
         for w in self.workers:
@@ -167,7 +190,7 @@ class Pool:
         for w in self.workers:
             while w.state == "alive" and w.inflight < DEPTH and queue:
                 shard = queue.popleft()
-                self.tasks[w.handle.process.remote(self.source_box, shard)] = (w, shard)
+                self.tasks[w.handle.process.remote(self.run_box, shard)] = (w, shard)
                 w.inflight += 1
 
     def _result(self, ref, worker: Worker, shard: Shard, queue: deque, attempts: dict):
