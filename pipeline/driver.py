@@ -56,6 +56,10 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
     pool = manifest = None
     finished = False
     try:
+        if source is None and type(data).__module__.startswith("ray.data"):
+            # Executing a Ray Dataset needs CPUs that warm actors may hold all of (FACTS.md:
+            # Ray Data deadlocks when actors reserve every CPU): stop them first.
+            warm.stop_actors()
         source = source or open_source(data, config)
         n_workers, threads, resources = _worker_plan(config, engine_options)
         manifest = _load_manifest(folder, config) if folder else None

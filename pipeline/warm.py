@@ -14,7 +14,10 @@ starts fresh actors with their whole restart budget, so a crash never carries ov
 
 A local Ray the pipeline started itself stays up while actors are warm and is shut down with
 them; a Ray the user started (or a cluster) is never shut down here. `pipeline.shutdown()`
-releases everything, and so does interpreter exit (atexit).
+releases everything, and so does interpreter exit (atexit). Warm actors keep their CPUs and
+GPUs reserved: other Ray work of the session (Ray Data tasks) waits for them, so a run over a
+Ray Dataset stops them before executing it, and a user's own Ray work should call
+`pipeline.shutdown()` first.
 """
 from __future__ import annotations
 
@@ -90,6 +93,13 @@ def release(pool: Pool | None, keep: bool) -> None:
         pool.stop()
     if _state.pool is None and _state.owns_ray:
         _shutdown_ray()
+
+
+def stop_actors() -> None:
+    """Stop the warm actors (not Ray): their CPUs and GPUs are free again."""
+    pool, _state.pool, _state.key = _state.pool, None, None
+    if pool is not None and _state.session == _session():
+        pool.stop()
 
 
 def warm_pool() -> Pool | None:
