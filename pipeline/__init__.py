@@ -45,7 +45,7 @@ __all__ = ["run", "shutdown", "read_embeddings", "read_scores", "Embedder", "to_
 
 
 def run(data, *, output=None, model=None, text_column="text", id_column=None, num_workers=None,
-        address=None, **options) -> RunResult:
+        address=None, keep_warm=True, **options) -> RunResult:
     """Embed every row of `data` with `model` on Ray (or score / classify it: `task=`); write
     Parquet/Arrow parts or return the results in memory.
 
@@ -68,6 +68,9 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             Ray); None: RAY_ADDRESS, else the cluster `ray start` recorded on this machine, else
             a new local Ray. An address nothing answers fails within seconds with
             `ClusterUnreachableError` naming it and the fix.
+        keep_warm: keep the engine actors (and a local Ray this call started) up after a clean
+            run for the next call with the same engine settings (see below); False: stop them
+            at the end, e.g. before other Ray work that needs their CPUs.
         **options: `PipelineConfig` fields (task, pair_column, shard_rows, threads_per_worker,
             output_format, output_dtype, passthrough_columns, on_bad_row, cast_text, overwrite,
             max_retries, max_restarts, restart_timeout_s, progress) and `workers.EngineConfig`
@@ -122,7 +125,7 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
     if model is not None:
         engine_options["model"] = os.fspath(model)
     try:
-        return execute(data, output, config, engine_options)
+        return execute(data, output, config, engine_options, keep_warm=keep_warm)
     except Exception as e:  # a library may have quoted a whole URI: no credentials in the text
         raise redact_error(e)
 

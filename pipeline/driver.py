@@ -31,7 +31,7 @@ log = logging.getLogger("pipeline")
 MAX_CPU_THREADS = 8
 
 
-def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunResult:
+def execute(data, output, config: PipelineConfig, engine_options: dict, keep_warm: bool = True) -> RunResult:
     """Run the pipeline with validated configs (see `pipeline.run` for the documented entry)."""
     from workers import EngineConfig  # validates the engine options before anything starts
     EngineConfig(**engine_options)
@@ -96,7 +96,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
             manifest.save(force=True)
         # A clean run leaves its actors warm for the next call (pipeline/warm.py); a failed one
         # stops them (and a Ray the pipeline started, when no actor is left warm).
-        warm.release(pool, keep=finished)
+        warm.release(pool, keep=finished and keep_warm)
 
 
 def _plan(source, config: PipelineConfig, manifest: Manifest | None, n_workers: int):

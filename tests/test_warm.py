@@ -92,6 +92,9 @@ def test_shutdown_releases_the_actors_but_not_a_ray_the_user_started(cluster, te
     again = pipeline.run(texts, **RUN)
     assert actors()[0][0] != old
     np.testing.assert_allclose(again.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
+    last_handle = handles()[0]
+    pipeline.run(texts, **RUN, keep_warm=False)  # uses the warm actor, then stops it
+    assert actors() == [] and is_dead(last_handle) and ray.is_initialized()
 
 
 def test_resume_into_an_output_folder_with_warm_actors(cluster, texts, engine_vectors, tmp_path):
