@@ -18,6 +18,13 @@ Other tasks (parts hold `id, score` float32, or `id, logits, label`; see pipelin
     python jobs/embed_corpus.py --task classify --model classifier/ --activation softmax \\
         --input corpus/ --output labels/
 
+Token-level outputs (tokens: `id, tokens, num_tokens`; sparse: `id, indices, values`; bge-m3:
+all of them plus `embedding`, from one forward pass; search them with jobs/search.py --embeddings):
+
+    python jobs/embed_corpus.py --task tokens --model colbert/ --input corpus/ --output colbert-out/
+    python jobs/embed_corpus.py --task sparse --model splade/ --input corpus/ --output splade-out/
+    python jobs/embed_corpus.py --task bge-m3 --model bge-m3/ --allow-pickle --input corpus/ --output m3-out/
+
 Rerunning with the same --output resumes. Exit codes (the table mapping each error type to
 its code is `pipeline/errors.py::EXIT_CODES`):
 
@@ -48,6 +55,19 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout or a job'
 DEMO_DIR = ROOT / "out" / "demo"
 
 
+def _workers(value: str):
+    """--num-workers: 'auto' (None to pipeline.run) or a positive integer."""
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a positive integer or 'auto'")
+    return n
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="embed_corpus.py", description=__doc__.split("\n\n")[0],
@@ -58,10 +78,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input", help="Parquet file, folder or glob (local or s3://, gs://...), "
                                    "or a datasets save_to_disk folder")
     p.add_argument("--output", help="output folder for the parts and _manifest.json; rerun to resume")
-    p.add_argument("--task", default="embed", choices=["embed", "score", "classify"],
+    p.add_argument("--task", default="embed",
+                   choices=["embed", "score", "classify", "tokens", "sparse", "bge-m3"],
                    help="embed: vectors (default); score: a cross-encoder's (or Qwen3 reranker's) "
                         "relevance of each (--text-column, --pair-column) pair; classify: a "
-                        "sequence classifier's logits and label")
+                        "sequence classifier's logits and label; tokens: one vector per token "
+                        "(a ColBERT / multi-vector folder's, else last hidden states; document "
+                        "side); sparse: SPLADE vocabulary weights; bge-m3: dense + sparse + "
+                        "multi-vector from one pass")
     p.add_argument("--text-column", default="text",
                    help="column holding the texts; the queries with --task score (default: text)")
     p.add_argument("--pair-column", default=None,
@@ -73,18 +97,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--id-column", default=None, help="column copied to the output id (default: global row index)")
     p.add_argument("--passthrough", nargs="*", default=(), metavar="COLUMN",
                    help="input columns copied unchanged into the output")
-    p.add_argument("--model", default=None, help="local model folder (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--model", default=None, help="model folder, local or a URI such as s3://bucket/models/x; each node "
+                   "caches its own copy (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--address", default=None,
                    help="Ray cluster host:port, or 'local' for a new local Ray (default: RAY_ADDRESS, "
                         "else the cluster `ray start` recorded here, else a new local Ray)")
     p.add_argument("--restart-timeout", type=float, default=None, metavar="SECONDS",
                    help="give up a worker whose restart Ray cannot place in this time (a lost "
                         "node); its shards go to the others (default: 180)")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="engine actors (default: one per GPU, else one per 8 CPU cores at most)")
+    p.add_argument("--num-workers", type=_workers, default="auto", metavar="N|auto",
+                   help="engine actors, or 'auto' (the default): one per GPU, else one per 8 CPU "
+                   "cores at most, and nodes that join mid-run get workers too; a number is fixed")
     p.add_argument("--threads-per-worker", type=int, default=None,
                    help="torch threads / reserved CPUs per CPU actor (default: an even split)")
     p.add_argument("--dtype", default="auto", help="engine compute dtype: auto, float32, bfloat16, float16")
+    p.add_argument("--quantization", default=None, choices=["int8"],
+                   help="int8 weights on CPU (SmoothQuant-calibrated; default: none)")
     p.add_argument("--batch-tokens", type=int, default=None, help="engine token budget per packed batch")
     p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
     p.add_argument("--truncation", default="truncate", choices=["truncate", "error", "chunk"],
@@ -96,9 +124,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="each worker writes a torch profiler trace of a few batches here (Chrome JSON)")
     p.add_argument("--shard-rows", type=int, default=None, help="rows per shard (default: sized from the corpus)")
     p.add_argument("--output-format", default="parquet", choices=["parquet", "arrow"], help="part file format")
-    p.add_argument("--output-dtype", default="float32", choices=["float32", "float16", "int8", "ubinary"],
-                   help="stored embedding values (int8: calibrated on a corpus sample; ubinary: "
-                        "packed sign bits); --task embed only")
+    p.add_argument("--output-dtype", default=None, choices=["float32", "float16", "int8", "ubinary"],
+                   help="stored values: --task embed float32 (default), float16, int8 (calibrated "
+                        "on a corpus sample) or ubinary (packed sign bits); --task tokens / bge-m3 "
+                        "token vectors float16 (default) or float32; other tasks float32 only")
+    p.add_argument("--max-part-bytes", type=int, default=None,
+                   help="--task tokens / bge-m3: plan shards so one part holds at most this many "
+                        "bytes (worst-case estimate; default: 256 MiB)")
     p.add_argument("--dimensions", type=int, default=None,
                    help="Matryoshka: keep the first N dimensions (renormalized) before quantizing")
     p.add_argument("--on-bad-row", default=None, choices=["record", "error"],
@@ -163,7 +195,8 @@ def main(argv=None) -> int:
     engine = {"dtype": args.dtype, "max_num_batched_tokens": args.batch_tokens, "max_length": args.max_length,
               "dimensions": args.dimensions, "allow_pickle": args.allow_pickle or None,
               "truncation": args.truncation, "chunk_overlap": args.chunk_overlap,
-              "profile_dir": args.profile_dir, "activation": args.activation}
+              "profile_dir": args.profile_dir, "activation": args.activation,
+              "quantization": args.quantization}
     try:
         result = pipeline.run(
             args.input, output=args.output, model=args.model, text_column=args.text_column,
@@ -174,6 +207,7 @@ def main(argv=None) -> int:
             output_dtype=args.output_dtype, on_bad_row=args.on_bad_row, cast_text=args.cast,
             overwrite=args.overwrite, progress=not args.no_progress, address=args.address,
             **({"restart_timeout_s": args.restart_timeout} if args.restart_timeout else {}),
+            **({"max_part_bytes": args.max_part_bytes} if args.max_part_bytes else {}),
             **{k: v for k, v in engine.items() if v is not None})
     except Exception as e:
         code = exit_code(e)

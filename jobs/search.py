@@ -1,11 +1,17 @@
-"""Search an index built by jobs/build_index.py with a text query.
+"""Search an index built by jobs/build_index.py, or a token-level output, with a text query.
 
     python jobs/search.py --index out/demo/index.faiss --query "parse a date string" -k 5
+    python jobs/search.py --embeddings colbert/ --query "parse a date string"     # MaxSim
+    python jobs/search.py --embeddings splade/ --query "parse a date string"      # sparse dot
+    python jobs/search.py --embeddings m3/ --query "parse a date" --weights 0.4,0.2,0.4  # hybrid
+    python jobs/search.py --embeddings splade/ --export-sparse splade.jsonl
 
-The query is embedded with the model and engine options recorded in the embeddings' manifest
-(the folder is read from PATH.json, or --embeddings), with the model folder's "query" prompt
-when it declares one. Prints rank, id, score and, when the input Parquet is still reachable,
-the passage. Exit codes: 0 done, 2 bad arguments or input.
+With --index the query is embedded with the model and engine options recorded in the
+embeddings' manifest (the folder is read from PATH.json, or --embeddings), with the model
+folder's "query" prompt when it declares one. Without --index, --embeddings names a
+task="tokens" / "sparse" / "bge-m3" output, searched exactly part by part (no index:
+`pipeline/late_search.py`). Prints rank, id, score and, when the input Parquet is still
+reachable, the passage. Exit codes: 0 done, 2 bad arguments or input.
 """
 from __future__ import annotations
 
@@ -25,15 +31,36 @@ MUST_MATCH = ("model_hash", "pooling", "normalize", "dimensions", "workflow")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="search.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--index", required=True, help="index file written by jobs/build_index.py")
-    p.add_argument("--embeddings", default=None, help="embeddings folder (default: the one in PATH.json)")
-    p.add_argument("--query", required=True, action="append", help="query text (repeat for several)")
+    p.add_argument("--index", default=None,
+                   help="index file written by jobs/build_index.py (dense embeddings); omit it to "
+                        "search a tokens / sparse / bge-m3 output given by --embeddings")
+    p.add_argument("--embeddings", default=None,
+                   help="with --index: the embeddings folder (default: the one in PATH.json); "
+                        "without: a task tokens / sparse / bge-m3 output folder, searched exactly")
+    p.add_argument("--query", action="append", help="query text (repeat for several)")
+    p.add_argument("--weights", default="0.4,0.2,0.4",
+                   help="bge-m3 outputs: dense,sparse,multi-vector weights of the hybrid score "
+                        "(default: 0.4,0.2,0.4, the bge-m3 paper's)")
+    p.add_argument("--export-sparse", default=None, metavar="OUT.jsonl",
+                   help="write each row of a sparse or bge-m3 --embeddings output as a JSON line "
+                        '{"id", "indices", "values"} and exit')
     p.add_argument("-k", type=int, default=5, help="hits per query (default: 5)")
     p.add_argument("--prompt", default=None, help="literal query prompt (default: the folder's 'query' prompt)")
     p.add_argument("--nprobe", type=int, default=None, help="ivfpq lists to search (default: the index's)")
     p.add_argument("--ef-search", type=int, default=None, help="hnsw beam width (default: the index's)")
     p.add_argument("--chars", type=int, default=100, help="characters of each passage to print (default: 100)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.index is None and args.embeddings is None:
+        p.error("pass --index (a FAISS index) or --embeddings (a tokens / sparse / bge-m3 output)")
+    if args.export_sparse and args.index:
+        p.error("--export-sparse reads --embeddings (a sparse or bge-m3 output), not --index")
+    if not args.query and not args.export_sparse:
+        p.error("--query is required (repeat it for several queries)")
+    try:
+        args.weights = tuple(float(x) for x in args.weights.split(","))
+    except ValueError:
+        p.error(f"--weights {args.weights!r} must be three numbers, e.g. 0.4,0.2,0.4")
+    return args
 
 
 def query_engine(manifest: dict, prompt: str | None = None):
@@ -96,8 +123,36 @@ def open_index(index_path, embeddings=None):
     return index, loaded.data
 
 
+def late_search(args) -> int:
+    """Exact search (or --export-sparse) over a tokens / sparse / bge-m3 output."""
+    from pipeline import late_search as late
+    from pipeline.errors import InputError
+    try:
+        if args.export_sparse:
+            rows = late.export_sparse(args.embeddings, args.export_sparse)
+            print(f"wrote {rows:,} sparse vectors to {args.export_sparse}")
+            return 0
+        _, manifest, task = late.open_output(args.embeddings)
+        hits = late.search(args.embeddings, args.query, args.k, args.weights)
+    except (InputError, FileNotFoundError, ImportError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    texts, note = passages(manifest.data, sorted({h.id for row in hits for h in row}, key=str))
+    mode = late.MODES[task] + (f" {','.join(map(str, args.weights))}" if task == "bge-m3" else "")
+    for query, row in zip(args.query, hits):
+        print(f"query: {query!r} ({task} output, exact {mode}, {sum(r['rows'] for r in manifest.shards.values()):,} rows)")
+        for rank, hit in enumerate(row, 1):
+            text = texts.get(hit.id)
+            print(f"{rank:>3}  {hit.score:7.4f}  {hit.id}" + (f"  {text[:args.chars]!r}" if text else ""))
+    if note:
+        print(note)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.index is None:
+        return late_search(args)
     try:
         index, manifest = open_index(args.index, args.embeddings)
         engine = query_engine(manifest, args.prompt)

@@ -10,6 +10,11 @@
     scores = pipeline.read_scores("scores/", as_numpy=True)  # (n,) float32
     pipeline.shutdown()  # stop the engine actors kept warm between calls (and a Ray run() started)
 
+    pipeline.run("corpus.parquet", output="colbert/", model="colbert-folder/", task="tokens")
+    vectors = pipeline.read_tokens("colbert/", as_numpy=True)  # [(L_i, d) float16]
+    pipeline.run("corpus.parquet", output="splade/", model="splade-folder/", task="sparse")
+    pairs = pipeline.read_sparse("splade/", as_numpy=True)     # [(indices, values)]
+
 The data flow (plan, resume, dispatch, embed, write, commit, finish) is in DESIGN.md; each step
 has its own module here. The actor class lives in `pipeline/actor.py`.
 """
@@ -35,10 +40,11 @@ from .quantize import QUANT_KEY
 from .redact import redact, redact_error
 from .quantize import decode as _decode
 from .tasks import TASKS
+from .model_sync import model_spec
 from .warm import shutdown
-from .writer import embedding_array, to_numpy
+from .writer import embedding_array, ragged_rows, to_numpy
 
-__all__ = ["run", "shutdown", "read_embeddings", "read_scores", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
+__all__ = ["run", "shutdown", "model_spec", "read_embeddings", "read_scores", "read_tokens", "read_sparse", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
            "PipelineConfig", "OutputFolder", "PipelineError", "InputError", "FingerprintMismatch",
            "RunFailedError", "ShardFailedError", "BadRowsError", "OutputWriteError",
            "WorkersLostError", "ClusterUnreachableError", "redact"]
@@ -60,10 +66,13 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             Errors are typed (`pipeline/errors.py`): `InputError` (a ValueError) for bad
             arguments or input, `FingerprintMismatch`, `BadRowsError`, and `RunFailedError`
             (a RuntimeError; e.g. `ShardFailedError`) once work has begun: rerun to resume.
-        model: a local model folder; None is the bundled all-MiniLM-L6-v2.
+        model: a model folder: a local path (on a cluster it may exist only where the driver
+            runs) or a URI (`s3://bucket/models/x`); each node loads its own copy, cached by
+            content hash (`pipeline/model_sync.py`). None is the bundled all-MiniLM-L6-v2.
         text_column: the column with the texts (the queries with task="score"). id_column: the
             column copied to `id` (None: the global row index).
-        num_workers: engine actors (None: one per GPU, or one per 8 CPU cores at most).
+        num_workers: engine actors (None or "auto": one per GPU, or one per 8 CPU cores at
+            most, and nodes that join the cluster mid-run get workers too).
         address: the Ray cluster ("host:port", "ray://host:port", or "local" for a new local
             Ray); None: RAY_ADDRESS, else the cluster `ray start` recorded on this machine, else
             a new local Ray. An address nothing answers fails within seconds with
@@ -79,12 +88,19 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             needs `pair_column=`, the passage paired with each row's `text_column` query; parts
             hold `id, score` (float32). `task="classify"` (a sequence classifier) parts hold `id,
             logits` (fixed_size_list<float32>[num_labels]), `label` (the argmax's id2label
-            name). `output_dtype` other than float32 is for task="embed" only.
+            name). `task="tokens"` parts hold `id, tokens` (list<fixed_size_list<float16>[d]>,
+            the document side's token vectors), `num_tokens`; `task="sparse"` (a SPLADE folder)
+            `id, indices, values`; `task="bge-m3"` all of `embedding, indices, values, tokens,
+            num_tokens` from one forward pass. `output_dtype`: embed float32 (default) |
+            float16 | int8 | ubinary; tokens / bge-m3 float16 (default) | float32 (token
+            vectors only); other tasks float32. `max_part_bytes` (default 256 MiB) bounds a
+            token task's part.
 
     Returns:
         RunResult with `.output`, `.stats` (rows, tokens, seconds, tokens_per_s, per worker,
         truncated, bad_rows, duplicate_ids), `.manifest`, and for in-memory runs `.errors`
-        and `.embeddings` (embed), `.scores` (score) or `.logits` and `.labels` (classify).
+        and `.embeddings` (embed), `.scores` (score), `.logits` and `.labels` (classify),
+        `.tokens` (tokens), `.sparse` (sparse), or `.embeddings`, `.sparse`, `.tokens` (bge-m3).
 
     Every input row is embedded or reported: a null, empty or whitespace-only text (in either
     column of a pair) is not embedded and, with on_bad_row="record" (default), listed with its id, shard, row and reason
@@ -131,7 +147,8 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
 
 
 def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False, dequantize=False):
-    """The vectors of a finished run, in input order, as a pyarrow Table (or an (n, dim) array).
+    """The vectors of a finished run (task="embed", or bge-m3's dense vectors), in input order,
+    as a pyarrow Table (or an (n, dim) array).
 
     Only the parts named by the manifest are read, so leftovers of a crash are never seen.
 
@@ -153,7 +170,8 @@ def read_embeddings(path, *, columns=None, as_numpy=False, allow_partial=False, 
         >>> pipeline.read_embeddings(out, as_numpy=True).shape
         (3, 384)
     """
-    folder, manifest = _open_output(path, ("embed",), allow_partial)
+    folder, manifest = _open_output(path, "read_embeddings", allow_partial)
+    columns = _own_columns(manifest, "read_embeddings", columns)
     table = _read_parts(folder, manifest, ["embedding"] if as_numpy else columns)
     if table is None:
         return np.zeros((0, 0), dtype=np.float32) if as_numpy else pa.table({})
@@ -191,7 +209,7 @@ def read_scores(path, *, columns=None, as_numpy=False, allow_partial=False):
         pipeline.read_scores("scores/").column_names          # ['id', 'score']
         pipeline.read_scores("scores/", as_numpy=True)        # array([0.93, 0.02, ...], float32)
     """
-    folder, manifest = _open_output(path, ("score", "classify"), allow_partial)
+    folder, manifest = _open_output(path, "read_scores", allow_partial)
     task = _task_of(manifest)
     values = TASKS[task].columns[0].name  # score, or logits
     table = _read_parts(folder, manifest, [values] if as_numpy else columns)
@@ -202,21 +220,87 @@ def read_scores(path, *, columns=None, as_numpy=False, allow_partial=False):
     return table.column(values).to_numpy() if task == "score" else to_numpy(table, values)
 
 
+def read_tokens(path, *, columns=None, as_numpy=False, allow_partial=False):
+    """The token vectors of a finished task="tokens" (or "bge-m3": its multi-vector output) run,
+    in input order, as a pyarrow Table or a list of (L_i, d) arrays.
+
+    Args:
+        path: the `output` folder of `pipeline.run` (local or URI).
+        columns: columns to read (default: `id`, `tokens`, `num_tokens`, pass-through).
+        as_numpy: one (L_i, d) array per row, of the stored dtype (float16 unless the run
+            passed output_dtype="float32"); views of one buffer per part.
+        allow_partial: read the committed shards of an unfinished run instead of raising.
+
+    Example (a ColBERT / MultiVectorEncoder folder, or any model for its last hidden states):
+
+        pipeline.run("corpus.parquet", output="colbert/", model="colbert-folder/", task="tokens")
+        pipeline.read_tokens("colbert/").column_names    # ['id', 'tokens', 'num_tokens']
+        docs = pipeline.read_tokens("colbert/", as_numpy=True)
+        maxsim = (query @ docs[0].T.astype("float32")).max(axis=1).sum()
+    """
+    folder, manifest = _open_output(path, "read_tokens", allow_partial)
+    columns = _own_columns(manifest, "read_tokens", columns)
+    table = _read_parts(folder, manifest, ["tokens"] if as_numpy else columns)
+    if not as_numpy:
+        return pa.table({}) if table is None else table
+    return [] if table is None else ragged_rows(table.column("tokens"))
+
+
+def read_sparse(path, *, columns=None, as_numpy=False, allow_partial=False):
+    """The sparse vectors of a finished task="sparse" (or "bge-m3") run, in input order, as a
+    pyarrow Table or a list of (indices int32, values float32) pairs sorted by index.
+
+    Args:
+        path: the `output` folder of `pipeline.run` (local or URI).
+        columns: columns to read (default: `id`, `indices`, `values`, pass-through).
+        as_numpy: one (indices, values) pair of NumPy arrays per row.
+        allow_partial: read the committed shards of an unfinished run instead of raising.
+
+    Example (a SPLADE / SparseEncoder folder):
+
+        pipeline.run("corpus.parquet", output="splade/", model="splade-folder/", task="sparse")
+        pipeline.read_sparse("splade/").column_names     # ['id', 'indices', 'values']
+        indices, values = pipeline.read_sparse("splade/", as_numpy=True)[0]
+
+    `python jobs/search.py --embeddings splade/ --export-sparse out.jsonl` writes them as JSON
+    lines for a search engine's sparse-vector field.
+    """
+    folder, manifest = _open_output(path, "read_sparse", allow_partial)
+    columns = _own_columns(manifest, "read_sparse", columns)
+    table = _read_parts(folder, manifest, ["indices", "values"] if as_numpy else columns)
+    if not as_numpy:
+        return pa.table({}) if table is None else table
+    if table is None:
+        return []
+    return list(zip(ragged_rows(table.column("indices")), ragged_rows(table.column("values"))))
+
+
 def _task_of(manifest: Manifest) -> str:
     return manifest.fingerprint.get("engine", {}).get("task", "embed")
 
 
-def _open_output(path, tasks: tuple[str, ...], allow_partial: bool):
-    """(folder, manifest) of a `pipeline.run` output whose task is one of `tasks`."""
+def _own_columns(manifest: Manifest, reader: str, columns):
+    """The columns `reader` reads by default: all of them (None), except from an output whose
+    task has several readers (bge-m3): `id`, the reader's column group, the pass-through ones."""
+    groups = dict(TASKS[_task_of(manifest)].readers)
+    if columns is not None or groups.get(reader) is None:
+        return columns
+    return ["id", *groups[reader], *manifest.fingerprint.get("passthrough_columns", [])]
+
+
+def _open_output(path, reader: str, allow_partial: bool):
+    """(folder, manifest) of a `pipeline.run` output whose task lists `reader` in its readers."""
     folder = OutputFolder.open(path)
     manifest = Manifest.load(folder)
     if manifest is None:
         raise InputNotFoundError(f"{folder} has no _manifest.json: not the output of pipeline.run")
     task = _task_of(manifest)
-    if task not in tasks:
-        reader = "read_embeddings" if task == "embed" else "read_scores"
+    readers = [name for name, _ in TASKS[task].readers] if task in TASKS else []
+    if reader not in readers:
+        names = readers or ["read_embeddings"]
+        named = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
         raise InputError(f"{folder} holds the output of task={task!r}; read it with "
-                         f"pipeline.{reader}({str(folder)!r})")
+                         f"pipeline.{named}({str(folder)!r})")
     if not manifest.data.get("complete") and not allow_partial:
         raise InputError(f"the run writing {folder} has not finished ({len(manifest.shards)} of "
                          f"{manifest.plan['num_shards']} shards committed); rerun pipeline.run "

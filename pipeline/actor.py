@@ -17,6 +17,7 @@ constructor replayed with the engine settings) serves the run's next call unchan
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -66,11 +67,15 @@ def _crash_point(shard: Shard, point: str) -> None:
 class EmbedWorker:
     """One engine in one Ray actor. Wrapped with `ray.remote` by the pool (see `pool.py`)."""
 
-    def __init__(self, engine_config, threads: int | None):
+    def __init__(self, engine_config, threads: int | None, model_spec=None):
         if threads:
             # The tokenizer's Rust pool would otherwise start one thread per core of the node,
             # oversubscribing the cores reserved for this actor (FACTS.md: deadly with torch).
             os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = str(threads)
+        if model_spec is not None:  # this node's copy of the model (pipeline/model_sync.py)
+            from .model_sync import ensure_local_model
+            engine_config = dataclasses.replace(engine_config, model=ensure_local_model(model_spec))
+        self.model_path = engine_config.model
         from workers import Engine
         self.engine = Engine(engine_config)
         self.lock = threading.Lock()
@@ -87,7 +92,8 @@ class EmbedWorker:
                 "actor_id": ray.get_runtime_context().get_actor_id(),
                 "torch_threads": torch.get_num_threads(),
                 "torch_interop_threads": torch.get_num_interop_threads(),
-                "env": {k: os.environ.get(k) for k in _THREAD_ENV}}
+                "env": {k: os.environ.get(k) for k in _THREAD_ENV},
+                "model_path": self.model_path}
 
     def sample(self, run_box: list, shards: list[Shard]) -> np.ndarray:
         """Embed the texts of `shards` that are not blank (the int8 calibration sample): (n, dim)."""

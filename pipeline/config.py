@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass
 
 from .errors import InputError
-from .tasks import check_task
+from .tasks import TASKS, check_task
 
 OUTPUT_FORMATS = ("parquet", "arrow")
 BAD_ROW_POLICIES = ("record", "error")
@@ -22,26 +22,35 @@ class PipelineConfig:
 
     Args:
         task: "embed" (vectors), "score" (a cross-encoder's or LLM reranker's relevance of the
-            pair (text_column, pair_column)) or "classify" (logits and the argmax's label);
-            the part schema of each is in `pipeline/tasks.py`. Passed on to the engine.
+            pair (text_column, pair_column)), "classify" (logits and the argmax's label),
+            "tokens" (one vector per token, document side), "sparse" (SPLADE vocabulary weights)
+            or "bge-m3" (dense + sparse + multi-vector); the part schema of each is in
+            `pipeline/tasks.py`. Passed on to the engine.
         text_column: column holding the texts (a list of strings is read as this column); the
             query with task="score".
         pair_column: task="score" only (and required there): the column holding the passage
             paired with each row's query.
         id_column: column copied to the output `id`; None: the global row index (int64).
         passthrough_columns: extra input columns copied unchanged into every output part.
-        num_workers: engine actors; None: one per GPU, or on CPU-only clusters one per
-            `threads_per_worker` cores.
+        num_workers: engine actors; None or "auto": one per GPU, or on CPU-only clusters one
+            per `threads_per_worker` cores, and nodes that join the cluster during the run get
+            workers too (elastic; see `pipeline/pool.py`). A number fixes the pool.
         threads_per_worker: torch threads (and reserved CPUs) of each CPU actor; None: the
             cluster's CPUs split evenly across the workers (at most 8 each).
         shard_rows: rows per shard, the unit of dispatch, retry and resume; None: sized from the
             corpus (about 8 shards per worker, 256..20,000 rows). A resumed run keeps the size
-            recorded in the output's manifest.
+            recorded in the output's manifest. Token tasks cap it by `max_part_bytes`.
+        max_part_bytes: task="tokens" / "bge-m3": shards are planned with at most this many
+            bytes of output (estimated per row as max_length x width x bytes per value, the
+            worst case; see `pipeline/part_size.py`), so a part stays bounded. Default 256 MiB;
+            None: no bound.
         output_format: "parquet" (default) or "arrow" (Arrow IPC file) parts.
         output_dtype: stored embedding values: "float32", "float16", "int8" (per-dimension
             ranges calibrated on a sample of the corpus, kept in the manifest) or "ubinary"
             (sign bits packed 8 per byte); see `pipeline/quantize.py`. Files only: an
-            in-memory run returns float32. task="embed" only; scores and logits are float32.
+            in-memory run returns float32. None: the task's default (float32; float16 for the
+            token vectors of task="tokens" / "bge-m3", which take float16 or float32); scores,
+            logits and sparse values are float32 only.
         max_retries: times one shard is redone after its actor died or it raised, before the run
             fails naming the shard.
         max_restarts: times Ray restarts one dead actor.
@@ -69,11 +78,11 @@ class PipelineConfig:
     text_column: str = "text"
     id_column: str | None = None
     passthrough_columns: tuple[str, ...] = ()
-    num_workers: int | None = None
+    num_workers: int | str | None = None
     threads_per_worker: int | None = None
     shard_rows: int | None = None
     output_format: str = "parquet"
-    output_dtype: str = "float32"
+    output_dtype: str | None = None
     max_retries: int = 2
     max_restarts: int = 3
     restart_timeout_s: float = 180.0
@@ -85,6 +94,7 @@ class PipelineConfig:
     progress: bool = True
     task: str = "embed"
     pair_column: str | None = None
+    max_part_bytes: int = 256 * 2**20
 
     def __post_init__(self):
         if not isinstance(self.text_column, str) or not self.text_column:
@@ -96,12 +106,16 @@ class PipelineConfig:
                              f"column names, e.g. ({self.passthrough_columns!r},)")
         object.__setattr__(self, "passthrough_columns", tuple(self.passthrough_columns))
         spec = check_task(self.task, self.pair_column, self.output_dtype)
+        if self.output_dtype is None:
+            object.__setattr__(self, "output_dtype", spec.output_dtypes[0])
         reserved = {"id", *spec.output_names}
         clash = reserved.intersection(self.passthrough_columns)
         if clash:
             raise InputError(f"passthrough_columns {sorted(clash)} clash with the output columns "
                              f"{sorted(reserved)}; rename them in the input first")
-        for name in ("num_workers", "threads_per_worker", "shard_rows"):
+        if self.num_workers == "auto":
+            object.__setattr__(self, "num_workers", None)
+        for name in ("num_workers", "threads_per_worker", "shard_rows", "max_part_bytes"):
             _positive_or_none(name, getattr(self, name))
         for name in ("max_retries", "max_restarts"):
             value = getattr(self, name)
@@ -141,6 +155,8 @@ class PipelineConfig:
             "output_dtype": self.output_dtype,
             # Only when set, so embedding manifests written before pairs existed stay resumable.
             **({"pair_column": self.pair_column} if self.pair_column else {}),
+            # The task's own entries (tokens: "side": "document", the passages' side), last.
+            **dict(TASKS[self.task].fingerprint),
         }
 
 

@@ -14,12 +14,13 @@ import time
 
 import ray
 
-from . import cluster, quantize, warm
+from . import cluster, part_size, quantize, warm
 from .config import PipelineConfig
 from .errors import InputError
 from .finish import RunResult, finish, kept_rows
 from .manifest import MANIFEST_NAME, Manifest, check_resumable
-from .output_folder import OutputFolder, absolute, redact
+from .model_sync import model_spec
+from .output_folder import OutputFolder, absolute, is_uri, redact
 from .pool import Pool
 from .progress import Progress, RunStats, WorkerStats
 from .shards import default_shard_rows, plan_record, plan_shards
@@ -52,7 +53,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
         folder.check_usable()
     cluster.check_address(config.address)  # a dead address fails in seconds, before the model loads
     _check_model_here(engine_options, config.address)
-    warm.connected(cluster.connect(config.address))
+    ours = warm.connected(cluster.connect(config.address))  # a Ray this pipeline started
     pool = manifest = None
     finished = False
     try:
@@ -61,9 +62,10 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
             # Ray Data deadlocks when actors reserve every CPU): stop them first.
             warm.stop_actors()
         source = source or open_source(data, config)
+        spec = _model_spec(engine_options, joined=not ours)
         n_workers, threads, resources = _worker_plan(config, engine_options)
         manifest = _load_manifest(folder, config) if folder else None
-        shards, plan = _plan(source, config, manifest, n_workers)
+        shards, plan = _plan(source, config, manifest, n_workers, engine_options)
         if manifest is not None:
             # The input and this config's part of the fingerprint (columns, output form) are
             # known now: a mismatch fails before any actor loads a model. The engine's part is
@@ -72,9 +74,12 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
         todo = _pending(shards, manifest)
         engine_cfg = EngineConfig(**{"num_threads": threads, **engine_options})
         # Warm actors of an earlier run with the same engine settings, or new ones.
+        actor_args = (engine_cfg, threads, spec)
         pool = warm.acquire(max(1, min(n_workers, len(todo))), resources, config.max_restarts,
-                            engine_cfg, threads)
+                            actor_args)
         pool.begin(config, folder, source)
+        if config.num_workers is None:  # "auto": nodes that join mid-run get workers too
+            pool.follow(resources, config.max_restarts, actor_args)
         fingerprint = pool.fingerprint(config)
         if folder:
             manifest = _prepare_output(folder, manifest, fingerprint, plan)
@@ -82,7 +87,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
             todo = _pending(shards, manifest)
             _crash_point("plan", 0)
         progress = Progress(source.num_rows, source.num_rows - sum(s.num_rows for s in todo),
-                            enabled=config.progress)
+                            enabled=config.progress, task=config.task)
         collector = _Collector(manifest, progress, source.num_rows, pool.dim, config.task)
         startup = time.perf_counter() - t0
         pool.run(todo, collector.done, progress.tick)
@@ -99,10 +104,16 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
         warm.release(pool, keep=finished and keep_warm)
 
 
-def _plan(source, config: PipelineConfig, manifest: Manifest | None, n_workers: int):
-    """(shards, plan record); a resumed run keeps the shard size recorded in its manifest."""
-    rows = manifest.plan["shard_rows"] if manifest else (
-        config.shard_rows or default_shard_rows(source.num_rows, n_workers))
+def _plan(source, config: PipelineConfig, manifest: Manifest | None, n_workers: int,
+          engine_options: dict | None = None):
+    """(shards, plan record); a resumed run keeps the shard size recorded in its manifest. Token
+    outputs' shards are capped so a part stays under `max_part_bytes` (`part_size.py`)."""
+    if manifest:
+        rows = manifest.plan["shard_rows"]
+    else:
+        rows = config.shard_rows or default_shard_rows(source.num_rows, n_workers)
+        per_row = part_size.row_bytes(config.task, config.output_dtype, engine_options or {})
+        rows = part_size.bounded_rows(rows, config.max_part_bytes, per_row)
     shards = plan_shards(source.fragments, rows)
     return shards, plan_record(source, rows, len(shards))
 
@@ -178,7 +189,9 @@ def _record_run(manifest: Manifest, pool: Pool, source, config: PipelineConfig,
             windows = quantize.calibration_shards(source.fragments)
             sample = ray.get(pool.workers[0].handle.sample.remote(pool.run_box, windows))
             calibration = quantize.calibrate(sample)
-        manifest.put("quantization", quantize.record(config.output_dtype, pool.dim, calibration))
+        # It describes the `embedding` column: bge-m3's is float32 whatever its tokens' dtype.
+        stored = config.output_dtype if TASKS[config.task].quantized else "float32"
+        manifest.put("quantization", quantize.record(stored, pool.dim, calibration))
     options = dict(engine_options)
     if options.get("model"):
         options["model"] = redact(absolute(options["model"]))
@@ -242,13 +255,29 @@ class _Collector:
 
 
 def _check_model_here(engine_options: dict, address: str | None) -> None:
-    """Open the model folder before Ray starts; on a cluster (RAY_ADDRESS or an address) a folder
+    """Open the model folder before Ray starts. A URI is opened by each node (after the driver
+    lists and hashes it, `model_sync`); on a cluster (RAY_ADDRESS or an address) a local folder
     this node does not have is left for the actors' nodes to open (and report)."""
     model = engine_options.get("model")
+    if model and is_uri(model):
+        return
     remote = os.environ.get("RAY_ADDRESS") or address not in (None, cluster.LOCAL)
     if model and remote and not os.path.exists(os.path.expanduser(model)):
         return
     check_model(engine_options)
+
+
+def _model_spec(engine_options: dict, joined: bool):
+    """What each node needs to make its copy of the model (`pipeline/model_sync.py`), or None
+    where the actors open the path as given: the bundled model (installed on every node), a
+    local folder when this driver started Ray itself (every worker is on this machine), and one
+    the driver does not have on a cluster (the actors' nodes must have it)."""
+    model = engine_options.get("model")
+    if model and is_uri(model):
+        return model_spec(model)
+    if model and joined and os.path.isdir(os.path.expanduser(model)):
+        return model_spec(os.path.expanduser(model))
+    return None
 
 
 CRASH_ENV = "PIPELINE_CRASH_AT"

@@ -42,6 +42,11 @@ class RunResult:
             NaN); else None — use `pipeline.read_scores(result.output)`.
         logits, labels: task="classify" with no output folder: (n, num_labels) float32 (bad
             rows NaN) and the argmax's label name per row (None for bad rows); else None.
+        tokens: task="tokens" / "bge-m3" with no output folder: one float32 (L_i, d) array of
+            token vectors per row (None for bad rows); else None — use `pipeline.read_tokens`.
+        sparse: task="sparse" / "bge-m3" with no output folder: one (indices int32, values
+            float32) pair per row (None for bad rows); else None — use `pipeline.read_sparse`.
+        (task="bge-m3" also fills `embeddings` with its dense vectors.)
     """
 
     output: str | None
@@ -52,6 +57,8 @@ class RunResult:
     scores: np.ndarray | None = None
     logits: np.ndarray | None = None
     labels: list | None = None
+    tokens: list | None = None
+    sparse: list | None = None
 
 
 def finish(stats: RunStats, collector, manifest, folder: OutputFolder | None, config) -> RunResult:
@@ -68,7 +75,8 @@ def finish(stats: RunStats, collector, manifest, folder: OutputFolder | None, co
         errors, duplicates = memory_errors(collector.parts, config.id_column is not None)
         stats = dataclasses.replace(stats, bad_rows_total=stats.bad_rows, duplicate_ids=duplicates)
     if config.progress:
-        print(summary_table(stats, str(folder) if folder else None, config.output_format), flush=True)
+        print(summary_table(stats, str(folder) if folder else None, config.output_format, config.task),
+              flush=True)
     return RunResult(output=folder.location if folder else None, stats=stats,
                      manifest=manifest.data if manifest else None, errors=tuple(errors),
                      **(collector.results() if folder is None else {}))

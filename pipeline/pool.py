@@ -18,6 +18,13 @@ A pool outlives one run when it is kept warm (`pipeline/warm.py`): `start` takes
 actors are built from (engine settings, resources, restart budget); `begin` gives it one run
 (its retry policy and the boxed `RunContext` passed with every call) and clears the per-run
 bookkeeping, so each run's stats and restarts count that run only.
+
+Elastic workers (`num_workers="auto"`, `follow`): every ELASTIC_PERIOD_S while shards wait, the
+pool looks for nodes that joined after it started and starts as many workers on each as its
+total resources hold (the same per-actor resources as at start, pinned to that node, so a worker
+never straddles nodes). A new worker is "starting" until its engine reports a fingerprint equal
+to the pool's (a node that resolves another dtype is refused, named in the summary), then takes
+shards like the others.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from .shards import Shard
 log = logging.getLogger("pipeline")
 DEPTH = 2  # shards per worker in flight: one embedding, one prefetched
 START_TIMEOUT_S = 900
+ELASTIC_PERIOD_S = 2.0  # how often a pool that follows the cluster looks for new nodes
 
 
 @dataclass
@@ -44,7 +52,7 @@ class Worker:
 
     index: int
     handle: object
-    state: str = "alive"  # alive | probing | dead | lost
+    state: str = "alive"  # alive | probing | dead | lost, or starting (joined mid-run)
     inflight: int = 0
     restarts: int = 0
     shards: int = 0
@@ -68,14 +76,16 @@ class Pool:
     retries: int = 0
     tasks: dict = field(default_factory=dict)  # ref -> (worker, shard or None for a probe)
     engine_fingerprint: dict = field(default_factory=dict)
+    elastic: dict | None = None  # set by `follow`: how to start workers on nodes that join
 
     @classmethod
-    def start(cls, n: int, resources: dict, max_restarts: int, engine_config, threads: int | None) -> "Pool":
+    def start(cls, n: int, resources: dict, max_restarts: int, args: tuple) -> "Pool":
         """Start `n` actors with `resources` (num_cpus / num_gpus), each restarted by Ray at most
-        `max_restarts` times, and wait until every engine is up."""
+        `max_restarts` times, built from `args` (EmbedWorker's: engine config, threads, model
+        spec), and wait until every engine is up."""
         remote = ray.remote(EmbedWorker).options(
             max_restarts=max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
-        handles = [remote.remote(engine_config, threads) for _ in range(n)]
+        handles = [remote.remote(*args) for _ in range(n)]
         pool = cls([Worker(i, h) for i, h in enumerate(handles)])
         pool._wait_started(resources)
         pool.engine_fingerprint = pool._engine_fingerprint()
@@ -87,7 +97,7 @@ class Pool:
         self.max_retries, self.restart_timeout_s = config.max_retries, config.restart_timeout_s
         self.run_box = [ray.put(RunContext(config, folder, source))]
         self.workers = [Worker(w.index, w.handle, node=w.node) for w in self.workers]
-        self.retries, self.tasks = 0, {}
+        self.retries, self.tasks, self.elastic = 0, {}, None  # `follow` again to grow this run
 
     @property
     def healthy(self) -> bool:
@@ -122,6 +132,55 @@ class Pool:
         """The run fingerprint: the engines' (every one agrees) and `config`'s part."""
         return {"engine": self.engine_fingerprint, **config.fingerprint()}
 
+    def follow(self, resources: dict, max_restarts: int, args: tuple) -> None:
+        """Start workers on nodes that join the cluster during `run` (num_workers="auto"):
+        `resources` per actor and constructor `args` as at `start`."""
+        known = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        self.elastic = {"resources": resources, "args": args, "known": known, "next": 0.0,
+                        "max_restarts": max_restarts}
+
+    def _grow(self, queue: deque) -> None:
+        """Every ELASTIC_PERIOD_S while shards wait: start workers on nodes that joined."""
+        e = self.elastic
+        if e is None or not queue or time.monotonic() < e["next"]:
+            return
+        e["next"] = time.monotonic() + ELASTIC_PERIOD_S
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        for node in ray.nodes():
+            if not node.get("Alive") or node["NodeID"] in e["known"]:
+                continue
+            e["known"].add(node["NodeID"])
+            fits = _workers_that_fit(node.get("Resources", {}), e["resources"])
+            remote = ray.remote(EmbedWorker).options(
+                max_restarts=e["max_restarts"], max_task_retries=0, max_concurrency=DEPTH,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+                **e["resources"])
+            for _ in range(fits):
+                w = Worker(len(self.workers), remote.remote(*e["args"]), state="starting",
+                           node=node["NodeID"])
+                self.workers.append(w)
+                self.tasks[w.handle.engine_fingerprint.remote()] = (w, None)
+            log.info("node %s joined the cluster: %d new worker(s) starting there",
+                     node["NodeID"][:12], fits)
+
+    def _joined(self, worker: Worker, ref) -> None:
+        """A worker started by `_grow` answered: it takes shards if its engine agrees."""
+        try:
+            fingerprint = ray.get(ref)
+        except RayActorError as e:
+            worker.state, worker.last_error = "lost", f"worker {worker.index} did not start: {_first_line(e)}"
+            log.warning("%s", worker.last_error)
+            return
+        if fingerprint != self.engine_fingerprint:
+            ray.kill(worker.handle, no_restart=True)
+            worker.state = "lost"
+            worker.last_error = (f"worker {worker.index} (node {worker.node[:12]}) refused: its engine's "
+                                 f"fingerprint {fingerprint} differs from the run's; pin dtype= so "
+                                 "every node computes alike")
+            log.warning("%s", worker.last_error)
+            return
+        worker.state = "alive"
+
     def stop(self) -> None:
         for w in self.workers:
             ray.kill(w.handle, no_restart=True)
@@ -140,13 +199,14 @@ class Pool:
             for ref in ready:
                 worker, shard = self.tasks.pop(ref)
                 if shard is None:
-                    self._probed(worker, ref)
+                    (self._joined if worker.state == "starting" else self._probed)(worker, ref)
                     continue
                 worker.inflight -= 1
                 record = self._result(ref, worker, shard, queue, attempts)
                 if record is not None:
                     on_done(shard, worker, record)
             self._give_up_stuck()
+            self._grow(queue)
             on_tick()
         for w in self.workers:  # every shard is done: a worker whose node left is not waited for
             if w.state == "probing":
@@ -227,6 +287,13 @@ class Pool:
             return
         worker.state, worker.restarts = "alive", worker.restarts + 1
         worker.node = info.get("node_id", worker.node)
+
+
+def _workers_that_fit(total: dict, per_worker: dict) -> int:
+    """How many actors asking `per_worker` (num_cpus / num_gpus) a node with `total` holds."""
+    counts = [int(total.get(key, 0) / need + 1e-9) for key, need in
+              (("CPU", per_worker.get("num_cpus", 1)), ("GPU", per_worker.get("num_gpus", 0))) if need]
+    return max(0, min(counts)) if counts else 0
 
 
 def _first_line(e: Exception) -> str:

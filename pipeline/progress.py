@@ -87,8 +87,10 @@ class RunStats:
 class Progress:
     """A progress bar over rows; call `update` on every committed shard and `tick` while waiting."""
 
-    def __init__(self, total_rows: int, done_rows: int = 0, enabled: bool = True, stream=None):
+    def __init__(self, total_rows: int, done_rows: int = 0, enabled: bool = True, stream=None,
+                 task: str = "embed"):
         self.total, self.rows, self.tokens = total_rows, done_rows, 0
+        self.task = task
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -116,7 +118,7 @@ class Progress:
         bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
         rate = (self.rows - self._start_rows) / elapsed
         eta = (self.total - self.rows) / rate if rate > 0 else float("nan")
-        return (f"embed [{bar}] {100 * frac:5.1f}% {self.rows:,}/{self.total:,} rows  "
+        return (f"{self.task} [{bar}] {100 * frac:5.1f}% {self.rows:,}/{self.total:,} rows  "
                 f"{self.tokens / elapsed:,.0f} tok/s  ETA {_clock(eta)}")
 
     def close(self) -> None:
@@ -126,16 +128,22 @@ class Progress:
             self.stream.flush()
 
 
-def summary_table(stats: RunStats, output: str | None, fmt: str) -> str:
+def done_verb(task: str) -> str:
+    """What the summary says was done to a row of `task` ("embedded" for the vector tasks)."""
+    return {"score": "scored", "classify": "classified"}.get(task, "embedded")
+
+
+def summary_table(stats: RunStats, output: str | None, fmt: str, task: str = "embed") -> str:
     """The final summary printed by the driver (and `jobs/embed_corpus.py`)."""
+    verb = done_verb(task)
     lines = [
-        f"rows embedded   {stats.rows:,} in {stats.shards} shard(s); {stats.resumed_shards} shard(s) "
+        f"{'rows ' + verb:<15} {stats.rows:,} in {stats.shards} shard(s); {stats.resumed_shards} shard(s) "
         f"already done, {stats.rows_total:,} rows in the output",
         f"tokens          {stats.tokens:,} ({stats.truncated:,} text(s) truncated"
         + (f", {stats.chunked:,} embedded in windows)" if stats.chunked else ")"),
         f"wall time       {stats.seconds:.1f} s (start-up {stats.startup_seconds:.1f} s)",
         f"throughput      {stats.tokens_per_s:,.0f} tokens/s overall",
-        f"bad rows        {stats.bad_rows:,} not embedded ({stats.bad_rows_total:,} in the whole output); "
+        f"bad rows        {stats.bad_rows:,} not {verb} ({stats.bad_rows_total:,} in the whole output); "
         f"{stats.duplicate_ids:,} row(s) with a repeated id"
         + (" (listed in _errors.parquet)" if stats.reported_rows and output else ""),
         f"shard retries   {stats.retries}",

@@ -52,9 +52,10 @@ def _session() -> str | None:
     return f"{context.get_job_id()}@{context.get_node_id()}"
 
 
-def connected(started_ray: bool) -> None:
+def connected(started_ray: bool) -> bool:
     """Record the Ray session of this run (`started_ray`: the pipeline started it now); forget
-    a pool of an earlier session (its actors died with it)."""
+    a pool of an earlier session (its actors died with it). True when the pipeline started this
+    Ray, now or in an earlier call that kept it up for warm actors."""
     session = _session()
     if _state.session != session:
         if _state.pool is not None:
@@ -62,12 +63,15 @@ def connected(started_ray: bool) -> None:
         _state.key = _state.pool = None
         _state.session, _state.owns_ray = session, False
     _state.owns_ray = _state.owns_ray or started_ray
+    return _state.owns_ray
 
 
-def acquire(n: int, resources: dict, max_restarts: int, engine_config, threads: int | None) -> Pool:
-    """The warm pool when it was built the same way and holds at least `n` actors (it is taken:
-    a failing run cannot leave it behind); else a new pool of `n`, the warm one stopped first."""
-    key = (engine_config, tuple(sorted(resources.items())), max_restarts, threads)
+def acquire(n: int, resources: dict, max_restarts: int, args: tuple) -> Pool:
+    """The warm pool when it was built the same way (`args`: the actors' engine config, threads
+    and model spec) and holds at least `n` actors (it is taken: a failing run cannot leave it
+    behind); else a new pool of `n`, the warm one stopped first."""
+    engine_config, threads, spec = args  # a spec's object-store refs are new each run: its digest
+    key = (engine_config, threads, spec and spec.digest, tuple(sorted(resources.items())), max_restarts)
     pool, _state.pool = _state.pool, None
     if pool is not None and _state.key == key and len(pool.workers) >= n:
         log.info("reusing %d warm engine actor(s)", len(pool.workers))
@@ -76,7 +80,7 @@ def acquire(n: int, resources: dict, max_restarts: int, engine_config, threads: 
         log.info("engine settings changed: replacing the warm engine actors")
         pool.stop()
     _state.key = key
-    return Pool.start(n, resources, max_restarts, engine_config, threads)
+    return Pool.start(n, resources, max_restarts, args)
 
 
 def release(pool: Pool | None, keep: bool) -> None:

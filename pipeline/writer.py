@@ -2,7 +2,9 @@
 
 A part holds `id`, the task's output columns (embed: `embedding`
 `fixed_size_list<float32|float16|int8|uint8>[width]`; score: `score` float32; classify:
-`logits` `fixed_size_list<float32>[num_labels]` and `label` string; see `pipeline/tasks.py`) and
+`logits` `fixed_size_list<float32>[num_labels]` and `label` string; tokens: `tokens`
+`list<fixed_size_list<float16|float32>[d]>` and `num_tokens` int32; sparse: `indices`
+`list<int32>` and `values` `list<float32>`; bge-m3: all of these; see `pipeline/tasks.py`) and
 the pass-through columns; its schema metadata carries the run fingerprint and, for quantized
 outputs, the quantization record. A part is built and encoded whole in memory, so it can be
 hashed and published in one piece by `OutputFolder.publish_part`.
@@ -33,6 +35,59 @@ def embedding_array(vectors: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(flat), vectors.shape[1])
 
 
+def token_arrays(tokens: list[np.ndarray], width: int, dtype: str) -> dict[str, pa.Array]:
+    """One (L_i, width) array per row -> `tokens` `list<fixed_size_list<dtype>[width]>` (float16
+    or float32) and `num_tokens` int32 (L_i), built from one flat buffer."""
+    np_dtype = quantize.STORED_DTYPES[dtype]
+    counts = np.fromiter((len(t) for t in tokens), dtype=np.int32, count=len(tokens))
+    flat = np.concatenate(tokens).astype(np_dtype, copy=False) if tokens else np.empty((0, width), np_dtype)
+    if flat.ndim != 2 or flat.shape[1] != width:
+        raise ValueError(f"token vectors of shape {flat.shape} are not {width} wide")
+    offsets = np.zeros(len(tokens) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), width)
+    return {"tokens": pa.ListArray.from_arrays(pa.array(offsets), vectors),
+            "num_tokens": pa.array(counts)}
+
+
+def sparse_arrays(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, pa.Array]:
+    """One (indices, values) pair per row -> `indices` `list<int32>`, `values` `list<float32>`."""
+    counts = np.fromiter((len(i) for i, _ in pairs), dtype=np.int32, count=len(pairs))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts, dtype=np.int32)]).astype(np.int32))
+    indices = np.concatenate([i for i, _ in pairs]).astype(np.int32, copy=False) if pairs else np.empty(0, np.int32)
+    values = np.concatenate([v for _, v in pairs]).astype(np.float32, copy=False) if pairs else np.empty(0, np.float32)
+    return {"indices": pa.ListArray.from_arrays(offsets, pa.array(indices)),
+            "values": pa.ListArray.from_arrays(offsets, pa.array(values))}
+
+
+def ragged_numpy(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A `list<...>` column as (flat values, offsets (n+1,) int64): the values of a
+    `list<fixed_size_list>[d]` as an (N, d) matrix, of a `list<number>` as (N,); row i is
+    `values[offsets[i]:offsets[i+1]]`. Zero-copy when the column is one chunk without nulls."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    item = column.type.value_type
+    values, offsets, base = [], [np.zeros(1, np.int64)], 0
+    for chunk in chunks:
+        off = chunk.offsets.to_numpy().astype(np.int64)
+        offsets.append(off[1:] - off[0] + base)
+        base += int(off[-1] - off[0])
+        flat = chunk.flatten()
+        values.append(flat.flatten().to_numpy(zero_copy_only=False) if pa.types.is_fixed_size_list(item)
+                      else flat.to_numpy(zero_copy_only=False))
+    width = item.list_size if pa.types.is_fixed_size_list(item) else None
+    if values:
+        flat = values[0] if len(values) == 1 else np.concatenate(values)
+    else:
+        flat = np.empty(0, dtype=(item.value_type if width else item).to_pandas_dtype())
+    return (flat.reshape(-1, width) if width else flat), np.concatenate(offsets)
+
+
+def ragged_rows(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
+    """A `list<...>` column as one NumPy array per row (views of one flat buffer)."""
+    values, offsets = ragged_numpy(column)
+    return [values[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
 def part_table(ids: pa.Array, vectors: np.ndarray, extra: pa.Table | None, dtype: str,
                fingerprint: dict, quant: dict | None = None) -> pa.Table:
     """The embedding part: `id`, `embedding`, then pass-through columns; metadata carries the
@@ -44,7 +99,8 @@ def part_table(ids: pa.Array, vectors: np.ndarray, extra: pa.Table | None, dtype
 def task_part(ids: pa.Array, outputs: dict[str, pa.Array], extra: pa.Table | None,
               fingerprint: dict, quant: dict | None = None) -> pa.Table:
     """A part of any task: `id`, the task's output columns (`pipeline/tasks.py`: `embedding`;
-    `score`; `logits`, `label`), then pass-through columns; metadata as in `part_table`."""
+    `score`; `logits`, `label`; `tokens`, `num_tokens`; `indices`, `values`), then pass-through
+    columns; metadata as in `part_table`."""
     columns = {"id": ids, **outputs}
     if extra is not None:
         columns.update({name: extra.column(name) for name in extra.column_names})

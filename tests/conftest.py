@@ -2,8 +2,19 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_warm_actors_after_a_test():
+    """After each test, stop the engine actors `pipeline.run` kept warm (pipeline/warm.py): they
+    hold CPUs of the module's Ray, which the next test's actors or CLI driver need."""
+    yield
+    warm = sys.modules.get("pipeline.warm")
+    if warm is not None:
+        warm.stop_actors()
 
 
 @pytest.fixture(scope="module")
@@ -32,3 +43,13 @@ def cluster(tmp_path_factory):
     finally:
         ray.shutdown()
         del os.environ["PIPELINE_CRASH_FILE"]
+
+
+@pytest.fixture(scope="module")
+def moto():
+    """A moto S3 server on 127.0.0.1 for the module (tests/s3_server.py), with a `bucket`."""
+    from s3_server import Moto
+    server = Moto()
+    server.fs().create_dir("bucket")
+    yield server
+    server.stop()

@@ -76,3 +76,85 @@ def test_gpu_check_smoke_on_cpu_passes():
         assert f"\n{case} (" in out
     rows = [line for line in out.splitlines() if line.startswith(("| fp32 | sdpa |", "| bf16 | sdpa |"))]
     assert len(rows) == len(cases) * 2 * 2 and not any("FAIL" in r for r in rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_mpnet(tmp_path_factory):
+    """A random 2-layer MPNet folder laid out as sentence-transformers saves all-mpnet-base-v2
+    (mean pooling, normalize), with a unit-scale relative bias so that the bias matters."""
+    from transformers import MPNetConfig
+
+    from tiny_models import save_tiny, write_sentence_transformers_files
+    folder = tmp_path_factory.mktemp("bench") / "tiny-mpnet"
+    cfg = MPNetConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=130, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0, architectures=["MPNetModel"])
+    save_tiny(folder, cfg, big=("relative_attention_bias",))
+    write_sentence_transformers_files(folder, "mean", True, 64)
+    return str(folder)
+
+
+def _table(out: str) -> dict[str, list[str]]:
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.split("|")[1:-1]]
+                                              for line in out.splitlines() if line.startswith("| "))}
+
+
+@pytest.mark.slow
+def test_bench_models_mpnet_prints_every_system(tiny_mpnet):
+    out = _run("bench_models.py", "mpnet", "--model", tiny_mpnet, "--passages", "8", "--max-length", "64",
+               "--rounds", "1")
+    rows = _table(out)
+    assert set(rows) >= set(f"{s}-{d}" for s in ("engine", "st", "hf-sorted") for d in ("fp32", "bf16")), out
+    assert rows["st-bf16"][1] == "1.00x" and "goal engine-bf16 >= 1.6x st-bf16:" in out
+    # fp32 systems give sentence-transformers' vectors (hf-sorted puts its sorted batches back in order)
+    assert float(rows["engine-fp32"][3]) >= 0.99999 and float(rows["hf-sorted-fp32"][3]) >= 0.99999, out
+    assert float(rows["engine-bf16"][3]) >= 0.99, out
+
+
+@pytest.mark.slow
+def test_bench_models_fallback_matches_native():
+    out = _run("bench_models.py", "fallback", "--passages", "8", "--rounds", "1")
+    rows = _table(out)
+    assert set(rows) >= {"native-fp32", "transformers-fp32", "native-bf16", "transformers-bf16"}, out
+    assert rows["native-fp32"][1] == "1.00x"
+    assert float(rows["transformers-fp32"][3]) >= 0.99999 and float(rows["transformers-bf16"][3]) >= 0.99, out
+
+
+@pytest.mark.slow
+def test_bench_models_profile_groups_the_ops(tiny_mpnet):
+    out = _run("bench_models.py", "profile", "--model", tiny_mpnet, "--passages", "8", "--max-length", "64")
+    rows = _table(out)
+    # a group has a row only when some profiled op fell into it (tiny shapes: times may print 0.00)
+    assert {"linears (matmul)", "attention kernel (SDPA)"} <= set(rows), out
+    assert abs(sum(float(r[1].rstrip("%")) for r in rows.values() if r[1].endswith("%")) - 100) < 5, out
+
+
+@pytest.mark.slow
+def test_bench_tokens_prints_the_tables():
+    """SPLADE and ColBERT heads on MiniLM's first layer: the engine's outputs equal the peers' in
+    fp32, and every table row and output size is printed."""
+    out = _run("bench_tokens.py", "--passages", "4", "--layers", "1", "--max-length", "32", "--rounds", "1",
+               "--threads", "1")
+    rows = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith(("| system", "| output"))}
+    peers = ("st-sparse", "st-multivector")
+    assert {f"{s}-{d}" for s in ("engine", *peers) for d in ("fp32", "bf16")} <= set(rows)
+    splade, colbert = out.split("\nsplade (")[1].split("\ncolbert (")
+    assert "| engine-fp32 |" in splade and "| engine-fp32 |" in colbert
+    splade_row = next(ln for ln in splade.splitlines() if ln.startswith("| engine-fp32 |")).split("|")
+    assert splade_row[5].strip() == "4/4 same indices", splade_row
+    assert float(splade_row[6].split()[-1]) <= 1e-4
+    colbert_row = next(ln for ln in colbert.splitlines() if ln.startswith("| engine-fp32 |")).split("|")
+    assert colbert_row[5].strip() == "4/4 same token counts", colbert_row
+    assert float(colbert_row[6].split()[-1]) >= 0.99999
+    sizes = {line.split("|")[1].strip(): float(line.split("|")[2].replace(",", ""))
+             for line in out.split("| output | bytes per passage |")[1].splitlines() if line.startswith("| ") and "---" not in line}
+    assert sizes["dense 384-d float32 vector (for comparison)"] == 1536
+    assert sizes["128-d float32 tokens + int32 count"] - 4 == 2 * (sizes["128-d float16 tokens + int32 count"] - 4) > 0
+    assert 0 < sizes["sparse int32 indices + float32 values"] < 30522 * 8 / 4  # sparse, not empty
+
+
+def test_bench_int8_prints_the_table_and_the_gate():
+    out = _run("bench_int8.py", "--passages", "20", "--rounds", "1", "--systems", "bf16-packed,int8")
+    assert "| bf16-packed |" in out and "| int8 |" in out
+    assert "int8 vs fp32: min cosine" in out and "top-10 overlap" in out

@@ -7,15 +7,11 @@ mid-run, so its worker's restart can never be placed.
 - the last node lost: the run fails with WorkersLostError (CLI exit code 1); once a node joins,
   a rerun resumes from the committed shards to the same vectors.
 
-The module's cluster lives under a private RAY_TMPDIR, so its cluster file never points other
-tests (or other users of this machine) at it; the folder is removed afterwards.
+The module's cluster is `ray_nodes.multinode` (private RAY_TMPDIR, removed afterwards).
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,6 +24,7 @@ import pytest
 import pipeline
 from pipeline.errors import ExitCode, exit_code
 from pipeline.samples import sample_passages
+from ray_nodes import multinode
 
 N, SHARD_ROWS = 240, 12
 RUN = {"threads_per_worker": 1, "shard_rows": SHARD_ROWS, "dtype": "float32", "progress": False,
@@ -37,30 +34,8 @@ RUN = {"threads_per_worker": 1, "shard_rows": SHARD_ROWS, "dtype": "float32", "p
 @pytest.fixture(scope="module")
 def nodes():
     """(cluster, [worker node, worker node]): a 0-CPU head and two 1-CPU worker nodes."""
-    import ray
-    from ray.cluster_utils import Cluster
-    if ray.is_initialized():
-        ray.shutdown()
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_ADDRESS")}
-    os.environ.pop("RAY_ADDRESS", None)
-    os.environ["RAY_TMPDIR"] = ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: sockets
-    cluster = None
-    try:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
-        yield cluster, workers
-    finally:
-        ray.shutdown()
-        if cluster is not None:
-            cluster.shutdown()  # also removes its cluster file
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    with multinode([1, 1]) as cluster_and_nodes:
+        yield cluster_and_nodes
 
 
 @pytest.fixture(scope="module")

@@ -107,3 +107,19 @@ def test_progress_lines_and_summary():
     table = summary_table(timed, "/out", "parquet")
     assert "2 embedded in windows" in table
     assert "read 0.2 s (12%) · tokenize 0.2 s (12%) · forward 1.0 s (50%) · idle 0.2 s (12%)" in table
+
+
+@pytest.mark.parametrize("task, verb", [("embed", "embedded"), ("score", "scored"),
+                                        ("classify", "classified")])
+def test_progress_and_summary_name_the_task(task, verb):
+    stream = io.StringIO()
+    progress = Progress(total_rows=10, stream=stream, task=task)
+    progress.update(10, 100)
+    progress.close()
+    assert stream.getvalue().startswith(f"{task} [")
+    stats = RunStats(rows=10, rows_total=10, tokens=100, seconds=1.0, startup_seconds=0.1,
+                     truncated=0, bad_rows=2, shards=1, resumed_shards=0, retries=0,
+                     workers=(WorkerStats(0, 1, 10, 100, 1.0),))
+    table = summary_table(stats, None, "parquet", task)
+    assert f"rows {verb}" in table and f"2 not {verb}" in table
+    assert ("embedded" in table) == (verb == "embedded")

@@ -17,76 +17,22 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import traceback
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 import pipeline
 from pipeline.samples import sample_passages
+from s3_server import SECRET  # the moto fixture is in conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY, SECRET = "AKIDPIPELINETEST", "Zq7SecretValue9xTopSecret"
 N, SHARD_ROWS = 120, 20
 RUN = {"id_column": "doc", "num_workers": 1, "shard_rows": SHARD_ROWS, "dtype": "float32"}
 CLI = ["--id-column", "doc", "--num-workers", "1", "--shard-rows", str(SHARD_ROWS), "--dtype", "float32"]
-
-
-class Moto:
-    """moto's S3 in a thread, with a per-request counter (method, S3 operation kind)."""
-
-    def __init__(self):
-        from moto.moto_server.werkzeug_app import (DomainDispatcherApplication, MotoRequestHandler,
-                                                   create_backend_app)
-        from werkzeug.serving import make_server
-        app, self.counts = DomainDispatcherApplication(create_backend_app), Counter()
-
-        def counting(environ, start_response):
-            query = environ.get("QUERY_STRING", "")
-            kind = next((k for k in ("uploads", "uploadId", "list-type", "delete") if k in query), "")
-            self.counts[f"{environ['REQUEST_METHOD']} {kind}".strip()] += 1
-            return app(environ, start_response)
-
-        self.server = make_server("127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def uri(self, path: str) -> str:
-        return (f"s3://{KEY}:{SECRET}@{path}?scheme=http&endpoint_override=127.0.0.1:{self.port}"
-                "&region=us-east-1&allow_bucket_creation=true")
-
-    def fs(self) -> pafs.S3FileSystem:
-        return pafs.S3FileSystem(access_key=KEY, secret_key=SECRET, scheme="http", region="us-east-1",
-                                 endpoint_override=f"127.0.0.1:{self.port}", allow_bucket_creation=True)
-
-    def objects(self, prefix: str) -> dict[str, bytes]:
-        fs = self.fs()
-        infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
-        out = {}
-        for info in infos:
-            if info.is_file:
-                with fs.open_input_stream(info.path) as f:
-                    out[info.path[len(prefix) + 1:]] = f.read()
-        return out
-
-    def stop(self):
-        self.server.shutdown()
-        self.thread.join()
-
-
-@pytest.fixture(scope="module")
-def moto():
-    server = Moto()
-    server.fs().create_dir("bucket")
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ TRUNCATIONS = ("truncate", "error", "chunk")
 TASKS = ("embed", "score", "classify", "tokens", "sparse", "bge-m3")
 ACTIVATIONS = ("sigmoid", "softmax", "identity")
 IMPLEMENTATIONS = ("auto", "native", "transformers")
+QUANTIZATIONS = (None, "int8")
 # Options that shape vectors only: refused for task="score"/"classify", which return numbers.
 _EMBED_ONLY = ("pooling", "normalize", "dimensions", "skip_instruction", "prompt_name", "chunk_overlap")
 
@@ -91,6 +92,10 @@ class EngineConfig:
             for BERT; never remote code). See `workers/fallback.py`.
         lora: a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors),
             merged into the weights at load (W += B @ A * alpha / r). None: no adapter.
+        quantization: None (weights in `dtype`) or "int8": CPU only, task="embed" with this
+            package's own body; int8 weights with per-token int8 activations after SmoothQuant
+            calibration on fixed sample passages (see `workers/int8.py`); the rest of the model
+            runs in `dtype`. Changes the vectors slightly, so it is part of the fingerprint.
     """
 
     model: str | None = None
@@ -119,6 +124,7 @@ class EngineConfig:
     allow_pickle: bool = False
     implementation: str = "auto"
     lora: str | None = None
+    quantization: str | None = None
 
     def __post_init__(self):
         _choice("task", self.task, TASKS)
@@ -127,6 +133,7 @@ class EngineConfig:
         self._check_task_options()
         _choice("dtype", self.dtype, DTYPES)
         _choice("implementation", self.implementation, IMPLEMENTATIONS)
+        self._check_quantization()
         if self.lora is not None and not isinstance(self.lora, str):
             raise ValueError(f"lora={self.lora!r} must be the path of a PEFT adapter folder (str) or None")
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
@@ -167,6 +174,20 @@ class EngineConfig:
         if self.truncation == "chunk":
             raise ValueError(f"truncation='chunk' embeds windows, which has no meaning for "
                              f"task={self.task!r}; use 'truncate' or 'error'")
+
+    def _check_quantization(self) -> None:
+        _choice("quantization", self.quantization, QUANTIZATIONS)
+        if self.quantization is None:
+            return
+        if self.device.startswith("cuda"):
+            raise ValueError(f"quantization={self.quantization!r} runs on CPU only (oneDNN int8); "
+                             f"device={self.device!r}: use device='cpu' or drop quantization")
+        if self.task != "embed":
+            raise ValueError(f"quantization={self.quantization!r} is calibrated for task='embed' only, "
+                             f"not task={self.task!r}; drop quantization")
+        if self.implementation == "transformers":
+            raise ValueError("quantization='int8' needs this package's own model body; use "
+                             "implementation='auto' or 'native', or drop quantization")
 
     def _check_prompt_options(self) -> None:
         for name in ("prompt", "prompt_name"):

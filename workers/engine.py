@@ -31,7 +31,7 @@ import torch
 
 from attention import select_backend
 
-from . import lora
+from . import int8, lora
 from .chunking import WindowLedger
 from .classifier_head import labels_of
 from .config import EngineConfig
@@ -42,6 +42,7 @@ from .loader import load_side_weights, load_weights
 from .memory import PROFILE_TOKENS, MemoryBudgetError, profile_token_budget
 from .model_folder import ModelFolder, open_model_folder
 from .models import model_class
+from .models.packed_linear import pack_linears
 from .platform import resolve_device, resolve_dtype
 from .resolve import Resolved, resolve
 from .runner import ModelRunner
@@ -137,6 +138,8 @@ class Engine(TokenOutputs):
             self.resolved = r = dataclasses.replace(r, max_num_batched_tokens=budget)
         self.stats = EngineStats()
         self._trace = TraceWindow(config.profile_dir, config.profile_batches, device)
+        self.calibration = self._finish_weights(device, dtype)
+        self.stats = EngineStats()  # calibration runs are not counted
         logger.info("engine ready: %s (%s) task=%s workflow=%s on %s in %s, pooling=%s normalize=%s "
                     "activation=%s max_length=%d", self.folder.path, self.folder.architecture,
                     config.task, self.workflow.name, device, dtype, r.pooling, r.normalize,
@@ -161,6 +164,23 @@ class Engine(TokenOutputs):
         if self.lora:
             lora.merge(getattr(body, "hf", body), self.lora, self.folder)
         return body, head
+
+    def _finish_weights(self, device, dtype) -> str | None:
+        """After loading (and LoRA): int8 quantization when asked (calibrated by running the
+        float body; returns the calibration texts' hash), then the remaining linears packed
+        for oneDNN on CPU. A transformers body is left as it is."""
+        if self.implementation != "native":
+            return None
+        calibration = None
+        if self.config.quantization == "int8":
+            if device.type != "cpu" or not int8.available():
+                raise ValueError(f"quantization='int8' needs a CPU and torch's oneDNN int8 ops "
+                                 f"(device {device}, ops available: {int8.available()}); drop quantization")
+            texts = int8.calibration_texts()
+            int8.quantize(self.model, int8.calibrate(self.model, self._collect, texts), dtype)
+            calibration = int8.calibration_hash(texts)
+        pack_linears(self.model, dtype, self.resolved.max_num_batched_tokens)
+        return calibration
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Embed `texts`; returns float32 (len(texts), dim) in input order.
@@ -288,6 +308,9 @@ class Engine(TokenOutputs):
             fp["implementation"] = "transformers"
         if self.lora:
             fp["lora"] = self.lora.hash
+        if self.config.quantization:
+            fp["quantization"] = {"method": self.config.quantization, "alpha": int8.ALPHA,
+                                  "keep_float": list(int8.KEEP_FLOAT), "calibration": self.calibration}
         fp.update(self.processor.fingerprint())
         return fp
 

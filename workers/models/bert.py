@@ -11,7 +11,7 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import LinearAct
+from .layers import LinearAct, LinearAdd
 
 # RoBERTa-style models number positions from padding_idx + 1.
 _OFFSET_POSITION_TYPES = {"roberta", "xlm-roberta", "camembert"}
@@ -52,11 +52,11 @@ class BertOutput(nn.Module):
 
     def __init__(self, d_in, d_out, eps):
         super().__init__()
-        self.dense = nn.Linear(d_in, d_out)
+        self.dense = LinearAdd(d_in, d_out)
         self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
 
     def forward(self, x, residual):
-        return self.LayerNorm(self.dense(x) + residual)
+        return self.LayerNorm(self.dense(x, residual))
 
 
 class BertAttention(nn.Module):

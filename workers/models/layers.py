@@ -76,3 +76,11 @@ class LinearAct(nn.Linear):
             op, algorithm = _ONEDNN_ACTS[self.act_name]
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, op, [], algorithm)
         return self.act(F.linear(x, self.weight, self.bias))
+
+
+class LinearAdd(nn.Linear):
+    """nn.Linear whose output gets a residual added: `forward(x, residual)`. Same parameters as
+    nn.Linear; once packed (`packed_linear.py`) the add runs inside the matmul's epilogue."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias) + residual

@@ -1,0 +1,134 @@
+"""int8 weights for a loaded CPU body (`EngineConfig(quantization="int8")`): SmoothQuant-style
+scale migration, per-output-channel int8 weights, per-token dynamic int8 activations.
+
+Recipe, decided by measurement on MiniLM (docs/BENCHMARKS.md): naive per-channel dynamic int8
+loses too much (min cosine 0.935 on 600 passages) because a few activation channels carry
+outliers. So, per linear:
+  1. calibrate: run the float model over fixed calibration passages (`CALIBRATION`, the first
+     passages of pipeline/samples.py's corpus at seed 9; their hash goes in the fingerprint) and
+     keep each linear's per-input-channel max |x|, a (in,) vector;
+  2. migrate: s_j = max|x_j|^alpha / max|W_:,j|^(1-alpha) (alpha 0.5); W' = W * s, x' = x / s,
+     which flattens the activation outliers into the weights;
+  3. quantize W' per output row: scale_o = max|W'_o| / 127, int8, prepacked once for oneDNN
+     (`torch.ops.onednn.qlinear_prepack`);
+  4. at run time: x' = x / s, per-token scale_t = max|x'_t| / 127, int8 x; one oneDNN int8 matmul
+     (`torch.ops.onednn.qlinear_pointwise`, int32 accumulation, times the weight scales on the
+     way out), then times scale_t, plus bias, then the layer's activation or residual.
+Linears named in `KEEP_FLOAT` (the most sensitive ones, measured) stay in the compute dtype.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models.layers import LinearAdd
+
+logger = logging.getLogger(__name__)
+
+ALPHA = 0.5
+CALIBRATION_PASSAGES, CALIBRATION_SEED = 64, 9
+# Linears kept in the compute dtype, by name suffix. On MiniLM (300 held-out passages, bf16
+# activations) keeping the last layer's FFN output in bf16 gave min cosine vs fp32 0.9981,
+# median 0.9990; the gate (0.99 / 0.998) holds with it.
+KEEP_FLOAT: tuple[str, ...] = ("layer.5.output.dense",)
+
+
+def available() -> bool:
+    """oneDNN's int8 linear ops exist in this torch (private ops, so checked)."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops, "onednn")
+            and hasattr(torch.ops.onednn, "qlinear_pointwise") and hasattr(torch.ops.onednn, "qlinear_prepack"))
+
+
+def calibration_texts() -> list[str]:
+    """The fixed calibration passages (loaded by path: the `pipeline` package imports ray)."""
+    path = Path(__file__).resolve().parents[1] / "pipeline" / "samples.py"
+    spec = importlib.util.spec_from_file_location("_calibration_samples", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.sample_passages(CALIBRATION_PASSAGES, seed=CALIBRATION_SEED, max_chars=1000)
+
+
+def calibration_hash(texts: list[str]) -> str:
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+
+
+class Int8Linear(nn.Module):
+    """y = act((int8(x / s) @ int8(W * s)^T) * scale_t * scale_o + b) [+ residual]."""
+
+    def __init__(self, linear: nn.Linear, act_max: torch.Tensor, dtype: torch.dtype):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w = linear.weight.detach().float()                                        # (out, in)
+        s = (act_max.float().clamp(min=1e-5) ** ALPHA) / (w.abs().amax(0).clamp(min=1e-5) ** (1 - ALPHA))
+        w = w * s                                                                 # W' = W diag(s)
+        self.w_scale = (w.abs().amax(1) / 127).clamp(min=1e-8)                   # (out,) float32
+        w_int8 = (w / self.w_scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        self.w_packed = torch.ops.onednn.qlinear_prepack(w_int8, None)
+        self.w_zero = torch.zeros(self.out_features, dtype=torch.int64)
+        self.inv_s = (1 / s).to(dtype)                                           # (in,)
+        self.bias = None if linear.bias is None else linear.bias.detach().to(dtype)
+        self.act = getattr(linear, "act", None)
+        self.adds_residual = isinstance(linear, LinearAdd)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1]) * self.inv_s                                 # (T, in)
+        scale = (x.abs().amax(1, keepdim=True).float() / 127).clamp_(min=1e-8)    # (T, 1)
+        xq = torch.round(x.float() / scale).clamp_(-127, 127).to(torch.int8)
+        y = torch.ops.onednn.qlinear_pointwise(xq, 1.0, 0, self.w_packed, self.w_scale, self.w_zero,
+                                               None, 1.0, 0, torch.float32, "none", [], "")
+        y = y.mul_(scale)                                                          # (T, out)
+        if self.bias is not None:
+            y = y.add_(self.bias)
+        y = y.to(self.dtype)
+        if self.act is not None:
+            y = self.act(y)
+        if residual is not None:
+            y = y + residual.reshape(y.shape)
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int8 (per-token x, per-channel W)"
+
+
+def _targets(body: nn.Module, keep: tuple[str, ...]) -> list[tuple[str, nn.Linear]]:
+    return [(n, m) for n, m in body.named_modules()
+            if isinstance(m, nn.Linear) and not n.endswith(keep)]
+
+
+def calibrate(body: nn.Module, run, texts: list[str], keep: tuple[str, ...] | None = None) -> dict:
+    """Per-input-channel max |x| of each target linear over `run(texts)` (the float forward)."""
+    amax: dict[str, torch.Tensor] = {}
+    keep = KEEP_FLOAT if keep is None else keep
+
+    def hook(name):
+        def record(_module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(0).float()
+            amax[name] = x if name not in amax else torch.maximum(amax[name], x)
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in _targets(body, keep)]
+    try:
+        run(texts)
+    finally:
+        for h in handles:
+            h.remove()
+    return amax
+
+
+def quantize(body: nn.Module, amax: dict, dtype: torch.dtype, keep: tuple[str, ...] | None = None) -> int:
+    """Replace each calibrated linear by an Int8Linear in place; returns how many."""
+    targets = [(n, m) for n, m in _targets(body, KEEP_FLOAT if keep is None else keep) if n in amax]
+    for name, module in targets:
+        parent, _, child = name.rpartition(".")
+        setattr(body.get_submodule(parent) if parent else body, child, Int8Linear(module, amax[name], dtype))
+    logger.info("int8: %d linears quantized, %d kept in %s", len(targets),
+                sum(isinstance(m, nn.Linear) for m in body.modules()), dtype)
+    return len(targets)
+
