@@ -90,7 +90,7 @@ class EmbedWorker:
         return {"pid": os.getpid(), "dim": self.engine.dim, "node": os.uname().nodename,
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "actor_id": ray.get_runtime_context().get_actor_id(),
-                "torch_threads": torch.get_num_threads(),
+                "nice": os.nice(0), "torch_threads": torch.get_num_threads(),
                 "torch_interop_threads": torch.get_num_interop_threads(),
                 "env": {k: os.environ.get(k) for k in _THREAD_ENV},
                 "model_path": self.model_path}

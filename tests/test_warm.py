@@ -9,6 +9,7 @@ process, so its model was not loaded again.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -147,3 +148,20 @@ def test_a_new_ray_session_forgets_the_old_actors(cluster, texts, engine_vectors
     assert actors()[0][0] != old
     np.testing.assert_allclose(again.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
     pipeline.shutdown()
+
+
+def test_a_ray_the_pipeline_starts_runs_its_actors_at_nice_0(cluster, texts, engine_vectors):
+    """Ray starts workers at nice 15; a local Ray the pipeline starts sets them to 0
+    (pipeline/cluster.py: the actors are the work). Last in the module: it restarts Ray."""
+    ray.shutdown()
+    try:
+        result = pipeline.run(texts, **RUN, address="local")  # the pipeline starts a Ray, keeps it
+        [info] = ray.get([h.info.remote() for h in handles()])
+        assert info["nice"] == 0 and os.nice(0) == 0
+        assert "RAY_worker_niceness" not in os.environ  # set only while Ray started
+        np.testing.assert_allclose(result.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
+        pipeline.shutdown()
+        assert not ray.is_initialized()  # the pipeline's own Ray goes with its warm actors
+    finally:
+        if not ray.is_initialized():
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
