@@ -96,14 +96,18 @@ def test_a_folder_only_the_driver_has_is_copied_once_per_node(nodes, empty_cache
     assert (entry / COMPLETE).is_file() and (entry / "minilm" / "model.safetensors").is_file()
     before = {p: p.stat().st_mtime_ns for p in entry.rglob("*") if p.is_file()}
 
-    # A second run of the same folder (same bytes, so the same hash) copies nothing.
+    # A second run of the same folder (same bytes, so the same hash) copies nothing. New actors
+    # (the warm ones, which would not look at the cache again, are stopped first).
+    pipeline.shutdown()
     shutil.copytree(minilm, mine)
     again = pipeline.run(texts, model=str(mine), **RUN)
     np.testing.assert_allclose(again.embeddings, reference, atol=2e-5, rtol=0)
     assert entries(empty_cache) == [entry]
     assert {p: p.stat().st_mtime_ns for p in entry.rglob("*") if p.is_file()} == before
 
-    # An actor on a worker node reports the cached folder as the one its engine loaded.
+    # An actor on a worker node reports the cached folder as the one its engine loaded (the warm
+    # actors hold every worker CPU: stopped first).
+    pipeline.shutdown()
     import ray
     from pipeline.actor import EmbedWorker
     from workers import EngineConfig
@@ -137,15 +141,22 @@ def test_ray_data_embedder_takes_a_uri_or_a_driver_spec(nodes, empty_cache, moto
     spec = pipeline.model_spec(str(mine))
     shutil.rmtree(mine)  # only the object store has its bytes now
     for model in (moto.uri("bucket/models/minilm-rd"), spec):
+        for entry in entries(empty_cache):  # same bytes, same hash: each form copies afresh
+            shutil.rmtree(entry)
         ds = ray.data.from_arrow(pa.table({"row": list(range(N)), "text": texts})).repartition(4)
         ds = ds.map_batches(pipeline.Embedder, fn_constructor_kwargs={
             "model": model, "dtype": "float32", "num_threads": 1}, compute=ray.data.ActorPoolStrategy(
-            size=2), num_cpus=0.5, batch_format="pyarrow", batch_size=12)
+            size=2), num_cpus=0, batch_format="pyarrow", batch_size=12)
+        # num_cpus=0: the worker nodes have 1 CPU each; half a CPU per actor would leave no node a
+        # whole CPU for Ray Data's repartition tasks (a deadlock, seen).
         table = pa.concat_tables(ray.get(ds.to_arrow_refs())).sort_by("row")
         got = np.stack([np.asarray(v.values, dtype=np.float32) for v in table.column("embedding")])
         np.testing.assert_allclose(got, reference, atol=2e-5, rtol=0)
-    # One copy per model (both worker nodes share this machine's cache folder), the secret in none.
-    assert len(entries(empty_cache)) == 2
+        # The actors loaded a copy made for them: one entry (the nodes share this machine's cache
+        # folder), complete, named as the source folder.
+        [entry] = entries(empty_cache)
+        assert (entry / COMPLETE).is_file() and (entry / "minilm-rd" if model is not spec else
+                                                 entry / "minilm").joinpath("model.safetensors").is_file()
     assert not [p for p in empty_cache.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
 
 
