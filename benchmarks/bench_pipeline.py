@@ -1,20 +1,28 @@
-"""Benchmark: end-to-end `pipeline.run` against the bare engine on the same texts, in one run.
+"""Benchmark: the pipeline tax and notebook calls, against the bare engine, side by side in one run.
 
-    python benchmarks/bench_pipeline.py                      # 20,000 docstring passages, default model
-    python benchmarks/bench_pipeline.py --rows 25000 --workers 1 2
+    python benchmarks/bench_pipeline.py                        # 20,000 passages, 2 rounds, 300-text notebook calls
+    python benchmarks/bench_pipeline.py --rows 5000 --rounds 3 --notebook 0
 
-The bare engine embeds the texts in this process with every core; then `pipeline.run` reads the
-same texts from a Parquet file, embeds them in Ray actors and writes Parquet parts. The pipeline
-is timed end to end (Ray start, actor and model start, reads, writes, commits) and also without
-its start-up. Prints a table with tokens/s and the ratio to the bare engine (issue 3: >= 85%).
+Rounds alternate the two systems on the same texts (bare, pipeline, bare, pipeline, ...) so
+load from other processes hits both alike:
+- bare: `Engine.embed` in this process with every core (model loaded once, one warm-up call);
+- pipeline: `pipeline.run` reading the same texts from a Parquet file, embedding them in one
+  Ray actor per worker and writing Parquet parts. Round 1 starts Ray and the actors (cold);
+  later rounds reuse the warm actors (pipeline/warm.py).
+Per round it prints tokens/s of: the bare engine (wall, and its forward stage alone), the actor's
+forward stage and its engine calls (summed over shards), and the pipeline end to end (wall, and
+without its start-up), with the ratios to the bare engine; then the torch thread settings in
+this process and inside an actor. `--notebook N` then times `pipeline.run(list of N texts)` in a
+fresh Python process: first call (Ray start, actor start, model load), later calls (warm
+actors), and the bare engine on the same texts (load + embed) in that process.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,60 +35,125 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--rows", type=int, default=20_000, help="passages to embed (default: 20,000)")
     p.add_argument("--seed", type=int, default=0, help="sample_passages seed (default: 0)")
-    p.add_argument("--workers", type=int, nargs="+", default=[1],
-                   help="pipeline worker counts to measure; the cores are split evenly (default: 1)")
+    p.add_argument("--workers", type=int, default=1, help="pipeline workers; the cores are split evenly (default: 1)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of bare and pipeline (default: 2)")
     p.add_argument("--dtype", default="auto", help="engine compute dtype for both (default: auto)")
+    p.add_argument("--notebook", type=int, default=300,
+                   help="texts for the notebook-call timing in a fresh process (0: skip; default: 300)")
     p.add_argument("--out", default=str(ROOT / "bench_out" / "pipeline"), help="scratch folder (emptied)")
-    p.add_argument("--json", default=None, help="also write the rows of the table to this JSON file")
+    p.add_argument("--json", default=None, help="also write the measured rows to this JSON file")
     return p.parse_args(argv)
 
 
-def bare_engine(texts: list[str], dtype: str, threads: int) -> dict:
-    """The engine alone, in this process: model load excluded, one warm-up call."""
-    from workers import Engine, EngineConfig
-    engine = Engine(EngineConfig(dtype=dtype, num_threads=threads))
-    engine.embed(texts[:64])
-    tokens0 = engine.stats.tokens
+def bare_round(engine, texts: list[str]) -> dict:
+    """One `Engine.embed` over every text: wall and forward-stage seconds."""
+    tokens0, forward0 = engine.stats.tokens, engine.stats.forward_seconds
     t0 = time.perf_counter()
     engine.embed(texts)
-    seconds = time.perf_counter() - t0
-    tokens = engine.stats.tokens - tokens0
-    del engine
-    gc.collect()
-    return {"variant": f"bare Engine.embed ({threads} threads)", "rows": len(texts),
-            "tokens": tokens, "seconds": seconds}
+    return {"tokens": engine.stats.tokens - tokens0, "seconds": time.perf_counter() - t0,
+            "forward": engine.stats.forward_seconds - forward0}
 
 
-def pipeline_run(corpus: Path, out: Path, dtype: str, workers: int) -> list[dict]:
+def pipeline_round(corpus: Path, out: Path, dtype: str, workers: int) -> dict:
     import pipeline
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     result = pipeline.run(str(corpus), output=str(out), num_workers=workers, dtype=dtype, progress=False)
     wall = time.perf_counter() - t0
-    s = result.stats
-    shards = result.manifest["shards"].values()
-    io = {k: sum(r.get(k, 0.0) for r in shards) for k in ("read_seconds", "embed_seconds", "write_seconds")}
-    name = f"pipeline.run, {workers} worker(s), Parquet in/out"
-    return [
-        {"variant": f"{name}, end to end", "rows": s.rows, "tokens": s.tokens, "seconds": wall, **io},
-        {"variant": f"{name}, without start-up ({s.startup_seconds:.1f} s)", "rows": s.rows,
-         "tokens": s.tokens, "seconds": wall - s.startup_seconds},
-    ]
+    s, shards = result.stats, result.manifest["shards"].values()
+    summed = {k: sum(r.get(k, 0.0) for r in shards) for k in ("read_seconds", "embed_seconds", "write_seconds")}
+    return {"tokens": s.tokens, "seconds": wall, "startup": s.startup_seconds,
+            "forward": sum(r.get("stages", {}).get("forward", 0.0) for r in shards), **summed}
 
 
-def print_table(rows: list[dict]) -> None:
-    base = rows[0]["tokens"] / rows[0]["seconds"]
-    print(f"\n| variant | rows | tokens | seconds | tokens/s | vs bare engine |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in rows:
-        rate = r["tokens"] / r["seconds"]
-        r["tokens_per_s"], r["ratio"] = rate, rate / base
-        print(f"| {r['variant']} | {r['rows']:,} | {r['tokens']:,} | {r['seconds']:.1f} | "
-              f"{rate:,.0f} | {100 * rate / base:.1f}% |")
-    for r in rows:
-        if "read_seconds" in r:
-            print(f"\n{r['variant']}: actor time summed over shards: read {r['read_seconds']:.2f} s, "
-                  f"embed {r['embed_seconds']:.1f} s, write {r['write_seconds']:.2f} s")
+def rate(tokens: int, seconds: float) -> float:
+    return tokens / seconds if seconds else 0.0
+
+
+def print_rounds(rounds: list[tuple[dict, dict]], workers: int) -> list[dict]:
+    """The per-round table: tokens/s of each measure and its ratio to the bare engine's wall rate
+    (the forward rows: to the bare engine's forward rate)."""
+    rows = []
+    print("\n| round | measure | tokens/s | vs bare |")
+    print("|---:|---|---:|---:|")
+    for k, (bare, pipe) in enumerate(rounds, 1):
+        base, base_fwd = rate(bare["tokens"], bare["seconds"]), rate(bare["tokens"], bare["forward"])
+        per_worker = workers  # summed actor seconds over `workers` actors: rate per worker x workers
+        measures = [
+            ("bare Engine.embed, wall", base, base),
+            ("bare Engine.embed, forward stage", base_fwd, base_fwd),
+            ("in-actor forward stage", per_worker * rate(pipe["tokens"], pipe["forward"]), base_fwd),
+            ("in-actor engine calls (tokenize+forward)", per_worker * rate(pipe["tokens"], pipe["embed_seconds"]), base),
+            (f"pipeline end to end{' (cold: Ray + actor start)' if k == 1 else ' (warm actors)'}",
+             rate(pipe["tokens"], pipe["seconds"]), base),
+            (f"pipeline without start-up ({pipe['startup']:.1f} s)",
+             rate(pipe["tokens"], pipe["seconds"] - pipe["startup"]), base),
+        ]
+        for name, value, ref in measures:
+            rows.append({"round": k, "measure": name, "tokens_per_s": value, "ratio": value / ref})
+            print(f"| {k} | {name} | {value:,.0f} | {100 * value / ref:.1f}% |")
+        print(f"| {k} | actor seconds summed: read {pipe['read_seconds']:.2f}, engine "
+              f"{pipe['embed_seconds']:.1f}, write {pipe['write_seconds']:.2f}; tokens bare "
+              f"{bare['tokens']:,} / pipeline {pipe['tokens']:,} | | |")
+    return rows
+
+
+def thread_settings() -> None:
+    """torch threads and thread env here and inside a warm actor (pipeline/actor.py info())."""
+    import torch
+
+    from pipeline import warm
+    from pipeline.actor import _THREAD_ENV
+    here = {"torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "env": {k: os.environ.get(k) for k in _THREAD_ENV}}
+    pool = warm.warm_pool()
+    import ray
+    actor = ray.get(pool.workers[0].handle.info.remote()) if pool else {}
+    print("\nthread settings: bare process", json.dumps(here))
+    print("thread settings: actor       ", json.dumps({k: actor.get(k) for k in here}))
+
+
+NOTEBOOK = r"""
+import sys, time, json
+t0 = time.perf_counter()
+import pipeline
+from pipeline.samples import sample_passages
+texts, dtype, calls = sample_passages(int(sys.argv[1]), seed=7), sys.argv[2], []
+imported = time.perf_counter() - t0
+for _ in range(3):
+    t = time.perf_counter()
+    result = pipeline.run(texts, dtype=dtype, progress=False)
+    calls.append(time.perf_counter() - t)
+pipeline.shutdown()
+from workers import Engine, EngineConfig
+t = time.perf_counter()
+engine = Engine(EngineConfig(dtype=dtype))
+load = time.perf_counter() - t
+t = time.perf_counter()
+engine.embed(texts)
+print(json.dumps({"import": imported, "calls": calls, "tokens": result.stats.tokens,
+                  "bare_load": load, "bare_embed": time.perf_counter() - t}))
+"""
+
+
+def notebook_calls(n: int, dtype: str) -> dict:
+    """`pipeline.run(list of n texts)` three times in a fresh process, then the bare engine there."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", NOTEBOOK, str(n), dtype], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=1800)
+    if done.returncode:
+        raise RuntimeError(f"notebook timing failed:\n{done.stderr[-3000:]}")
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\n| notebook: pipeline.run({n:,} texts, {r['tokens']:,} tokens), fresh process | seconds |")
+    print("|---|---:|")
+    print(f"| import pipeline | {r['import']:.2f} |")
+    for k, name in enumerate(("first call (Ray start, actor start, model load)", "second call (warm actors)",
+                              "third call (warm actors)")):
+        print(f"| {name} | {r['calls'][k]:.2f} |")
+    print(f"| bare engine in the same process: load | {r['bare_load']:.2f} |")
+    print(f"| bare engine in the same process: embed | {r['bare_embed']:.2f} |")
+    return r
 
 
 def main(argv=None) -> int:
@@ -88,23 +161,31 @@ def main(argv=None) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from benchlib import machine, sample_passages
-    cores = os.cpu_count() or 1
     texts = sample_passages(args.rows, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "corpus.parquet"
     pq.write_table(pa.table({"text": texts}), corpus, row_group_size=2048)
-    print(f"{len(texts):,} passages, {machine()}, dtype={args.dtype}", flush=True)
-    rows = [bare_engine(texts, args.dtype, cores)]
-    print(f"bare engine: {rows[0]['tokens'] / rows[0]['seconds']:,.0f} tokens/s", flush=True)
-    for workers in args.workers:
-        rows += pipeline_run(corpus, out / f"emb-{workers}", args.dtype, workers)
-        print(f"pipeline ({workers} workers): {rows[-2]['tokens'] / rows[-2]['seconds']:,.0f} tokens/s", flush=True)
-    if rows[1]["tokens"] != rows[0]["tokens"]:
-        print(f"warning: token counts differ: bare {rows[0]['tokens']:,}, pipeline {rows[1]['tokens']:,}")
-    print_table(rows)
+    cores = os.cpu_count() or 1
+    print(f"{len(texts):,} passages, {machine()}, dtype={args.dtype}, {args.workers} worker(s)", flush=True)
+    from workers import Engine, EngineConfig
+    engine = Engine(EngineConfig(dtype=args.dtype, num_threads=cores))
+    engine.embed(texts[:64])
+    rounds = []
+    for k in range(args.rounds):
+        bare = bare_round(engine, texts)
+        pipe = pipeline_round(corpus, out / "emb", args.dtype, args.workers)
+        rounds.append((bare, pipe))
+        print(f"round {k + 1}: bare {rate(bare['tokens'], bare['seconds']):,.0f} tokens/s, pipeline "
+              f"{rate(pipe['tokens'], pipe['seconds']):,.0f} tokens/s", flush=True)
+    rows = print_rounds(rounds, args.workers)
+    thread_settings()
+    import pipeline
+    pipeline.shutdown()
+    del engine
+    notebook = notebook_calls(args.notebook, args.dtype) if args.notebook else None
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"rounds": rows, "notebook": notebook}, indent=1))
     return 0
 
 

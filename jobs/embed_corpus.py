@@ -55,6 +55,19 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout or a job'
 DEMO_DIR = ROOT / "out" / "demo"
 
 
+def _workers(value: str):
+    """--num-workers: 'auto' (None to pipeline.run) or a positive integer."""
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a positive integer or 'auto'")
+    return n
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="embed_corpus.py", description=__doc__.split("\n\n")[0],
@@ -92,9 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--restart-timeout", type=float, default=None, metavar="SECONDS",
                    help="give up a worker whose restart Ray cannot place in this time (a lost "
                         "node); its shards go to the others (default: 180)")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="engine actors (default: one per GPU, else one per 8 CPU cores at most; "
-                   "nodes that join mid-run get workers too)")
+    p.add_argument("--num-workers", type=_workers, default="auto", metavar="N|auto",
+                   help="engine actors, or 'auto' (the default): one per GPU, else one per 8 CPU "
+                   "cores at most, and nodes that join mid-run get workers too; a number is fixed")
     p.add_argument("--threads-per-worker", type=int, default=None,
                    help="torch threads / reserved CPUs per CPU actor (default: an even split)")
     p.add_argument("--dtype", default="auto", help="engine compute dtype: auto, float32, bfloat16, float16")

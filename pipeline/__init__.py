@@ -8,6 +8,7 @@
     pipeline.run("pairs.parquet", output="scores/", model="cross-encoder/", task="score",
                  text_column="query", pair_column="passage")
     scores = pipeline.read_scores("scores/", as_numpy=True)  # (n,) float32
+    pipeline.shutdown()  # stop the engine actors kept warm between calls (and a Ray run() started)
 
     pipeline.run("corpus.parquet", output="colbert/", model="colbert-folder/", task="tokens")
     vectors = pipeline.read_tokens("colbert/", as_numpy=True)  # [(L_i, d) float16]
@@ -39,16 +40,18 @@ from .quantize import QUANT_KEY
 from .redact import redact, redact_error
 from .quantize import decode as _decode
 from .tasks import TASKS
+from .model_sync import model_spec
+from .warm import shutdown
 from .writer import embedding_array, ragged_rows, to_numpy
 
-__all__ = ["run", "read_embeddings", "read_scores", "read_tokens", "read_sparse", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
+__all__ = ["run", "shutdown", "model_spec", "read_embeddings", "read_scores", "read_tokens", "read_sparse", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
            "PipelineConfig", "OutputFolder", "PipelineError", "InputError", "FingerprintMismatch",
            "RunFailedError", "ShardFailedError", "BadRowsError", "OutputWriteError",
            "WorkersLostError", "ClusterUnreachableError", "redact"]
 
 
 def run(data, *, output=None, model=None, text_column="text", id_column=None, num_workers=None,
-        address=None, **options) -> RunResult:
+        address=None, keep_warm=True, **options) -> RunResult:
     """Embed every row of `data` with `model` on Ray (or score / classify it: `task=`); write
     Parquet/Arrow parts or return the results in memory.
 
@@ -74,6 +77,9 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             Ray); None: RAY_ADDRESS, else the cluster `ray start` recorded on this machine, else
             a new local Ray. An address nothing answers fails within seconds with
             `ClusterUnreachableError` naming it and the fix.
+        keep_warm: keep the engine actors (and a local Ray this call started) up after a clean
+            run for the next call with the same engine settings (see below); False: stop them
+            at the end, e.g. before other Ray work that needs their CPUs.
         **options: `PipelineConfig` fields (task, pair_column, shard_rows, threads_per_worker,
             output_format, output_dtype, passthrough_columns, on_bad_row, cast_text, overwrite,
             max_retries, max_restarts, restart_timeout_s, progress) and `workers.EngineConfig`
@@ -103,8 +109,11 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
     cannot load and an output folder holding files the pipeline did not write are refused with
     InputError (a ValueError) / FileNotFoundError before Ray starts.
 
-    Uses the Ray cluster already initialised (or `address`); else starts a local one and shuts
-    it down afterwards. On a cluster, a worker whose node leaves and cannot be restarted within
+    Uses the Ray cluster already initialised (or `address`); else starts a local one. The engine
+    actors stay up after a clean run (warm): a later call in this process with the same engine
+    settings (EngineConfig options, model, num_workers, threads_per_worker, max_restarts) reuses
+    them, with no Ray start and no model load; other settings replace them. `pipeline.shutdown()`
+    (or interpreter exit) stops them, and the local Ray too when this function started it. On a cluster, a worker whose node leaves and cannot be restarted within
     `restart_timeout_s` is given up: its shards go to the others and `result.stats.lost_workers`
     names it. Credentials in URIs (`s3://KEY:SECRET@bucket/...`, `?secret_key=`) are redacted in
     everything written or raised; prefer the environment (AWS_ACCESS_KEY_ID, ...) for them.
@@ -132,7 +141,7 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
     if model is not None:
         engine_options["model"] = os.fspath(model)
     try:
-        return execute(data, output, config, engine_options)
+        return execute(data, output, config, engine_options, keep_warm=keep_warm)
     except Exception as e:  # a library may have quoted a whole URI: no credentials in the text
         raise redact_error(e)
 

@@ -8,6 +8,12 @@ task's engine method, `Engine.embed` / `.score` / `.classify` as `pipeline/tasks
 The actor runs two calls at once (`max_concurrency=2`): while one call holds the engine, the
 other reads its rows, so the engine never waits for I/O between shards (the "prefetched shard").
 Writing a part also happens outside the engine lock, overlapping the next shard's compute.
+
+An actor outlives one run (warm actors, `pipeline/warm.py`): it is built from the engine
+settings only, and everything that belongs to a run (the PipelineConfig, the output folder, the
+source) arrives with every call as `run_box = [ObjectRef(RunContext)]`, fetched once per run.
+So a run never sees the previous run's settings, and an actor that Ray restarts mid-run (its
+constructor replayed with the engine settings) serves the run's next call unchanged.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +38,14 @@ from .tasks import TASKS
 from .validate import embeddable_texts, split_bad_rows
 from .writer import task_part
 
+
+@dataclass(frozen=True)
+class RunContext:
+    """What one run tells its actors: put in the object store once per run, passed boxed."""
+
+    config: PipelineConfig
+    folder: OutputFolder | None
+    source: object  # a pipeline.sources.Source
 
 CRASH_FILE_ENV = "PIPELINE_CRASH_FILE"
 
@@ -50,10 +65,9 @@ def _crash_point(shard: Shard, point: str) -> None:
 
 
 class EmbedWorker:
-    """One engine in one Ray actor. Wrapped with `ray.remote` by the driver (see `driver.py`)."""
+    """One engine in one Ray actor. Wrapped with `ray.remote` by the pool (see `pool.py`)."""
 
-    def __init__(self, engine_config, config: PipelineConfig, output: OutputFolder | None,
-                 threads: int | None, model_spec=None):
+    def __init__(self, engine_config, threads: int | None, model_spec=None):
         if threads:
             # The tokenizer's Rust pool would otherwise start one thread per core of the node,
             # oversubscribing the cores reserved for this actor (FACTS.md: deadly with torch).
@@ -64,28 +78,116 @@ class EmbedWorker:
         self.model_path = engine_config.model
         from workers import Engine
         self.engine = Engine(engine_config)
-        self.config, self._sources = config, {}
-        self.task = TASKS[config.task]
-        self.folder = output
         self.lock = threading.Lock()
-        self._quant = None  # the output's quantization record, read from its manifest once
-        self._fingerprint = {"engine": self.engine.fingerprint(), **config.fingerprint()}
+        self._run_key, self._run = None, None  # the current run: its ObjectRef hex, _Run
 
-    def fingerprint(self) -> dict:
-        """The run fingerprint as this actor's engine sees it (model hash, pooling, dims, ...)."""
-        return self._fingerprint
+    def engine_fingerprint(self) -> dict:
+        """The engine's part of the run fingerprint (model hash, pooling, dims, ...)."""
+        return self.engine.fingerprint()
 
     def info(self) -> dict:
+        import torch
         return {"pid": os.getpid(), "dim": self.engine.dim, "node": os.uname().nodename,
-                "node_id": ray.get_runtime_context().get_node_id(), "model_path": self.model_path}
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "actor_id": ray.get_runtime_context().get_actor_id(),
+                "nice": os.nice(0), "torch_threads": torch.get_num_threads(),
+                "torch_interop_threads": torch.get_num_interop_threads(),
+                "env": {k: os.environ.get(k) for k in _THREAD_ENV},
+                "model_path": self.model_path}
 
-    def sample(self, source_box: list, shards: list[Shard]) -> np.ndarray:
+    def sample(self, run_box: list, shards: list[Shard]) -> np.ndarray:
         """Embed the texts of `shards` that are not blank (the int8 calibration sample): (n, dim)."""
-        source, column = self._source(source_box[0]), self.config.text_column
-        tables = [text_as_string(read_shard(source, s, [column]), self.config) for s in shards]
+        run = self._context(run_box)
+        column = run.config.text_column
+        tables = [text_as_string(read_shard(run.source, s, [column]), run.config) for s in shards]
         texts = [t for table in tables for t in embeddable_texts(table, column)]
         with self.lock:
             return self.engine.embed(texts)
+
+    def process(self, run_box: list, shard: Shard) -> dict:
+        """Run the task on one shard; write its part (or return its outputs when there is no output folder).
+
+        `run_box` is `[ObjectRef(RunContext)]`: boxed so Ray passes the reference, fetched once
+        per run (and again after a restart) instead of being a constructor argument.
+        """
+        t0 = time.perf_counter()
+        run = self._context(run_box)
+        config = run.config
+        table = text_as_string(read_shard(run.source, shard, config.input_columns), config)
+        good, errors, keep = split_bad_rows(shard, table, config)
+        texts = [good.column(c).to_pylist() for c in config.text_columns]
+        t1 = time.perf_counter()
+        with self.lock:
+            stats = self.engine.stats  # cumulative: this shard's share is after - before
+            tokens0, truncated0, chunked0 = stats.tokens, stats.truncated, stats.chunked
+            stages0 = stats.stage_seconds()
+            start = time.perf_counter()
+            from workers.input_processor import TextTooLongError  # loaded with the engine already
+            try:
+                outputs = run.task.compute(self.engine, texts)
+            except TextTooLongError as e:
+                raise self._too_long(config, shard, good, keep, e) from None
+            seconds = time.perf_counter() - start
+            stages = {k: v - stages0[k] for k, v in stats.stage_seconds().items()}
+        _crash_point(shard, "mid_shard")
+        record = {"rows": good.num_rows, "tokens": stats.tokens - tokens0,
+                  "truncated": stats.truncated - truncated0, "chunked": stats.chunked - chunked0,
+                  "bad_rows": errors.num_rows, "embed_seconds": seconds,
+                  "read_seconds": t1 - t0, "stages": stages, "pid": os.getpid()}
+        ids = self._ids(config, shard, good, keep)
+        extra = good.select(list(config.passthrough_columns)) if config.passthrough_columns else None
+        if run.folder is None:
+            record.update(ids=ids, outputs=outputs, errors_list=errors.to_pylist())
+            return record
+        t2 = time.perf_counter()
+        quant = run.quantization() if run.task.quantized else None
+        columns = run.task.arrays(outputs, config.output_dtype, quant)
+        part = task_part(ids, columns, extra, run.fingerprint, quant)
+        record.update(run.folder.publish_part(shard.id, part, config.output_format))
+        if errors.num_rows:
+            record["errors"] = run.folder.publish_errors(shard.id, errors)
+        record["write_seconds"] = time.perf_counter() - t2
+        _crash_point(shard, "after_write")
+        return record
+
+    def _too_long(self, config: PipelineConfig, shard: Shard, good: pa.Table, keep, error) -> BadRowsError:
+        """truncation="error" met a long text: name its input row and id (not retried)."""
+        kept = np.flatnonzero(keep) if keep is not None else np.arange(good.num_rows)
+        row = int(shard.row_offset + kept[error.index])
+        ident = good.column(config.id_column)[error.index].as_py() if config.id_column else row
+        return BadRowsError(
+            f"{shard.describe()}: row {row} (id {ident!r}) cannot be embedded with "
+            f"truncation='error': it is longer than max_length={error.max_length} tokens; shorten "
+            "it, raise max_length, or pass truncation='truncate' or 'chunk' (--truncation)")
+
+    def _context(self, run_box: list) -> "_Run":
+        ref = run_box[0]
+        if ref.hex() != self._run_key:  # a new run: forget the previous one's state
+            context = ray.get(ref)
+            fingerprint = {"engine": self.engine.fingerprint(), **context.config.fingerprint()}
+            self._run, self._run_key = _Run(context, fingerprint), ref.hex()
+        return self._run
+
+    @staticmethod
+    def _ids(config: PipelineConfig, shard: Shard, good: pa.Table, keep: np.ndarray | None) -> pa.Array:
+        if config.id_column is not None:
+            return good.column(config.id_column).combine_chunks()
+        rows = np.arange(shard.row_offset, shard.row_offset + shard.num_rows, dtype=np.int64)
+        return pa.array(rows if keep is None else rows[keep])
+
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS", "KMP_AFFINITY",
+               "OMP_PROC_BIND", "LD_PRELOAD")
+
+
+class _Run:
+    """One run's state inside an actor: its context, fingerprint and quantization record."""
+
+    def __init__(self, context: RunContext, fingerprint: dict):
+        self.config, self.folder, self.source = context.config, context.folder, context.source
+        self.task = TASKS[context.config.task]
+        self.fingerprint = fingerprint
+        self._quant = None  # the output's quantization record, read from its manifest once
 
     def quantization(self) -> dict | None:
         """The quantization record the driver committed to the output's manifest before dispatch."""
@@ -96,70 +198,3 @@ class EmbedWorker:
                 raise RuntimeError(f"{self.folder.show('_manifest.json')} has no int8 calibration; the "
                                    "driver writes it before dispatch, so rerun to resume")
         return self._quant
-
-    def process(self, source_box: list, shard: Shard) -> dict:
-        """Run the task on one shard; write its part (or return its outputs when there is no output folder).
-
-        `source_box` is `[ObjectRef(Source)]`: boxed so Ray passes the reference, fetched once per
-        actor (and again after a restart) instead of being a constructor argument.
-        """
-        t0 = time.perf_counter()
-        source = self._source(source_box[0])
-        table = text_as_string(read_shard(source, shard, self.config.input_columns), self.config)
-        good, errors, keep = split_bad_rows(shard, table, self.config)
-        texts = [good.column(c).to_pylist() for c in self.config.text_columns]
-        t1 = time.perf_counter()
-        with self.lock:
-            stats = self.engine.stats  # cumulative: this shard's share is after - before
-            tokens0, truncated0, chunked0 = stats.tokens, stats.truncated, stats.chunked
-            stages0 = stats.stage_seconds()
-            start = time.perf_counter()
-            from workers.input_processor import TextTooLongError  # loaded with the engine already
-            try:
-                outputs = self.task.compute(self.engine, texts)
-            except TextTooLongError as e:
-                raise self._too_long(shard, good, keep, e) from None
-            seconds = time.perf_counter() - start
-            stages = {k: v - stages0[k] for k, v in stats.stage_seconds().items()}
-        _crash_point(shard, "mid_shard")
-        record = {"rows": good.num_rows, "tokens": stats.tokens - tokens0,
-                  "truncated": stats.truncated - truncated0, "chunked": stats.chunked - chunked0,
-                  "bad_rows": errors.num_rows, "embed_seconds": seconds,
-                  "read_seconds": t1 - t0, "stages": stages, "pid": os.getpid()}
-        ids = self._ids(shard, good, keep)
-        extra = good.select(list(self.config.passthrough_columns)) if self.config.passthrough_columns else None
-        if self.folder is None:
-            record.update(ids=ids, outputs=outputs, errors_list=errors.to_pylist())
-            return record
-        t2 = time.perf_counter()
-        quant = self.quantization() if self.task.quantized else None
-        columns = self.task.arrays(outputs, self.config.output_dtype, quant)
-        part = task_part(ids, columns, extra, self._fingerprint, quant)
-        record.update(self.folder.publish_part(shard.id, part, self.config.output_format))
-        if errors.num_rows:
-            record["errors"] = self.folder.publish_errors(shard.id, errors)
-        record["write_seconds"] = time.perf_counter() - t2
-        _crash_point(shard, "after_write")
-        return record
-
-    def _too_long(self, shard: Shard, good: pa.Table, keep, error) -> BadRowsError:
-        """truncation="error" met a long text: name its input row and id (not retried)."""
-        kept = np.flatnonzero(keep) if keep is not None else np.arange(good.num_rows)
-        row = int(shard.row_offset + kept[error.index])
-        ident = good.column(self.config.id_column)[error.index].as_py() if self.config.id_column else row
-        return BadRowsError(
-            f"{shard.describe()}: row {row} (id {ident!r}) cannot be embedded with "
-            f"truncation='error': it is longer than max_length={error.max_length} tokens; shorten "
-            "it, raise max_length, or pass truncation='truncate' or 'chunk' (--truncation)")
-
-    def _source(self, ref):
-        key = ref.hex()
-        if key not in self._sources:
-            self._sources = {key: ray.get(ref)}  # one run at a time: drop the previous source
-        return self._sources[key]
-
-    def _ids(self, shard: Shard, good: pa.Table, keep: np.ndarray | None) -> pa.Array:
-        if self.config.id_column is not None:
-            return good.column(self.config.id_column).combine_chunks()
-        rows = np.arange(shard.row_offset, shard.row_offset + shard.num_rows, dtype=np.int64)
-        return pa.array(rows if keep is None else rows[keep])

@@ -14,7 +14,7 @@ import time
 
 import ray
 
-from . import cluster, part_size, quantize
+from . import cluster, part_size, quantize, warm
 from .config import PipelineConfig
 from .errors import InputError
 from .finish import RunResult, finish, kept_rows
@@ -32,7 +32,7 @@ log = logging.getLogger("pipeline")
 MAX_CPU_THREADS = 8
 
 
-def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunResult:
+def execute(data, output, config: PipelineConfig, engine_options: dict, keep_warm: bool = True) -> RunResult:
     """Run the pipeline with validated configs (see `pipeline.run` for the documented entry)."""
     from workers import EngineConfig  # validates the engine options before anything starts
     EngineConfig(**engine_options)
@@ -53,11 +53,16 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
         folder.check_usable()
     cluster.check_address(config.address)  # a dead address fails in seconds, before the model loads
     _check_model_here(engine_options, config.address)
-    started_ray = cluster.connect(config.address)
+    ours = warm.connected(cluster.connect(config.address))  # a Ray this pipeline started
     pool = manifest = None
+    finished = False
     try:
+        if source is None and type(data).__module__.startswith("ray.data"):
+            # Executing a Ray Dataset needs CPUs that warm actors may hold all of (FACTS.md:
+            # Ray Data deadlocks when actors reserve every CPU): stop them first.
+            warm.stop_actors()
         source = source or open_source(data, config)
-        spec = _model_spec(engine_options, joined=not started_ray)
+        spec = _model_spec(engine_options, joined=not ours)
         n_workers, threads, resources = _worker_plan(config, engine_options)
         manifest = _load_manifest(folder, config) if folder else None
         shards, plan = _plan(source, config, manifest, n_workers, engine_options)
@@ -68,11 +73,14 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
             check_resumable(manifest, {**manifest.fingerprint, **config.fingerprint()}, plan)
         todo = _pending(shards, manifest)
         engine_cfg = EngineConfig(**{"num_threads": threads, **engine_options})
-        actor_args = (engine_cfg, config, folder, threads, spec)
-        pool = Pool.start(max(1, min(n_workers, len(todo))), resources, config, source, actor_args)
+        # Warm actors of an earlier run with the same engine settings, or new ones.
+        actor_args = (engine_cfg, threads, spec)
+        pool = warm.acquire(max(1, min(n_workers, len(todo))), resources, config.max_restarts,
+                            actor_args)
+        pool.begin(config, folder, source)
         if config.num_workers is None:  # "auto": nodes that join mid-run get workers too
-            pool.follow(resources, config, actor_args)
-        fingerprint = pool.fingerprint()
+            pool.follow(resources, config.max_restarts, actor_args)
+        fingerprint = pool.fingerprint(config)
         if folder:
             manifest = _prepare_output(folder, manifest, fingerprint, plan)
             _record_run(manifest, pool, source, config, engine_options, data)
@@ -85,14 +93,15 @@ def execute(data, output, config: PipelineConfig, engine_options: dict) -> RunRe
         pool.run(todo, collector.done, progress.tick)
         progress.close()
         stats = collector.stats(pool, time.perf_counter() - t0, startup, len(shards) - len(todo))
-        return finish(stats, collector, manifest, folder, config)
+        result = finish(stats, collector, manifest, folder, config)
+        finished = True
+        return result
     finally:
         if manifest is not None:
             manifest.save(force=True)
-        if pool is not None:
-            pool.stop()
-        if started_ray:
-            ray.shutdown()
+        # A clean run leaves its actors warm for the next call (pipeline/warm.py); a failed one
+        # stops them (and a Ray the pipeline started, when no actor is left warm).
+        warm.release(pool, keep=finished and keep_warm)
 
 
 def _plan(source, config: PipelineConfig, manifest: Manifest | None, n_workers: int,
@@ -178,7 +187,7 @@ def _record_run(manifest: Manifest, pool: Pool, source, config: PipelineConfig,
         calibration = None
         if config.output_dtype == "int8":
             windows = quantize.calibration_shards(source.fragments)
-            sample = ray.get(pool.workers[0].handle.sample.remote(pool.source_box, windows))
+            sample = ray.get(pool.workers[0].handle.sample.remote(pool.run_box, windows))
             calibration = quantize.calibrate(sample)
         # It describes the `embedding` column: bge-m3's is float32 whatever its tokens' dtype.
         stored = config.output_dtype if TASKS[config.task].quantized else "float32"

@@ -23,7 +23,10 @@ class Embedder:
     (`fixed_size_list<float32>[dim]`, null for blank texts).
 
     Args:
-        model: a local model folder; None is the bundled all-MiniLM-L6-v2.
+        model: a model folder on every node, a URI (`s3://bucket/model-folder`: each node makes
+            one cached copy, as `pipeline.run` does), or `pipeline.model_spec(path)` made on
+            the driver for a folder only the driver has (its bytes travel through Ray's object
+            store to each node's cache). None is the bundled all-MiniLM-L6-v2.
         text_column: the column holding the texts.
         output_column: the name of the appended column (default "embedding").
         num_threads: torch threads of this actor's engine; give the actor as many CPUs
@@ -49,7 +52,7 @@ class Embedder:
             os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = str(num_threads)
         from workers import Engine, EngineConfig
         if model is not None:
-            engine_options["model"] = os.fspath(model)
+            engine_options["model"] = _local_model(model)
         self.engine = Engine(EngineConfig(num_threads=num_threads, **engine_options))
         self.text_column, self.output_column = text_column, output_column
 
@@ -70,3 +73,15 @@ class Embedder:
             column = pa.FixedSizeListArray.from_arrays(column.values, self.engine.dim,
                                                        mask=pa.array(~good))
         return batch.append_column(self.output_column, column)
+
+
+def _local_model(model) -> str:
+    """The folder this actor's engine loads: a ModelSpec's or a URI's copy in this node's cache
+    (`pipeline/model_sync.py`: copied once per node), a local path as given."""
+    from .model_sync import ModelSpec, ensure_local_model, is_uri, model_spec
+    if isinstance(model, ModelSpec):
+        return ensure_local_model(model)
+    model = os.fspath(model)
+    # A URI is described (hashed) here, in the actor: reading it once per actor is the price of
+    # passing a plain string; pipeline.model_spec(uri) on the driver reads it once in all.
+    return ensure_local_model(model_spec(model)) if is_uri(model) else model

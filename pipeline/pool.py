@@ -14,6 +14,11 @@ survivors take them. Once every shard is committed, a worker whose node left is 
 above). Only when no worker is left with shards still waiting does the run fail
 (WorkersLostError; committed shards are kept, a rerun resumes).
 
+A pool outlives one run when it is kept warm (`pipeline/warm.py`): `start` takes only what the
+actors are built from (engine settings, resources, restart budget); `begin` gives it one run
+(its retry policy and the boxed `RunContext` passed with every call) and clears the per-run
+bookkeeping, so each run's stats and restarts count that run only.
+
 Elastic workers (`num_workers="auto"`, `follow`): every ELASTIC_PERIOD_S while shards wait, the
 pool looks for nodes that joined after it started and starts as many workers on each as its
 total resources hold (the same per-actor resources as at start, pinned to that node, so a worker
@@ -31,7 +36,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
-from .actor import EmbedWorker
+from .actor import EmbedWorker, RunContext
 from .errors import BadRowsError, ShardFailedError, WorkersLostError, WorkerStartTimeout
 from .shards import Shard
 
@@ -64,25 +69,41 @@ class Pool:
     """Actors plus the in-flight task table; `run` drives every shard to a committed record."""
 
     workers: list[Worker]
-    max_retries: int
+    max_retries: int = 2
     restart_timeout_s: float = 180.0
-    source_box: list = field(default_factory=list)  # [ObjectRef(Source)], passed with every shard
+    run_box: list = field(default_factory=list)  # [ObjectRef(RunContext)], passed with every call
     dim: int = 0
     retries: int = 0
     tasks: dict = field(default_factory=dict)  # ref -> (worker, shard or None for a probe)
+    engine_fingerprint: dict = field(default_factory=dict)
     elastic: dict | None = None  # set by `follow`: how to start workers on nodes that join
 
     @classmethod
-    def start(cls, n: int, resources: dict, config, source, args: tuple) -> "Pool":
-        """Start `n` actors with `resources` (num_cpus / num_gpus) and wait until every engine is
-        up; `config` (a PipelineConfig) gives max_restarts, max_retries and restart_timeout_s."""
+    def start(cls, n: int, resources: dict, max_restarts: int, args: tuple) -> "Pool":
+        """Start `n` actors with `resources` (num_cpus / num_gpus), each restarted by Ray at most
+        `max_restarts` times, built from `args` (EmbedWorker's: engine config, threads, model
+        spec), and wait until every engine is up."""
         remote = ray.remote(EmbedWorker).options(
-            max_restarts=config.max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
+            max_restarts=max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
         handles = [remote.remote(*args) for _ in range(n)]
-        pool = cls([Worker(i, h) for i, h in enumerate(handles)], config.max_retries,
-                   config.restart_timeout_s, [ray.put(source)])
+        pool = cls([Worker(i, h) for i, h in enumerate(handles)])
         pool._wait_started(resources)
+        pool.engine_fingerprint = pool._engine_fingerprint()
         return pool
+
+    def begin(self, config, folder, source) -> None:
+        """Prepare for one run: its RunContext goes to the object store once, and the per-run
+        bookkeeping (stats, restarts, errors, retries) starts from zero."""
+        self.max_retries, self.restart_timeout_s = config.max_retries, config.restart_timeout_s
+        self.run_box = [ray.put(RunContext(config, folder, source))]
+        self.workers = [Worker(w.index, w.handle, node=w.node) for w in self.workers]
+        self.retries, self.tasks, self.elastic = 0, {}, None  # `follow` again to grow this run
+
+    @property
+    def healthy(self) -> bool:
+        """Every actor alive and never restarted in the last run: fit to be kept warm (a
+        restarted one would start the next run with less of its restart budget)."""
+        return all(w.state == "alive" and not w.restarts for w in self.workers) and not self.tasks
 
     def _wait_started(self, resources: dict) -> None:
         refs = [w.handle.info.remote() for w in self.workers]
@@ -101,19 +122,22 @@ class Pool:
             lines = [line for line in str(e).splitlines() if line.strip()]
             raise WorkersLostError(f"an engine actor failed to start: {lines[-1] if lines else e!r}") from None
 
-    def fingerprint(self) -> dict:
-        """The run fingerprint; every engine must agree on it."""
-        prints = ray.get([w.handle.fingerprint.remote() for w in self.workers])
+    def _engine_fingerprint(self) -> dict:
+        prints = ray.get([w.handle.engine_fingerprint.remote() for w in self.workers])
         if any(p != prints[0] for p in prints[1:]):
             raise WorkersLostError(f"engine actors disagree on the fingerprint: {prints}")
         return prints[0]
 
-    def follow(self, resources: dict, config, args: tuple) -> None:
+    def fingerprint(self, config) -> dict:
+        """The run fingerprint: the engines' (every one agrees) and `config`'s part."""
+        return {"engine": self.engine_fingerprint, **config.fingerprint()}
+
+    def follow(self, resources: dict, max_restarts: int, args: tuple) -> None:
         """Start workers on nodes that join the cluster during `run` (num_workers="auto"):
         `resources` per actor and constructor `args` as at `start`."""
         known = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         self.elastic = {"resources": resources, "args": args, "known": known, "next": 0.0,
-                        "fingerprint": self.fingerprint(), "max_restarts": config.max_restarts}
+                        "max_restarts": max_restarts}
 
     def _grow(self, queue: deque) -> None:
         """Every ELASTIC_PERIOD_S while shards wait: start workers on nodes that joined."""
@@ -135,7 +159,7 @@ class Pool:
                 w = Worker(len(self.workers), remote.remote(*e["args"]), state="starting",
                            node=node["NodeID"])
                 self.workers.append(w)
-                self.tasks[w.handle.fingerprint.remote()] = (w, None)
+                self.tasks[w.handle.engine_fingerprint.remote()] = (w, None)
             log.info("node %s joined the cluster: %d new worker(s) starting there",
                      node["NodeID"][:12], fits)
 
@@ -147,7 +171,7 @@ class Pool:
             worker.state, worker.last_error = "lost", f"worker {worker.index} did not start: {_first_line(e)}"
             log.warning("%s", worker.last_error)
             return
-        if fingerprint != self.elastic["fingerprint"]:
+        if fingerprint != self.engine_fingerprint:
             ray.kill(worker.handle, no_restart=True)
             worker.state = "lost"
             worker.last_error = (f"worker {worker.index} (node {worker.node[:12]}) refused: its engine's "
@@ -226,7 +250,7 @@ class Pool:
         for w in self.workers:
             while w.state == "alive" and w.inflight < DEPTH and queue:
                 shard = queue.popleft()
-                self.tasks[w.handle.process.remote(self.source_box, shard)] = (w, shard)
+                self.tasks[w.handle.process.remote(self.run_box, shard)] = (w, shard)
                 w.inflight += 1
 
     def _result(self, ref, worker: Worker, shard: Shard, queue: deque, attempts: dict):

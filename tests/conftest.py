@@ -2,8 +2,19 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_warm_actors_after_a_test():
+    """After each test, stop the engine actors `pipeline.run` kept warm (pipeline/warm.py): they
+    hold CPUs of the module's Ray, which the next test's actors or CLI driver need."""
+    yield
+    warm = sys.modules.get("pipeline.warm")
+    if warm is not None:
+        warm.stop_actors()
 
 
 @pytest.fixture(scope="module")

@@ -106,6 +106,8 @@ def test_cli_exit_2_before_ray_for_a_bad_option_and_a_foreign_output(corpus, tmp
 def test_cli_exit_3_and_1_on_a_running_cluster(ray_local, corpus, tmp_path):
     """3: the output's manifest records another input (refused before any actor starts);
     1: the engine actors cannot start (the model folder exists on no node of the cluster)."""
+    import pipeline
+    pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     out = tmp_path / "out"
     out.mkdir()

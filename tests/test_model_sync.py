@@ -7,6 +7,8 @@ head where the driver runs, two 1-CPU worker nodes) with the node cache in a tem
 - a second run copies nothing (the cache entry's files keep their mtime), and an actor reports
   that it loaded from the cache;
 - a model on S3 (moto), credentials in the URI: same vectors, the secret in no cached file;
+- `pipeline.Embedder` in Ray Data with a URI, and with `pipeline.model_spec` of a folder only
+  the driver has: each worker node's cached copy, the same vectors;
 - a file changed or removed after the driver hashed it: ModelSyncError naming the node and the
   file (redacted), nothing left in the cache that looks complete.
 """
@@ -94,21 +96,24 @@ def test_a_folder_only_the_driver_has_is_copied_once_per_node(nodes, empty_cache
     assert (entry / COMPLETE).is_file() and (entry / "minilm" / "model.safetensors").is_file()
     before = {p: p.stat().st_mtime_ns for p in entry.rglob("*") if p.is_file()}
 
-    # A second run of the same folder (same bytes, so the same hash) copies nothing.
+    # A second run of the same folder (same bytes, so the same hash) copies nothing. New actors
+    # (the warm ones, which would not look at the cache again, are stopped first).
+    pipeline.shutdown()
     shutil.copytree(minilm, mine)
     again = pipeline.run(texts, model=str(mine), **RUN)
     np.testing.assert_allclose(again.embeddings, reference, atol=2e-5, rtol=0)
     assert entries(empty_cache) == [entry]
     assert {p: p.stat().st_mtime_ns for p in entry.rglob("*") if p.is_file()} == before
 
-    # An actor on a worker node reports the cached folder as the one its engine loaded.
+    # An actor on a worker node reports the cached folder as the one its engine loaded (the warm
+    # actors hold every worker CPU: stopped first).
+    pipeline.shutdown()
     import ray
     from pipeline.actor import EmbedWorker
-    from pipeline.config import PipelineConfig
     from workers import EngineConfig
     spec = model_spec(str(mine))
     actor = ray.remote(EmbedWorker).options(num_cpus=1).remote(
-        EngineConfig(model=str(mine), dtype="float32", num_threads=1), PipelineConfig(), None, 1, spec)
+        EngineConfig(model=str(mine), dtype="float32", num_threads=1), 1, spec)
     info = ray.get(actor.info.remote())
     ray.kill(actor)
     assert info["model_path"] == str(entry / "minilm")
@@ -117,16 +122,50 @@ def test_a_folder_only_the_driver_has_is_copied_once_per_node(nodes, empty_cache
 
 @pytest.mark.slow
 def test_a_model_on_s3_is_read_by_each_node(nodes, empty_cache, moto, minilm, texts, reference):
-    fs = moto.fs()
-    for path in minilm.rglob("*"):
-        if path.is_file():
-            with fs.open_output_stream(f"bucket/models/minilm/{path.relative_to(minilm)}") as f:
-                f.write(path.read_bytes())
+    put_folder(moto, minilm, "bucket/models/minilm")
     result = pipeline.run(texts, model=moto.uri("bucket/models/minilm"), **RUN)
     np.testing.assert_allclose(result.embeddings, reference, atol=2e-5, rtol=0)
     [entry] = entries(empty_cache)
     assert (entry / "minilm" / "config.json").read_bytes() == (minilm / "config.json").read_bytes()
     assert not [p for p in entry.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+
+
+@pytest.mark.slow
+def test_ray_data_embedder_takes_a_uri_or_a_driver_spec(nodes, empty_cache, moto, minilm, texts,
+                                                        reference, tmp_path):
+    import pyarrow as pa
+    import ray
+    put_folder(moto, minilm, "bucket/models/minilm-rd")
+    mine = tmp_path / "minilm"
+    shutil.copytree(minilm, mine)
+    spec = pipeline.model_spec(str(mine))
+    shutil.rmtree(mine)  # only the object store has its bytes now
+    for model in (moto.uri("bucket/models/minilm-rd"), spec):
+        for entry in entries(empty_cache):  # same bytes, same hash: each form copies afresh
+            shutil.rmtree(entry)
+        ds = ray.data.from_arrow(pa.table({"row": list(range(N)), "text": texts})).repartition(4)
+        ds = ds.map_batches(pipeline.Embedder, fn_constructor_kwargs={
+            "model": model, "dtype": "float32", "num_threads": 1}, compute=ray.data.ActorPoolStrategy(
+            size=2), num_cpus=0, batch_format="pyarrow", batch_size=12)
+        # num_cpus=0: the worker nodes have 1 CPU each; half a CPU per actor would leave no node a
+        # whole CPU for Ray Data's repartition tasks (a deadlock, seen).
+        table = pa.concat_tables(ray.get(ds.to_arrow_refs())).sort_by("row")
+        got = np.stack([np.asarray(v.values, dtype=np.float32) for v in table.column("embedding")])
+        np.testing.assert_allclose(got, reference, atol=2e-5, rtol=0)
+        # The actors loaded a copy made for them: one entry (the nodes share this machine's cache
+        # folder), complete, named as the source folder.
+        [entry] = entries(empty_cache)
+        assert (entry / COMPLETE).is_file() and (entry / "minilm-rd" if model is not spec else
+                                                 entry / "minilm").joinpath("model.safetensors").is_file()
+    assert not [p for p in empty_cache.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+
+
+def put_folder(moto, folder: Path, key: str) -> None:
+    fs = moto.fs()
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with fs.open_output_stream(f"{key}/{path.relative_to(folder)}") as f:
+                f.write(path.read_bytes())
 
 
 def _on_worker_node(spec):

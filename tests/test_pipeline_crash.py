@@ -82,6 +82,7 @@ def assert_same_as_reference(out: Path, reference) -> None:
 
 def kill_driver_at(point: str, corpus, cluster, out: Path) -> dict:
     """Run the CLI driver with PIPELINE_CRASH_AT=point; it must die by SIGKILL there."""
+    pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     env = {**os.environ, "PIPELINE_CRASH_AT": point, "RAY_ADDRESS": cluster[0]}
     done = subprocess.run([sys.executable, "jobs/embed_corpus.py", "--input", corpus[0],
                            "--output", str(out), *CLI_ARGS], cwd=ROOT, env=env,

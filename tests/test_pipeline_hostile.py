@@ -318,6 +318,7 @@ def test_cli_exit_codes_for_reported_rows_and_bad_row_errors(ray_local, tmp_path
     """Exit 4 (rows reported) and 2 (a bad row under --on-bad-row error); exit 3 (another run in
     the output) is tests/test_pipeline_jobs.py::test_driver_sigkilled_mid_run_then_resumed."""
     import ray
+    pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     texts = sample_passages(12, seed=2, max_chars=100)
     texts[4] = "   "

@@ -60,6 +60,20 @@ def test_help_and_usage_errors(tmp_path):
     assert cli().returncode == 2  # neither --input/--output nor --demo
     missing = cli("--input", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "out"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+    zero = cli("--demo", "--num-workers", "0")
+    assert zero.returncode == 2 and "'0': give a positive integer or 'auto'" in zero.stderr
+
+
+def test_num_workers_option_is_a_count_or_auto():
+    sys.path.insert(0, str(ROOT / "jobs"))
+    try:
+        from embed_corpus import parse_args
+    finally:
+        sys.path.remove(str(ROOT / "jobs"))
+    demo = ["--demo"]
+    assert parse_args(demo).num_workers is None  # auto: pipeline.run follows the cluster
+    assert parse_args([*demo, "--num-workers", "auto"]).num_workers is None
+    assert parse_args([*demo, "--num-workers", "3"]).num_workers == 3
 
 
 @pytest.mark.slow

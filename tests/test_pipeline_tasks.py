@@ -147,6 +147,7 @@ def test_score_killed_then_resumed_gives_the_same_scores(cluster, folders, pairs
     shards before the armed one starts (seen in CI), and the actor kill would never happen."""
     out = tmp_path / "out"
     cluster[1].write_text("000001 mid_shard")
+    pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     env = {**os.environ, "PIPELINE_CRASH_AT": "mid_run:3", "RAY_ADDRESS": cluster[0]}
     killed = subprocess.run(
         [sys.executable, "jobs/embed_corpus.py", "--task", "score", "--model", str(folders[0]),

@@ -60,6 +60,7 @@ def killed_and_resumed(ray_local, moto, corpus, reference):
     """The CLI driver killed after its 2nd commit, then resumed in process: what each printed,
     the pipeline's log records, and the server's request counts of the resume."""
     out = moto.uri("bucket/out")
+    pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     env = {**os.environ, "PIPELINE_CRASH_AT": "mid_run:2",
            "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     killed = subprocess.run([sys.executable, "jobs/embed_corpus.py", "--input", corpus[1],

@@ -1,0 +1,129 @@
+"""Warm actors: a later `pipeline.run` in the same process reuses the running engine actors.
+
+A notebook calls `pipeline.run` again and again; starting Ray, the actors and their models each
+time cost far more than embedding a few hundred texts (issue 16 item 4). So after a run that
+ended cleanly the pool is kept, keyed by what its actors were built from: the Ray session (the
+driver's job id: actors die with the driver connection that owns them), the engine settings
+(`workers.EngineConfig`, threads included), the Ray resources of each actor and the restart
+budget. A later run with the same key and no more workers than the pool holds takes it; any
+other run stops it first (its actors are killed, so a GPU or the CPUs they reserved are free for
+the new ones). Nothing about a run lives in an actor between runs (see `pipeline/actor.py`).
+
+A run that raised, or whose actors restarted or were lost, does not keep its pool: the next run
+starts fresh actors with their whole restart budget, so a crash never carries over.
+
+A local Ray the pipeline started itself stays up while actors are warm and is shut down with
+them; a Ray the user started (or a cluster) is never shut down here. `pipeline.shutdown()`
+releases everything, and so does interpreter exit (atexit). Warm actors keep their CPUs and
+GPUs reserved: other Ray work of the session (Ray Data tasks) waits for them, so a run over a
+Ray Dataset stops them before executing it, and a user's own Ray work should call
+`pipeline.shutdown()` first.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+from dataclasses import dataclass
+
+import ray
+
+from .pool import Pool
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class _Warm:
+    key: tuple | None = None
+    pool: Pool | None = None
+    session: str | None = None  # the Ray connection the pool (and an owned Ray) belongs to
+    owns_ray: bool = False      # the pipeline started this Ray: shut it down with the pool
+
+
+_state = _Warm()
+_atexit_registered = False
+
+
+def _session() -> str | None:
+    """This driver's connection: its job id and its node's id (a new local Ray reuses job ids)."""
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    return f"{context.get_job_id()}@{context.get_node_id()}"
+
+
+def connected(started_ray: bool) -> bool:
+    """Record the Ray session of this run (`started_ray`: the pipeline started it now); forget
+    a pool of an earlier session (its actors died with it). True when the pipeline started this
+    Ray, now or in an earlier call that kept it up for warm actors."""
+    session = _session()
+    if _state.session != session:
+        if _state.pool is not None:
+            log.info("the Ray session changed: the warm engine actors of the last one are gone")
+        _state.key = _state.pool = None
+        _state.session, _state.owns_ray = session, False
+    _state.owns_ray = _state.owns_ray or started_ray
+    return _state.owns_ray
+
+
+def acquire(n: int, resources: dict, max_restarts: int, args: tuple) -> Pool:
+    """The warm pool when it was built the same way (`args`: the actors' engine config, threads
+    and model spec) and holds at least `n` actors (it is taken: a failing run cannot leave it
+    behind); else a new pool of `n`, the warm one stopped first."""
+    engine_config, threads, spec = args  # a spec's object-store refs are new each run: its digest
+    key = (engine_config, threads, spec and spec.digest, tuple(sorted(resources.items())), max_restarts)
+    pool, _state.pool = _state.pool, None
+    if pool is not None and _state.key == key and len(pool.workers) >= n:
+        log.info("reusing %d warm engine actor(s)", len(pool.workers))
+        return pool
+    if pool is not None:
+        log.info("engine settings changed: replacing the warm engine actors")
+        pool.stop()
+    _state.key = key
+    return Pool.start(n, resources, max_restarts, args)
+
+
+def release(pool: Pool | None, keep: bool) -> None:
+    """After a run: keep `pool` warm (`keep`), or stop it; with no actor left warm, a Ray the
+    pipeline started is shut down, as before warm actors existed."""
+    global _atexit_registered
+    if pool is not None and keep and pool.healthy:
+        _state.pool = pool
+        if not _atexit_registered:  # registered after ray.init's own: runs before Ray's exit hook
+            atexit.register(shutdown)
+            _atexit_registered = True
+        return
+    if pool is not None:
+        pool.stop()
+    if _state.pool is None and _state.owns_ray:
+        _shutdown_ray()
+
+
+def stop_actors() -> None:
+    """Stop the warm actors (not Ray): their CPUs and GPUs are free again."""
+    pool, _state.pool, _state.key = _state.pool, None, None
+    if pool is not None and _state.session == _session():
+        pool.stop()
+
+
+def warm_pool() -> Pool | None:
+    """The pool kept for the next run, if any (tests and benchmarks look at its actors)."""
+    return _state.pool if _state.session == _session() else None
+
+
+def shutdown() -> None:
+    """Stop the warm engine actors, and the local Ray when the pipeline started it."""
+    pool, _state.pool, _state.key = _state.pool, None, None
+    if pool is not None and _state.session == _session():
+        try:
+            pool.stop()
+        except Exception as e:  # noqa: BLE001 — at exit Ray may be going away already: nothing to free
+            log.debug("stopping the warm actors: %s", e)
+    if _state.owns_ray and _state.session == _session():
+        _shutdown_ray()
+    _state.session, _state.owns_ray = None, False
+
+
+def _shutdown_ray() -> None:
+    ray.shutdown()
+    _state.session, _state.owns_ray = None, False

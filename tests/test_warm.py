@@ -1,0 +1,167 @@
+"""Warm actors (issue 16 item 4): later `pipeline.run` calls in one process reuse the engine
+actors when the engine settings match, and nothing of one run leaks into the next.
+
+One local Ray for the module (the `cluster` fixture, whose actors see $PIPELINE_CRASH_FILE);
+the bundled MiniLM in float32 on a few short texts, compared with the engine in this process.
+An actor is recognised by its Ray actor id and its process id: the same pair means the same
+process, so its model was not loaded again.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import ray
+from ray.exceptions import RayActorError
+
+import pipeline
+from pipeline import warm
+from pipeline.samples import sample_passages
+
+N, SHARD_ROWS = 40, 10
+RUN = {"num_workers": 1, "dtype": "float32", "shard_rows": SHARD_ROWS, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return sample_passages(N, seed=5, max_chars=160)
+
+
+@pytest.fixture(scope="module")
+def engine_vectors(texts):
+    """The engine alone, in this process: what every run must return (float32, max_length 256 and 32)."""
+    from workers import Engine, EngineConfig
+    return {length: Engine(EngineConfig(dtype="float32", max_length=length)).embed(texts)
+            for length in (None, 32)}
+
+
+def actors() -> list[tuple[str, int]]:
+    """(actor id, pid) of each warm actor; [] when none is warm."""
+    infos = ray.get([h.info.remote() for h in handles()])
+    return [(i["actor_id"], i["pid"]) for i in infos]
+
+
+def handles() -> list:
+    pool = warm.warm_pool()
+    return [w.handle for w in pool.workers] if pool is not None else []
+
+
+def is_dead(handle) -> bool:
+    try:
+        ray.get(handle.info.remote(), timeout=120)
+    except RayActorError:
+        return True
+    return False
+
+
+def test_same_settings_reuse_the_actors_and_give_the_same_vectors(cluster, texts, engine_vectors):
+    pipeline.shutdown()  # start from no warm actor, whatever ran before in this process
+    first = pipeline.run(texts, **RUN)
+    warm_actors = actors()
+    assert len(warm_actors) == 1 and ray.is_initialized()
+    second = pipeline.run(texts, **RUN)
+    assert actors() == warm_actors  # same actor, same process: no new start, no model load
+    assert second.stats.startup_seconds < first.stats.startup_seconds
+    np.testing.assert_array_equal(second.embeddings, first.embeddings)
+    np.testing.assert_allclose(second.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
+    assert [w.shards for w in second.stats.workers] == [N // SHARD_ROWS]  # per-run bookkeeping
+
+
+def test_other_engine_settings_replace_the_actors(cluster, texts, engine_vectors):
+    pipeline.run(texts, **RUN)
+    (old, _), = actors()
+    old_handle = handles()[0]
+    short = pipeline.run(texts, **RUN, max_length=32)
+    (new, _), = actors()
+    new_handle = handles()[0]
+    assert new != old and is_dead(old_handle)  # the old actor was killed, not left holding its CPUs
+    np.testing.assert_allclose(short.embeddings, engine_vectors[32], atol=1e-5, rtol=0)
+    back = pipeline.run(texts, **RUN)  # and back: a fresh actor again, the default vectors
+    assert actors()[0][0] not in (old, new) and is_dead(new_handle)
+    np.testing.assert_allclose(back.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
+
+
+def test_shutdown_releases_the_actors_but_not_a_ray_the_user_started(cluster, texts, engine_vectors):
+    pipeline.run(texts, **RUN)
+    (old, _), = actors()
+    old_handle = handles()[0]
+    pipeline.shutdown()
+    assert actors() == [] and is_dead(old_handle)
+    assert ray.is_initialized()  # the fixture's Ray: never ours to stop
+    again = pipeline.run(texts, **RUN)
+    assert actors()[0][0] != old
+    np.testing.assert_allclose(again.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
+    last_handle = handles()[0]
+    pipeline.run(texts, **RUN, keep_warm=False)  # uses the warm actor, then stops it
+    assert actors() == [] and is_dead(last_handle) and ray.is_initialized()
+
+
+def test_resume_into_an_output_folder_with_warm_actors(cluster, texts, engine_vectors, tmp_path):
+    pipeline.run(texts, **RUN)
+    warm_actors = actors()
+    out = tmp_path / "out"
+    pipeline.run(texts, output=str(out), **RUN)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    for shard in ("000001", "000003"):  # two committed parts vanish: a rerun redoes them
+        (out / manifest["shards"][shard]["path"]).unlink()
+    resumed = pipeline.run(texts, output=str(out), **RUN)
+    assert actors() == warm_actors
+    assert resumed.stats.resumed_shards == N // SHARD_ROWS - 2 and resumed.stats.rows == 2 * SHARD_ROWS
+    table = pipeline.read_embeddings(out)
+    assert table.column("id").to_pylist() == list(range(N))
+    np.testing.assert_allclose(pipeline.to_numpy(table), engine_vectors[None], atol=1e-5, rtol=0)
+
+
+def test_a_crash_in_a_warm_actor_does_not_reach_the_next_run(cluster, texts, engine_vectors, tmp_path):
+    _, crash_file = cluster
+    pipeline.run(texts, **RUN)
+    (old, _), = actors()
+    crash_file.write_text("000002 mid_shard")  # the warm actor SIGKILLs itself on shard 2, once
+    crashed = pipeline.run(texts, output=str(tmp_path / "a"), **RUN)
+    assert not crash_file.exists(), "the crash point was never reached"
+    assert [w.restarts for w in crashed.stats.workers] == [1] and crashed.stats.retries >= 1
+    assert actors() == []  # a restarted actor is not kept: the next run gets a whole restart budget
+    crash_file.write_text("000001 after_write")
+    with pytest.raises(pipeline.ShardFailedError, match=r"shard 00000[12] .*failed 1 times"):
+        pipeline.run(texts, output=str(tmp_path / "b"), **{**RUN, "max_retries": 0})
+    assert not crash_file.exists() and actors() == []  # a failed run stops its actors
+    committed = len(json.loads((tmp_path / "b" / "_manifest.json").read_text())["shards"])
+    after = pipeline.run(texts, **RUN)
+    assert [w.restarts for w in after.stats.workers] == [0] and after.stats.retries == 0
+    assert actors()[0][0] != old
+    np.testing.assert_allclose(after.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
+    resumed = pipeline.run(texts, output=str(tmp_path / "b"), **RUN)  # the failed run resumes
+    assert resumed.stats.resumed_shards == committed < N // SHARD_ROWS
+    np.testing.assert_allclose(pipeline.read_embeddings(tmp_path / "b", as_numpy=True),
+                               engine_vectors[None], atol=1e-5, rtol=0)
+
+
+def test_a_new_ray_session_forgets_the_old_actors(cluster, texts, engine_vectors):
+    pipeline.run(texts, **RUN)
+    (old, _), = actors()
+    ray.shutdown()  # the user restarts Ray: the warm actors died with the old session
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    assert warm.warm_pool() is None
+    again = pipeline.run(texts, **RUN)
+    assert actors()[0][0] != old
+    np.testing.assert_allclose(again.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
+    pipeline.shutdown()
+
+
+def test_a_ray_the_pipeline_starts_runs_its_actors_at_nice_0(cluster, texts, engine_vectors):
+    """Ray starts workers at nice 15; a local Ray the pipeline starts sets them to 0
+    (pipeline/cluster.py: the actors are the work). Last in the module: it restarts Ray."""
+    ray.shutdown()
+    try:
+        result = pipeline.run(texts, **RUN, address="local")  # the pipeline starts a Ray, keeps it
+        [info] = ray.get([h.info.remote() for h in handles()])
+        assert info["nice"] == 0 and os.nice(0) == 0
+        assert "RAY_worker_niceness" not in os.environ  # set only while Ray started
+        np.testing.assert_allclose(result.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
+        pipeline.shutdown()
+        assert not ray.is_initialized()  # the pipeline's own Ray goes with its warm actors
+    finally:
+        if not ray.is_initialized():
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
