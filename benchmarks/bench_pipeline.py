@@ -13,8 +13,9 @@ Per round it prints tokens/s of: the bare engine (wall, and its forward stage al
 forward stage and its engine calls (summed over shards), and the pipeline end to end (wall, and
 without its start-up), with the ratios to the bare engine; then the torch thread settings in
 this process and inside an actor. `--notebook N` then times `pipeline.run(list of N texts)` in a
-fresh Python process: first call (Ray start, actor start, model load), later calls (warm
-actors), and the bare engine on the same texts (load + embed) in that process.
+fresh Python process: first call, later calls (warm), and the bare engine on the same texts
+(load + embed) in that process; twice: as a notebook gets it (N rows run in the process,
+pipeline/local.py) and through Ray (`in_process_rows=0`: Ray start, an actor, its model).
 """
 from __future__ import annotations
 
@@ -120,10 +121,11 @@ t0 = time.perf_counter()
 import pipeline
 from pipeline.samples import sample_passages
 texts, dtype, calls = sample_passages(int(sys.argv[1]), seed=7), sys.argv[2], []
+in_process_rows = int(sys.argv[3])
 imported = time.perf_counter() - t0
 for _ in range(3):
     t = time.perf_counter()
-    result = pipeline.run(texts, dtype=dtype, progress=False)
+    result = pipeline.run(texts, dtype=dtype, progress=False, in_process_rows=in_process_rows)
     calls.append(time.perf_counter() - t)
 pipeline.shutdown()
 from workers import Engine, EngineConfig
@@ -138,22 +140,28 @@ print(json.dumps({"import": imported, "calls": calls, "tokens": result.stats.tok
 
 
 def notebook_calls(n: int, dtype: str) -> dict:
-    """`pipeline.run(list of n texts)` three times in a fresh process, then the bare engine there."""
+    """`pipeline.run(list of n texts)` three times in a fresh process, then the bare engine
+    there: once as a notebook gets it (in this process: pipeline/local.py) and once through Ray
+    (`in_process_rows=0`: Ray start, one actor, its model)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", NOTEBOOK, str(n), dtype], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=1800)
-    if done.returncode:
-        raise RuntimeError(f"notebook timing failed:\n{done.stderr[-3000:]}")
-    r = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"\n| notebook: pipeline.run({n:,} texts, {r['tokens']:,} tokens), fresh process | seconds |")
-    print("|---|---:|")
-    print(f"| import pipeline | {r['import']:.2f} |")
-    for k, name in enumerate(("first call (Ray start, actor start, model load)", "second call (warm actors)",
-                              "third call (warm actors)")):
-        print(f"| {name} | {r['calls'][k]:.2f} |")
-    print(f"| bare engine in the same process: load | {r['bare_load']:.2f} |")
-    print(f"| bare engine in the same process: embed | {r['bare_embed']:.2f} |")
-    return r
+    runs = {}
+    for name, rows in (("in process", n), ("Ray actor", 0)):
+        done = subprocess.run([sys.executable, "-c", NOTEBOOK, str(n), dtype, str(rows)], env=env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        if done.returncode:
+            raise RuntimeError(f"notebook timing failed:\n{done.stderr[-3000:]}")
+        runs[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    r, ray_run = runs["in process"], runs["Ray actor"]
+    print(f"\n| notebook: pipeline.run({n:,} texts, {r['tokens']:,} tokens), fresh process | in process "
+          "(default) s | Ray actor (in_process_rows=0) s |")
+    print("|---|---:|---:|")
+    print(f"| import pipeline | {r['import']:.2f} | {ray_run['import']:.2f} |")
+    for k, name in enumerate(("first call (Ray start, actor start or in-process engine, model load)",
+                              "second call (warm)", "third call (warm)")):
+        print(f"| {name} | {r['calls'][k]:.2f} | {ray_run['calls'][k]:.2f} |")
+    print(f"| bare engine in the same process: load | {r['bare_load']:.2f} | {ray_run['bare_load']:.2f} |")
+    print(f"| bare engine in the same process: embed | {r['bare_embed']:.2f} | {ray_run['bare_embed']:.2f} |")
+    return runs
 
 
 def main(argv=None) -> int:

@@ -82,7 +82,7 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             at the end, e.g. before other Ray work that needs their CPUs.
         **options: `PipelineConfig` fields (task, pair_column, shard_rows, threads_per_worker,
             output_format, output_dtype, passthrough_columns, on_bad_row, cast_text, overwrite,
-            max_retries, max_restarts, restart_timeout_s, progress) and `workers.EngineConfig`
+            max_retries, max_restarts, restart_timeout_s, progress, in_process_rows) and `workers.EngineConfig`
             fields (dtype, device, max_num_batched_tokens, max_length, pooling, normalize,
             dimensions, activation, ...). `task="score"` (a cross-encoder or LLM-reranker folder)
             needs `pair_column=`, the passage paired with each row's `text_column` query; parts
@@ -109,7 +109,10 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
     cannot load and an output folder holding files the pipeline did not write are refused with
     InputError (a ValueError) / FileNotFoundError before Ray starts.
 
-    Uses the Ray cluster already initialised (or `address`); else starts a local one. The engine
+    Uses the Ray cluster already initialised (or `address`); else starts a local one, except for
+    an in-memory input of at most `in_process_rows` rows (default 10,000), which one engine in
+    this process embeds without Ray (`pipeline/local.py`; kept for later calls like warm actors;
+    `in_process_rows=0` or `address="local"` always uses Ray). The engine
     actors stay up after a clean run (warm): a later call in this process with the same engine
     settings (EngineConfig options, model, num_workers, threads_per_worker, max_restarts) reuses
     them, with no Ray start and no model load; other settings replace them. `pipeline.shutdown()`

@@ -79,7 +79,7 @@ class EmbedWorker:
         from workers import Engine
         self.engine = Engine(engine_config)
         self.lock = threading.Lock()
-        self._run_key, self._run = None, None  # the current run: its ObjectRef hex, _Run
+        self._run_key, self._run = None, None  # the current run: its ObjectRef hex (or context), _Run
 
     def engine_fingerprint(self) -> dict:
         """The engine's part of the run fingerprint (model hash, pooling, dims, ...)."""
@@ -161,11 +161,13 @@ class EmbedWorker:
             "it, raise max_length, or pass truncation='truncate' or 'chunk' (--truncation)")
 
     def _context(self, run_box: list) -> "_Run":
-        ref = run_box[0]
-        if ref.hex() != self._run_key:  # a new run: forget the previous one's state
-            context = ray.get(ref)
+        ref = run_box[0]  # ObjectRef(RunContext); in the driver's own process the RunContext (local.py)
+        remote = isinstance(ref, ray.ObjectRef)
+        key = ref.hex() if remote else ref  # a context is its own key, held here: compared by identity
+        if (key != self._run_key) if remote else (key is not self._run_key):  # a new run
+            context = ray.get(ref) if remote else ref
             fingerprint = {"engine": self.engine.fingerprint(), **context.config.fingerprint()}
-            self._run, self._run_key = _Run(context, fingerprint), ref.hex()
+            self._run, self._run_key = _Run(context, fingerprint), key
         return self._run
 
     @staticmethod

@@ -73,6 +73,12 @@ class PipelineConfig:
             to string with pyarrow instead of refusing it.
         overwrite: delete a previous run's parts and manifest in `output` and start over.
         progress: print a live progress bar and the final summary (to stderr / stdout).
+        in_process_rows: an in-memory input (list, table, DataFrame, in-memory HF dataset) of
+            at most this many rows, when no Ray is running here and none is configured
+            (`address`, RAY_ADDRESS, `ray start`), runs on one engine in this process instead
+            of starting a local Ray and an actor (`pipeline/local.py`: same shards, outputs,
+            bad-row reports and summary; the engine is kept for the next call like warm
+            actors). Default 10,000; 0: always Ray. num_workers > 1 always uses Ray.
     """
 
     text_column: str = "text"
@@ -95,6 +101,7 @@ class PipelineConfig:
     task: str = "embed"
     pair_column: str | None = None
     max_part_bytes: int = 256 * 2**20
+    in_process_rows: int = 10_000
 
     def __post_init__(self):
         if not isinstance(self.text_column, str) or not self.text_column:
@@ -117,7 +124,7 @@ class PipelineConfig:
             object.__setattr__(self, "num_workers", None)
         for name in ("num_workers", "threads_per_worker", "shard_rows", "max_part_bytes"):
             _positive_or_none(name, getattr(self, name))
-        for name in ("max_retries", "max_restarts"):
+        for name in ("max_retries", "max_restarts", "in_process_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"{name}={value!r} must be an integer >= 0")

@@ -21,6 +21,7 @@ from .finish import RunResult, finish, kept_rows
 from .manifest import MANIFEST_NAME, Manifest, check_resumable
 from .model_sync import model_spec
 from .output_folder import OutputFolder, absolute, is_uri, redact
+from .local import LocalPool
 from .pool import Pool
 from .progress import Progress, RunStats, WorkerStats
 from .shards import default_shard_rows, plan_record, plan_shards
@@ -53,7 +54,8 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
         folder.check_usable()
     cluster.check_address(config.address)  # a dead address fails in seconds, before the model loads
     _check_model_here(engine_options, config.address)
-    ours = warm.connected(cluster.connect(config.address))  # a Ray this pipeline started
+    local = _runs_in_process(data, config)  # a small in-memory input, no Ray here: pipeline/local.py
+    ours = not local and warm.connected(cluster.connect(config.address))  # a Ray this pipeline started
     pool = manifest = None
     finished = False
     try:
@@ -62,8 +64,9 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
             # Ray Data deadlocks when actors reserve every CPU): stop them first.
             warm.stop_actors()
         source = source or open_source(data, config)
-        spec = _model_spec(engine_options, joined=not ours)
-        n_workers, threads, resources = _worker_plan(config, engine_options)
+        spec = None if local else _model_spec(engine_options, joined=not ours)
+        n_workers, threads, resources = ((1, config.threads_per_worker, {}) if local
+                                         else _worker_plan(config, engine_options))
         manifest = _load_manifest(folder, config) if folder else None
         shards, plan = _plan(source, config, manifest, n_workers, engine_options)
         if manifest is not None:
@@ -73,12 +76,13 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
             check_resumable(manifest, {**manifest.fingerprint, **config.fingerprint()}, plan)
         todo = _pending(shards, manifest)
         engine_cfg = EngineConfig(**{"num_threads": threads, **engine_options})
-        # Warm actors of an earlier run with the same engine settings, or new ones.
+        # Warm actors (or the in-process engine) of an earlier run with the same engine settings,
+        # or new ones.
         actor_args = (engine_cfg, threads, spec)
-        pool = warm.acquire(max(1, min(n_workers, len(todo))), resources, config.max_restarts,
-                            actor_args)
+        pool = warm.acquire_local(engine_cfg) if local else warm.acquire(
+            max(1, min(n_workers, len(todo))), resources, config.max_restarts, actor_args)
         pool.begin(config, folder, source)
-        if config.num_workers is None:  # "auto": nodes that join mid-run get workers too
+        if config.num_workers is None and not local:  # "auto": nodes that join mid-run get workers too
             pool.follow(resources, config.max_restarts, actor_args)
         fingerprint = pool.fingerprint(config)
         if folder:
@@ -178,7 +182,7 @@ def _prepare_output(folder: OutputFolder, manifest: Manifest | None, fingerprint
     return manifest
 
 
-def _record_run(manifest: Manifest, pool: Pool, source, config: PipelineConfig,
+def _record_run(manifest: Manifest, pool: Pool | LocalPool, source, config: PipelineConfig,
                 engine_options: dict, data) -> None:
     """Add what reading and searching the output needs to the manifest: the quantization record
     (int8: calibrated now by one actor on a sample of the corpus; a resumed run keeps the stored
@@ -187,7 +191,7 @@ def _record_run(manifest: Manifest, pool: Pool, source, config: PipelineConfig,
         calibration = None
         if config.output_dtype == "int8":
             windows = quantize.calibration_shards(source.fragments)
-            sample = ray.get(pool.workers[0].handle.sample.remote(pool.run_box, windows))
+            sample = pool.sample(windows)
             calibration = quantize.calibrate(sample)
         # It describes the `embedding` column: bge-m3's is float32 whatever its tokens' dtype.
         stored = config.output_dtype if TASKS[config.task].quantized else "float32"
@@ -244,7 +248,7 @@ class _Collector:
         parts = [(kept_rows(shard, errors), outputs) for shard, outputs, errors, _ in self.parts.values()]
         return memory_results(self.task, parts, self.total_rows, self.dim)
 
-    def stats(self, pool: Pool, seconds: float, startup: float, resumed: int) -> RunStats:
+    def stats(self, pool: Pool | LocalPool, seconds: float, startup: float, resumed: int) -> RunStats:
         committed = sum(r["rows"] for r in self.manifest.shards.values()) if self.manifest else self.rows
         workers = tuple(WorkerStats(w.index, w.shards, w.rows, w.tokens, w.busy, w.restarts,
                                     w.last_error if w.state == "lost" else "") for w in pool.workers)
@@ -252,6 +256,23 @@ class _Collector:
                         startup_seconds=startup, truncated=self.truncated, bad_rows=self.bad_rows,
                         shards=self.shards, resumed_shards=resumed, retries=pool.retries,
                         workers=workers, chunked=self.chunked, stages=dict(self.stages), **self.io)
+
+
+def _runs_in_process(data, config: PipelineConfig) -> bool:
+    """An in-memory input of at most `in_process_rows` rows, when no Ray runs in this process
+    and none is configured (address, RAY_ADDRESS, `ray start`'s cluster file): the pipeline
+    would start a local Ray only for it, so one engine in this process runs it instead."""
+    if not config.in_process_rows or config.num_workers not in (None, 1) or _is_path(data):
+        return False
+    if type(data).__module__.startswith("ray.data") or ray.is_initialized():
+        return False
+    if cluster.resolve(config.address)[1] != "default":  # explicit "local", or a cluster to join
+        return False
+    try:
+        rows = len(data)
+    except TypeError:
+        return False
+    return rows <= config.in_process_rows
 
 
 def _check_model_here(engine_options: dict, address: str | None) -> None:

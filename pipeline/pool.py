@@ -122,6 +122,10 @@ class Pool:
             lines = [line for line in str(e).splitlines() if line.strip()]
             raise WorkersLostError(f"an engine actor failed to start: {lines[-1] if lines else e!r}") from None
 
+    def sample(self, shards: list[Shard]):
+        """The int8 calibration sample, embedded by the first actor (`EmbedWorker.sample`)."""
+        return ray.get(self.workers[0].handle.sample.remote(self.run_box, shards))
+
     def _engine_fingerprint(self) -> dict:
         prints = ray.get([w.handle.engine_fingerprint.remote() for w in self.workers])
         if any(p != prints[0] for p in prints[1:]):

@@ -1,4 +1,6 @@
-"""Warm actors: a later `pipeline.run` in the same process reuses the running engine actors.
+"""Warm actors: a later `pipeline.run` in the same process reuses the running engine actors
+(and the in-process engine of small in-memory runs, `pipeline/local.py`: one warm engine at a
+time, keyed by its `EngineConfig`).
 
 A notebook calls `pipeline.run` again and again; starting Ray, the actors and their models each
 time cost far more than embedding a few hundred texts (issue 16 item 4). So after a run that
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 import ray
 
+from .local import LocalPool
 from .pool import Pool
 
 log = logging.getLogger("pipeline")
@@ -38,6 +41,8 @@ class _Warm:
     pool: Pool | None = None
     session: str | None = None  # the Ray connection the pool (and an owned Ray) belongs to
     owns_ray: bool = False      # the pipeline started this Ray: shut it down with the pool
+    local: LocalPool | None = None  # the in-process engine of small in-memory runs (local.py)
+    local_key: object = None
 
 
 _state = _Warm()
@@ -72,7 +77,7 @@ def acquire(n: int, resources: dict, max_restarts: int, args: tuple) -> Pool:
     behind); else a new pool of `n`, the warm one stopped first."""
     engine_config, threads, spec = args  # a spec's object-store refs are new each run: its digest
     key = (engine_config, threads, spec and spec.digest, tuple(sorted(resources.items())), max_restarts)
-    pool, _state.pool = _state.pool, None
+    pool, _state.pool, _state.local = _state.pool, None, None  # actors now: no in-process engine kept
     if pool is not None and _state.key == key and len(pool.workers) >= n:
         log.info("reusing %d warm engine actor(s)", len(pool.workers))
         return pool
@@ -83,10 +88,25 @@ def acquire(n: int, resources: dict, max_restarts: int, args: tuple) -> Pool:
     return Pool.start(n, resources, max_restarts, args)
 
 
-def release(pool: Pool | None, keep: bool) -> None:
+def acquire_local(engine_config) -> LocalPool:
+    """The in-process engine kept from an earlier run with the same engine settings, or a new
+    one (the kept one is dropped first: one model in this process's memory at a time)."""
+    local, _state.local = _state.local, None
+    if local is not None and _state.local_key == engine_config:
+        log.info("reusing the in-process engine")
+        return local
+    del local
+    _state.local_key = engine_config
+    return LocalPool.start(engine_config)
+
+
+def release(pool: Pool | LocalPool | None, keep: bool) -> None:
     """After a run: keep `pool` warm (`keep`), or stop it; with no actor left warm, a Ray the
     pipeline started is shut down, as before warm actors existed."""
     global _atexit_registered
+    if isinstance(pool, LocalPool):
+        _state.local = pool if keep else None
+        return
     if pool is not None and keep and pool.healthy:
         _state.pool = pool
         if not _atexit_registered:  # registered after ray.init's own: runs before Ray's exit hook
@@ -112,7 +132,9 @@ def warm_pool() -> Pool | None:
 
 
 def shutdown() -> None:
-    """Stop the warm engine actors, and the local Ray when the pipeline started it."""
+    """Stop the warm engine actors, and the local Ray when the pipeline started it; drop the
+    in-process engine."""
+    _state.local = _state.local_key = None
     pool, _state.pool, _state.key = _state.pool, None, None
     if pool is not None and _state.session == _session():
         try:

@@ -38,7 +38,7 @@ from .config import EngineConfig
 from .fallback import fallback_body, fallback_head, fallback_workflow, implementation
 from .feeder import feed_batches
 from .input_builder import InputBuilder
-from .loader import load_side_weights, load_weights
+from .loader import load_side_weights, load_weights, meta_modules
 from .memory import PROFILE_TOKENS, MemoryBudgetError, profile_token_budget
 from .model_folder import ModelFolder, open_model_folder
 from .models import model_class
@@ -117,7 +117,7 @@ class Engine(TokenOutputs):
         self.resolved = r = resolve(config, self.folder, body.max_length, self.workflow, device, dtype)
         processor = input_processor(self.workflow, config.truncation)
         self.processor = processor.for_engine(self.folder.path, r, config)
-        with torch.device("meta"):
+        with meta_modules():
             self.head = self.workflow.head(self.folder, r, self.processor)
         self.model, self.head = self._load(body, self.head, device, dtype)
         self.backend = select_backend(config.attention_backend, device, dtype)
@@ -317,7 +317,7 @@ class Engine(TokenOutputs):
 
 def _native_body(folder: ModelFolder) -> torch.nn.Module:
     """This package's packed body for the folder, on the meta device (`Engine._load` fills it)."""
-    with torch.device("meta"):
+    with meta_modules():
         return model_class(folder.architecture)(folder.hf_config)
 
 

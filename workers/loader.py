@@ -16,6 +16,7 @@ A weights file in a subfolder of the model folder (a sentence-transformers modul
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -24,6 +25,33 @@ from safetensors import safe_open
 from torch import nn
 
 _RENAMES = ((".gamma", ".weight"), (".beta", ".bias"))
+
+# `torch.nn.init` functions modules call from `reset_parameters`. On the meta device they compute
+# nothing, but the first `normal_` imports torch._dynamo (1.7-2.8 s measured on a 2-core CPU),
+# which is most of a worker's model start-up; the loader fills every parameter anyway.
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
+                   "orthogonal_")
+
+
+@contextlib.contextmanager
+def meta_modules() -> Iterator[None]:
+    """Build modules on the meta device without running their weight initialisers (the loader
+    fills every parameter and checks that none is left). Not thread-safe: it swaps
+    `torch.nn.init` functions for no-ops while the block runs."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
+    for name in saved:
+        setattr(nn.init, name, _no_init)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def _no_init(tensor, *args, **kwargs):
+    return tensor
 
 
 def _canonical(name: str, model: nn.Module, params: dict[str, nn.Parameter]) -> str:

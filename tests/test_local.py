@@ -1,0 +1,116 @@
+"""Small in-memory inputs run in the driver's process (issue 16 item 4, `pipeline/local.py`).
+
+No Ray fixture here: these tests need a process where no Ray runs, as in a fresh notebook. Each
+result is compared with the engine alone (float32, the bundled MiniLM), and the last test checks
+that an input over `in_process_rows` still starts a local Ray (and stops it at shutdown).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray
+
+import pipeline
+from pipeline import warm
+from pipeline.actor import EmbedWorker
+from pipeline.samples import sample_passages
+
+N = 30
+RUN = {"dtype": "float32", "shard_rows": 8, "progress": False}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray():
+    if ray.is_initialized():
+        ray.shutdown()
+    yield
+    pipeline.shutdown()
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return sample_passages(N, seed=11, max_chars=160)
+
+
+@pytest.fixture(scope="module")
+def engine_vectors(texts):
+    from workers import Engine, EngineConfig
+    return Engine(EngineConfig(dtype="float32")).embed(texts)
+
+
+def local_engine():
+    return warm._state.local.worker if warm._state.local is not None else None
+
+
+def test_a_small_list_runs_here_without_ray_and_matches_the_engine(texts, engine_vectors):
+    bad = [*texts[:5], None, "   ", *texts[5:]]  # two bad rows, reported not lost
+    result = pipeline.run(bad, **RUN)
+    assert not ray.is_initialized()
+    assert result.stats.rows == N and result.stats.bad_rows == 2 and result.stats.shards == 4
+    assert [e["row"] for e in result.errors] == [5, 6]
+    assert "is null" in result.errors[0]["reason"] and "whitespace" in result.errors[1]["reason"]
+    good = np.delete(result.embeddings, [5, 6], axis=0)
+    np.testing.assert_allclose(good, engine_vectors, atol=1e-5, rtol=0)
+    assert np.isnan(result.embeddings[[5, 6]]).all()
+
+
+def test_a_later_call_reuses_the_engine_and_other_settings_replace_it(texts, engine_vectors):
+    pipeline.run(texts, **RUN)
+    first = local_engine()
+    table = pa.table({"passage": texts, "key": [f"p{i}" for i in range(N)]})
+    again = pipeline.run(table, text_column="passage", id_column="key", **RUN)
+    assert local_engine() is first  # no second model load
+    np.testing.assert_allclose(again.embeddings, engine_vectors, atol=1e-5, rtol=0)
+    short = pipeline.run(texts, **RUN, max_length=16)
+    assert local_engine() is not first
+    assert not np.allclose(short.embeddings, engine_vectors, atol=1e-3)
+    pipeline.run(texts, **RUN, max_length=16, keep_warm=False)
+    assert local_engine() is None
+    pipeline.run(texts, **RUN)
+    pipeline.shutdown()
+    assert local_engine() is None and not ray.is_initialized()
+
+
+def test_an_output_folder_written_here_is_complete_and_resumable(texts, engine_vectors, tmp_path):
+    out = tmp_path / "out"
+    pipeline.run(texts, output=str(out), **RUN, output_dtype="int8")  # calibrated in this process
+    stored = pipeline.read_embeddings(str(out), dequantize=True, as_numpy=True)
+    cosine = (stored * engine_vectors).sum(1) / np.linalg.norm(stored, axis=1)
+    assert cosine.min() > 0.99
+    resumed = pipeline.run(texts, output=str(out), **RUN, output_dtype="int8")
+    assert resumed.stats.resumed_shards == 4 and resumed.stats.rows == 0
+    assert not ray.is_initialized()
+
+
+def test_a_failing_shard_is_retried_in_place_then_named(texts, engine_vectors, monkeypatch):
+    calls = {"n": 0}
+    process = EmbedWorker.process
+
+    def fails_once(self, run_box, shard):  # fault injection: the first call raises
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected failure")
+        return process(self, run_box, shard)
+
+    monkeypatch.setattr(EmbedWorker, "process", fails_once)
+    result = pipeline.run(texts, **RUN)
+    assert result.stats.retries == 1
+    np.testing.assert_allclose(result.embeddings, engine_vectors, atol=1e-5, rtol=0)
+
+    def always_fails(self, run_box, shard):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(EmbedWorker, "process", always_fails)
+    with pytest.raises(pipeline.ShardFailedError, match=r"rows 0\.\.7.*failed 3 times.*injected failure"):
+        pipeline.run(texts, **RUN)
+    assert local_engine() is None  # a failed run does not keep its engine
+
+
+def test_ray_is_used_over_the_row_limit_or_when_asked(texts, engine_vectors):
+    result = pipeline.run(texts, **RUN, in_process_rows=N - 1, num_workers=1)
+    assert ray.is_initialized()  # started by the pipeline for this run, kept with its warm actor
+    assert warm.warm_pool() is not None and local_engine() is None
+    np.testing.assert_allclose(result.embeddings, engine_vectors, atol=1e-5, rtol=0)
+    pipeline.shutdown()
+    assert not ray.is_initialized()
