@@ -47,23 +47,31 @@ def parse_args(argv=None):
 
 
 def bare_round(engine, texts: list[str]) -> dict:
-    """One `Engine.embed` over every text: wall and forward-stage seconds."""
+    """One `Engine.embed` over every text: wall and forward-stage seconds, and where the CPU went."""
+    from benchlib import CpuAccount
     tokens0, forward0 = engine.stats.tokens, engine.stats.forward_seconds
+    account = CpuAccount().start()
     t0 = time.perf_counter()
     engine.embed(texts)
     return {"tokens": engine.stats.tokens - tokens0, "seconds": time.perf_counter() - t0,
-            "forward": engine.stats.forward_seconds - forward0}
+            "forward": engine.stats.forward_seconds - forward0, "cpu": account.report()}
 
 
 def pipeline_round(corpus: Path, out: Path, dtype: str, workers: int) -> dict:
     import pipeline
+    from benchlib import CpuAccount
     shutil.rmtree(out, ignore_errors=True)
+    account = CpuAccount().start()
     t0 = time.perf_counter()
     result = pipeline.run(str(corpus), output=str(out), num_workers=workers, dtype=dtype, progress=False)
     wall = time.perf_counter() - t0
+    cpu = account.report()
     s, shards = result.stats, result.manifest["shards"].values()
     summed = {k: sum(r.get(k, 0.0) for r in shards) for k in ("read_seconds", "embed_seconds", "write_seconds")}
-    return {"tokens": s.tokens, "seconds": wall, "startup": s.startup_seconds,
+    per_shard = [(k, int(r["tokens"] / r["embed_seconds"])) for k, r in sorted(result.manifest["shards"].items())
+                 if r.get("embed_seconds")]
+    return {"tokens": s.tokens, "seconds": wall, "startup": s.startup_seconds, "cpu": cpu,
+            "shard_rates": per_shard,
             "forward": sum(r.get("stages", {}).get("forward", 0.0) for r in shards), **summed}
 
 
@@ -96,6 +104,11 @@ def print_rounds(rounds: list[tuple[dict, dict]], workers: int) -> list[dict]:
         print(f"| {k} | actor seconds summed: read {pipe['read_seconds']:.2f}, engine "
               f"{pipe['embed_seconds']:.1f}, write {pipe['write_seconds']:.2f}; tokens bare "
               f"{bare['tokens']:,} / pipeline {pipe['tokens']:,} | | |")
+    for k, (bare, pipe) in enumerate(rounds, 1):
+        print(f"\nround {k} bare:     {bare['cpu']}")
+        print(f"round {k} pipeline: {pipe['cpu']}")
+        print(f"round {k} in-actor tokens/s per shard, in order: "
+              + ", ".join(f"{rate:,}" for _, rate in pipe["shard_rates"]))
     return rows
 
 

@@ -91,6 +91,58 @@ def machine(threads: int | None = None) -> str:
     return line + (f", {threads} threads" if threads else "")
 
 
+class CpuAccount:
+    """Where the machine's CPU time went between `start()` and `report()`: the share of the
+    cores the hypervisor stole (/proc/stat), and core-seconds per process, grouped by command
+    (Ray workers and daemons by their process titles). Linux only; empty elsewhere."""
+
+    def start(self) -> "CpuAccount":
+        self.t0, self.stat0, self.procs0 = time.perf_counter(), _stat(), _procs()
+        return self
+
+    def report(self, top: int = 6) -> str:
+        wall, stat1, procs1 = time.perf_counter() - self.t0, _stat(), _procs()
+        if not stat1 or not self.stat0:
+            return "cpu account: /proc not readable here"
+        ticks = [b - a for a, b in zip(self.stat0, stat1)]
+        steal = ticks[7] / max(1, sum(ticks[:8]))
+        hz = os.sysconf("SC_CLK_TCK")
+        used: dict[str, float] = {}
+        for pid, (name, t1) in procs1.items():
+            t0 = self.procs0.get(pid, (name, 0))[1]
+            used[name] = used.get(name, 0.0) + (t1 - t0) / hz
+        busiest = sorted(used.items(), key=lambda kv: -kv[1])[:top]
+        cores = os.cpu_count() or 1
+        return (f"cpu over {wall:.0f} s x {cores} cores: steal {steal:.1%}; core-seconds by process: "
+                + ", ".join(f"{name} {sec:.1f}" for name, sec in busiest if sec >= 0.05))
+
+
+def _stat() -> list[int]:
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except OSError:
+        return []
+
+
+def _procs() -> dict[int, tuple[str, int]]:
+    """pid -> (command label, utime + stime ticks) of every process readable now."""
+    out = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        label = cmd if cmd.startswith("ray::") else os.path.basename(cmd.split(" ")[0]) or "?"
+        out[int(entry)] = (label[:40], int(fields[11]) + int(fields[12]))
+    return out
+
+
 def sync(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

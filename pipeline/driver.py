@@ -18,10 +18,10 @@ from . import cluster, part_size, quantize, warm
 from .config import PipelineConfig
 from .errors import InputError
 from .finish import RunResult, finish, kept_rows
+from .local import LocalPool
 from .manifest import MANIFEST_NAME, Manifest, check_resumable
 from .model_sync import model_spec
 from .output_folder import OutputFolder, absolute, is_uri, redact
-from .local import LocalPool
 from .pool import Pool
 from .progress import Progress, RunStats, WorkerStats
 from .shards import default_shard_rows, plan_record, plan_shards
