@@ -38,7 +38,7 @@ class LocalPool:
 
     @classmethod
     def start(cls, engine_config) -> "LocalPool":
-        return cls(EmbedWorker(engine_config, None))
+        return cls(EmbedWorker(engine_config, None, inline=True))
 
     def begin(self, config, folder, source) -> None:
         """One run: its context (held in place of an object-store reference) and fresh stats."""

@@ -158,3 +158,24 @@ def test_bench_int8_prints_the_table_and_the_gate():
     out = _run("bench_int8.py", "--passages", "20", "--rounds", "1", "--systems", "bf16-packed,int8")
     assert "| bf16-packed |" in out and "| int8 |" in out
     assert "int8 vs fp32: min cosine" in out and "top-10 overlap" in out
+
+
+def test_cpu_account_charges_this_process():
+    account = benchlib.CpuAccount().start()
+    end = __import__("time").process_time() + 0.4
+    while __import__("time").process_time() < end:  # 0.4 s of CPU in this process
+        pass
+    report = account.report()
+    assert "steal" in report
+    spent = {name: float(sec) for name, sec in (item.rsplit(" ", 1) for item in
+                                                report.split("by process: ")[1].split(", "))}
+    assert spent[Path(sys.executable).name] >= 0.3
+
+
+def test_bench_pipeline_prints_rounds_and_notebook_calls(tmp_path):
+    out = _run("bench_pipeline.py", "--rows", "40", "--rounds", "1", "--notebook", "20",
+               "--out", str(tmp_path / "scratch"))
+    assert "| 1 | in-actor forward stage |" in out and "round 1 pipeline: cpu over" in out
+    assert "ray::EmbedWorker" in out  # the actor's CPU is accounted under its Ray title
+    notebook = [line for line in out.splitlines() if line.startswith("| first call")]
+    assert len(notebook) == 1 and len(notebook[0].split("|")) == 5  # in process and Ray columns
