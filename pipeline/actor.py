@@ -65,6 +65,22 @@ def _crash_point(shard: Shard, point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class EngineThread:
+    """Runs every call it is given on one thread of its own (`inline`: on the caller's).
+
+    An engine must be built and called from one thread. Ray calls an actor's methods from
+    several threads (DEPTH here; Ray Data's pools may too), and OpenMP keeps a team of threads
+    per calling thread: with more OpenMP threads alive than cores, libgomp stops spinning at
+    barriers and sleeps instead, and a forward runs 20-35% slower (measured on 2 cores: ~34,000
+    instead of ~300 context switches per embed call; docs/BENCHMARKS.md)."""
+
+    def __init__(self, inline: bool = False):
+        self._pool = None if inline else ThreadPoolExecutor(1, thread_name_prefix="engine")
+
+    def __call__(self, fn, *args):
+        return fn(*args) if self._pool is None else self._pool.submit(fn, *args).result()
+
+
 class EmbedWorker:
     """One engine in one Ray actor. Wrapped with `ray.remote` by the pool (see `pool.py`)."""
 
@@ -78,21 +94,11 @@ class EmbedWorker:
             engine_config = dataclasses.replace(engine_config, model=ensure_local_model(model_spec))
         self.model_path = engine_config.model
         from workers import Engine
-        # Every engine call, its construction included, runs on one thread. Ray calls this
-        # actor's methods from DEPTH threads, and OpenMP keeps a team of threads per calling
-        # thread: with more OpenMP threads alive than cores, libgomp stops spinning at barriers
-        # and sleeps instead, and a forward runs 20-35% slower (measured on 2 cores: ~34,000
-        # instead of ~300 context switches per embed call). `inline`: the caller's thread (the
-        # driver's own process, pipeline/local.py).
-        self._engine_thread = None if inline else ThreadPoolExecutor(1, thread_name_prefix="engine")
+        # `inline`: engine calls run on the caller's thread (the driver's own process, local.py).
+        self._on_engine_thread = EngineThread(inline)
         self.engine = self._on_engine_thread(Engine, engine_config)
         self.lock = threading.Lock()
         self._run_key, self._run = None, None  # the current run: its ObjectRef hex (or context), _Run
-
-    def _on_engine_thread(self, fn, *args):
-        if self._engine_thread is None:
-            return fn(*args)
-        return self._engine_thread.submit(fn, *args).result()
 
     def engine_fingerprint(self) -> dict:
         """The engine's part of the run fingerprint (model hash, pooling, dims, ...)."""

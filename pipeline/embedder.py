@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
+from .actor import EngineThread
 from .validate import bad_text_mask
 from .writer import embedding_array
 
@@ -53,7 +54,8 @@ class Embedder:
         from workers import Engine, EngineConfig
         if model is not None:
             engine_options["model"] = _local_model(model)
-        self.engine = Engine(EngineConfig(num_threads=num_threads, **engine_options))
+        self._on_engine_thread = EngineThread()  # built and called on one thread (see EngineThread)
+        self.engine = self._on_engine_thread(Engine, EngineConfig(num_threads=num_threads, **engine_options))
         self.text_column, self.output_column = text_column, output_column
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -67,7 +69,7 @@ class Embedder:
         good = ~bad_text_mask(text)
         vectors = np.zeros((batch.num_rows, self.engine.dim), dtype=np.float32)
         if good.any():
-            vectors[good] = self.engine.embed(text.filter(pa.array(good)).to_pylist())
+            vectors[good] = self._on_engine_thread(self.engine.embed, text.filter(pa.array(good)).to_pylist())
         column = embedding_array(vectors, "float32")
         if not good.all():
             column = pa.FixedSizeListArray.from_arrays(column.values, self.engine.dim,
