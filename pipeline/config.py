@@ -78,7 +78,8 @@ class PipelineConfig:
             (`address`, RAY_ADDRESS, `ray start`), runs on one engine in this process instead
             of starting a local Ray and an actor (`pipeline/local.py`: same shards, outputs,
             bad-row reports and summary; the engine is kept for the next call like warm
-            actors). Default 10,000; 0: always Ray. num_workers > 1 always uses Ray.
+            actors; `threads_per_worker` then sets this process's torch threads). Default
+            10,000; 0: always Ray. num_workers > 1 and a model URI always use Ray.
     """
 
     text_column: str = "text"

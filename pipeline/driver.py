@@ -54,7 +54,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
         folder.check_usable()
     cluster.check_address(config.address)  # a dead address fails in seconds, before the model loads
     _check_model_here(engine_options, config.address)
-    local = _runs_in_process(data, config)  # a small in-memory input, no Ray here: pipeline/local.py
+    local = _runs_in_process(data, config, engine_options)  # small, in memory, no Ray here: local.py
     ours = not local and warm.connected(cluster.connect(config.address))  # a Ray this pipeline started
     pool = manifest = None
     finished = False
@@ -258,11 +258,14 @@ class _Collector:
                         workers=workers, chunked=self.chunked, stages=dict(self.stages), **self.io)
 
 
-def _runs_in_process(data, config: PipelineConfig) -> bool:
+def _runs_in_process(data, config: PipelineConfig, engine_options: dict) -> bool:
     """An in-memory input of at most `in_process_rows` rows, when no Ray runs in this process
     and none is configured (address, RAY_ADDRESS, `ray start`'s cluster file): the pipeline
-    would start a local Ray only for it, so one engine in this process runs it instead."""
+    would start a local Ray only for it, so one engine in this process runs it instead. A model
+    URI goes through Ray (its node cache is `model_sync`'s, which works on Ray's nodes)."""
     if not config.in_process_rows or config.num_workers not in (None, 1) or _is_path(data):
+        return False
+    if is_uri(engine_options.get("model") or ""):
         return False
     if type(data).__module__.startswith("ray.data") or ray.is_initialized():
         return False

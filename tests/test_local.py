@@ -12,7 +12,7 @@ import pytest
 import ray
 
 import pipeline
-from pipeline import warm
+from pipeline import cluster, warm
 from pipeline.actor import EmbedWorker
 from pipeline.samples import sample_passages
 
@@ -21,10 +21,14 @@ RUN = {"dtype": "float32", "shard_rows": 8, "progress": False}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def no_ray():
+def no_ray(tmp_path_factory):
+    """No Ray in this process and none configured: no RAY_ADDRESS, no `ray start` cluster file."""
     if ray.is_initialized():
         ray.shutdown()
-    yield
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_ADDRESS", raising=False)
+        mp.setattr(cluster, "address_file", lambda: str(tmp_path_factory.mktemp("ray") / "none"))
+        yield
     pipeline.shutdown()
 
 
@@ -114,3 +118,17 @@ def test_ray_is_used_over_the_row_limit_or_when_asked(texts, engine_vectors):
     np.testing.assert_allclose(result.embeddings, engine_vectors, atol=1e-5, rtol=0)
     pipeline.shutdown()
     assert not ray.is_initialized()
+
+
+def test_what_runs_in_process():
+    from pipeline.config import PipelineConfig
+    from pipeline.driver import _runs_in_process
+    small, config = ["a"] * 5, PipelineConfig()
+    assert _runs_in_process(small, config, {})
+    assert not _runs_in_process(small, config, {"model": "s3://bucket/models/minilm"})  # node caches: Ray
+    assert not _runs_in_process(small, PipelineConfig(in_process_rows=4), {})
+    assert not _runs_in_process(small, PipelineConfig(in_process_rows=0), {})
+    assert not _runs_in_process(small, PipelineConfig(num_workers=2), {})
+    assert not _runs_in_process(small, PipelineConfig(address="local"), {})
+    assert not _runs_in_process("corpus/*.parquet", config, {})
+    assert not _runs_in_process(iter(small), config, {})  # no length: not known to be small
