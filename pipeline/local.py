@@ -25,11 +25,11 @@ log = logging.getLogger("pipeline")
 
 
 class LocalPool:
-    """The `Pool` interface the driver uses (begin, fingerprint, sample, run, stop), with one
-    in-process `EmbedWorker` instead of actors."""
+    """The `Pool` interface the driver uses (begin, fingerprint, sample, run), with one
+    in-process `EmbedWorker` built from `engine_config` instead of actors."""
 
-    def __init__(self, worker: EmbedWorker):
-        self.worker = worker
+    def __init__(self, worker: EmbedWorker, engine_config):
+        self.worker, self.engine_config = worker, engine_config
         self.engine_fingerprint = worker.engine_fingerprint()
         self.dim = worker.engine.dim
         self.workers = [Worker(0, worker)]
@@ -38,7 +38,7 @@ class LocalPool:
 
     @classmethod
     def start(cls, engine_config) -> "LocalPool":
-        return cls(EmbedWorker(engine_config, None, inline=True))
+        return cls(EmbedWorker(engine_config, None, inline=True), engine_config)
 
     def begin(self, config, folder, source) -> None:
         """One run: its context (held in place of an object-store reference) and fresh stats."""
@@ -79,7 +79,3 @@ class LocalPool:
                                            f"{type(e).__name__}: {e}") from e
                 self.retries += 1
                 log.warning("%s failed (%s: %s); retrying it", shard.describe(), type(e).__name__, e)
-
-    def stop(self) -> None:
-        self.worker = None
-        self.workers = []

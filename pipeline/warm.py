@@ -42,7 +42,6 @@ class _Warm:
     session: str | None = None  # the Ray connection the pool (and an owned Ray) belongs to
     owns_ray: bool = False      # the pipeline started this Ray: shut it down with the pool
     local: LocalPool | None = None  # the in-process engine of small in-memory runs (local.py)
-    local_key: object = None
 
 
 _state = _Warm()
@@ -92,11 +91,10 @@ def acquire_local(engine_config) -> LocalPool:
     """The in-process engine kept from an earlier run with the same engine settings, or a new
     one (the kept one is dropped first: one model in this process's memory at a time)."""
     local, _state.local = _state.local, None
-    if local is not None and _state.local_key == engine_config:
+    if local is not None and local.engine_config == engine_config:
         log.info("reusing the in-process engine")
         return local
-    del local
-    _state.local_key = engine_config
+    local = None  # dropped before the new model loads
     return LocalPool.start(engine_config)
 
 
@@ -134,7 +132,7 @@ def warm_pool() -> Pool | None:
 def shutdown() -> None:
     """Stop the warm engine actors, and the local Ray when the pipeline started it; drop the
     in-process engine."""
-    _state.local = _state.local_key = None
+    _state.local = None
     pool, _state.pool, _state.key = _state.pool, None, None
     if pool is not None and _state.session == _session():
         try:
