@@ -10,6 +10,7 @@ import logging
 import torch
 
 from .base import AttentionBackend, AttentionMetadata, expand_kv
+from .cpu_varlen import CpuVarlenAttention
 from .flash import FlashAttention, TorchVarlenAttention
 from .naive import NaiveAttention
 from .sdpa import SdpaAttention
@@ -17,10 +18,12 @@ from .sdpa import SdpaAttention
 logger = logging.getLogger(__name__)
 
 BACKENDS: dict[str, type[AttentionBackend]] = {
-    cls.name: cls for cls in (FlashAttention, TorchVarlenAttention, SdpaAttention, NaiveAttention)
+    cls.name: cls for cls in (FlashAttention, TorchVarlenAttention, CpuVarlenAttention, SdpaAttention,
+                               NaiveAttention)
 }
 # Preference order when the caller does not choose.
-_AUTO_ORDER = {"cuda": ("flash", "torch_varlen", "sdpa"), "cpu": ("sdpa",)}
+# On CPU our own kernel (built with the C++ compiler on first use) and SDPA where it cannot be built.
+_AUTO_ORDER = {"cuda": ("flash", "torch_varlen", "sdpa"), "cpu": ("cpu_varlen", "sdpa")}
 
 
 def select_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> AttentionBackend:
@@ -38,8 +41,10 @@ def select_backend(name: str | None, device: torch.device, dtype: torch.dtype) -
         chosen, why = name, "requested"
     else:
         order = _AUTO_ORDER.get(device.type, ("sdpa",))
-        chosen = next(n for n in order if BACKENDS[n].available(device, dtype) is None)
-        why = "auto"
+        reasons = {n: BACKENDS[n].available(device, dtype) for n in order}
+        chosen = next(n for n in order if reasons[n] is None)
+        skipped = [f"{n}: {r}" for n, r in reasons.items() if r and order.index(n) < order.index(chosen)]
+        why = "auto" + (f"; not {'; '.join(skipped)}" if skipped else "")
     logger.info("attention backend: %s (%s; device=%s, dtype=%s)", chosen, why, device, dtype)
     return BACKENDS[chosen](device, dtype)
 

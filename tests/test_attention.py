@@ -64,8 +64,11 @@ def test_grouped_query_attention_equals_repeated_heads(name, causal):
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
 
 
-def test_selector_defaults_to_sdpa_on_cpu():
-    assert select_backend(None, CPU, torch.bfloat16).name == "sdpa"
+def test_selector_defaults_to_cpu_varlen_on_cpu_where_it_builds():
+    from attention.cpu_varlen import load
+    expect = "cpu_varlen" if load()[1] is None else "sdpa"
+    assert select_backend(None, CPU, torch.bfloat16).name == expect
+    assert select_backend(None, CPU, torch.float16).name == "sdpa"  # the kernel takes fp32/bf16
 
 
 @pytest.mark.parametrize("name", ["flash", "torch_varlen"])

@@ -1,0 +1,171 @@
+"""CPU default: our own packed varlen attention kernel (cpu_varlen.cpp), built on first use.
+
+torch has no varlen attention for CPU, and its SDPA called once per sequence runs at 20-55
+GFLOP/s at head dims of 32-64: on all-MiniLM-L6-v2 in bf16 that was 31% of the forward for 4%
+of its FLOPs (docs/BENCHMARKS.md). This kernel takes the whole packed batch in one call: one
+OpenMP work item per (sequence, key/value head), longest sequences first, K/V converted once to
+fp32 tiles shared by every query head of a group, fp32 scores and softmax, output rounded once.
+
+Building: `g++ -O3 -march=native -fopenmp -shared` (about a second; `CXX` picks another
+compiler) into `~/.cache/prefill-embed/kernels/` (`PREFILL_EMBED_KERNEL_CACHE` moves it), keyed
+by the source, the compiler and this CPU's flags, so a shared home across different CPUs
+builds once per kind of CPU. No compiler, a failed build or a torch without its libgomp: the
+backend is unavailable, the selector says why and uses `sdpa`. The library is loaded after
+torch so its OpenMP calls bind to torch's libgomp (one thread team, see pipeline/actor.py).
+
+Takes causal masks, windows and grouped-query K/V natively; head dims that are multiples of
+16 up to 256 in float32 or bfloat16. Other head dims and dtypes go per call to SDPA, and a
+per-sequence bias (MPNet) to SDPA through the base class; each logged once.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .base import AttentionBackend, AttentionMetadata, Window
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_varlen.cpp")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PREFILL_EMBED_KERNEL_CACHE")
+                or "~/.cache/prefill-embed/kernels").expanduser()
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+@functools.cache
+def load() -> tuple[ctypes.CDLL | None, str | None]:
+    """(library, None), or (None, the reason it cannot be built or loaded). Once per process."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        return None, "no C++ compiler on PATH (install g++ or set CXX)"
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout.splitlines()[:1]
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"the C++ compiler {cxx} does not run: {e}"
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, *version, *FLAGS, _cpu_flags(),
+                                    torch.__version__]).encode()).hexdigest()[:16]
+    path = cache_dir() / f"cpu_varlen-{key}.so"
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Build beside the target, then rename: concurrent builders (actors) never see half a file.
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+            os.close(fd)
+            proc = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True,
+                                  text=True, timeout=300)
+            if proc.returncode:
+                os.unlink(tmp)
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+                return None, f"building {SOURCE.name} with {cxx} failed: " + " | ".join(tail)
+            os.replace(tmp, path)
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, f"building {SOURCE.name} failed: {e}"
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        return None, f"loading {path} failed: {e}"
+    fn = lib.varlen_attention
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 7, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                   ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                   ctypes.c_int]
+    lib.dpbf16_speedup.restype = ctypes.c_double
+    return lib, None
+
+
+@functools.cache
+def bf16_dot_products() -> bool:
+    """Whether bf16 inputs take the vdpbf16ps path: only where it beats fp32 FMAs by 1.3x in
+    multiply-adds per second, measured once per process (AMD Zen 4 runs it at full rate; the
+    Xeon this was written on runs it at half rate, where the bf16 path was 1.4x slower)."""
+    lib, _ = load()
+    speedup = lib.dpbf16_speedup() if lib is not None else 0.0
+    logger.info("cpu_varlen: vdpbf16ps/FMA multiply-add rate %.2f", speedup)
+    return speedup >= 1.3
+
+
+def supported_head_dim(d: int) -> bool:
+    return d % 16 == 0 and 0 < d <= 256
+
+
+class CpuVarlenAttention(AttentionBackend):
+    name = "cpu_varlen"
+    native_gqa = True
+    supports_bias = False
+
+    def __init__(self, device, dtype):
+        super().__init__(device, dtype)
+        self._fn = load()[0].varlen_attention
+        self._sdpa: AttentionBackend | None = None
+        self.bf16_dot_products = dtype == torch.bfloat16 and bf16_dot_products()
+
+    @classmethod
+    def available(cls, device, dtype):
+        if device.type != "cpu":
+            return f"it runs on CPU only (this engine runs on {device.type})"
+        if dtype not in _DTYPES:
+            return f"it takes float32 or bfloat16 (got {dtype}); pick 'sdpa'"
+        return load()[1]
+
+    def prepare(self, meta: AttentionMetadata) -> AttentionMetadata:
+        lens = torch.tensor(meta.seqlens, dtype=torch.int64)
+        meta.extra["cpu_varlen_order"] = torch.argsort(lens, descending=True, stable=True).int()
+        meta.extra["cpu_varlen_cu"] = meta.cu_seqlens.to("cpu", torch.int32).contiguous()
+        return meta
+
+    def _attend(self, q, k, v, meta: AttentionMetadata, scale: float,
+                window: Window | None = None) -> torch.Tensor:
+        D = q.shape[-1]
+        if (q.dtype not in _DTYPES or not supported_head_dim(D) or k.dtype != q.dtype
+                or v.dtype != q.dtype or min(q.stride(-1), k.stride(-1), v.stride(-1)) != 1):
+            return self._per_sequence(q, k, v, meta, scale, window)
+        if "cpu_varlen_order" not in meta.extra:
+            self.prepare(meta)
+        left, right = window if window is not None else (-1, -1)
+        if meta.causal:
+            right = 0
+        out = torch.empty(q.shape, dtype=q.dtype)
+        strides = (ctypes.c_int64 * 8)(q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+                                       v.stride(0), v.stride(1), out.stride(0), out.stride(1))
+        rc = self._fn(_DTYPES[q.dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                      ctypes.addressof(strides), meta.extra["cpu_varlen_cu"].data_ptr(),
+                      meta.extra["cpu_varlen_order"].data_ptr(), meta.num_seqs, q.shape[1],
+                      k.shape[1], D, scale, left, right, torch.get_num_threads(),
+                      int(self.bf16_dot_products))
+        if rc:
+            raise RuntimeError(f"cpu_varlen kernel refused H={q.shape[1]} Hkv={k.shape[1]} D={D}")
+        return out
+
+    def _per_sequence(self, q, k, v, meta, scale, window):
+        if self._sdpa is None:
+            from .sdpa import SdpaAttention
+            logger.warning("attention backend cpu_varlen takes head dims that are multiples of 16 "
+                           "up to 256 in float32/bfloat16 with contiguous heads; this model's "
+                           "calls (head dim %d, %s) run per-sequence SDPA", q.shape[-1], q.dtype)
+            self._sdpa = SdpaAttention(self.device, self.dtype)
+        return self._sdpa.forward(q, k, v, meta, scale, window)
