@@ -279,15 +279,13 @@ static inline void pv_block_dp(const uint32_t* P2, int Lp, const uint32_t* vP, i
     }
 }
 
-static void attend_item_dp(const Args& a, int s, int g, uint32_t* kP, uint32_t* vP, float* S,
-                           uint32_t* P2, uint32_t* Q2) {
-    const int start = a.cu[s], L = a.cu[s + 1] - start, D = a.D, D2 = a.D / 2;
-    if (L <= 0) return;
-    const int Lp = (L + 31) & ~31;
+// K as 32-bit words (d, d+1) transposed to (D/2, Lp) and V rows paired to (Lp/2, D) words
+// (j, j+1), both zero-padded to Lp keys: the operand layouts of vdpbf16ps and of AMX tiles.
+static void pack_kv_pairs(const Args& a, int start, int L, int Lp, int g, uint32_t* kP,
+                          uint32_t* vP) {
+    const int D = a.D, D2 = a.D / 2;
     const uint16_t* k = (const uint16_t*)a.k;
     const uint16_t* v = (const uint16_t*)a.v;
-    const uint16_t* q = (const uint16_t*)a.q;
-    uint16_t* out = (uint16_t*)a.out;
     for (int dp = 0; dp < D2; dp++) {
         uint32_t* dst = kP + (int64_t)dp * Lp;
         for (int j = 0; j < L; j++) {
@@ -308,9 +306,49 @@ static void attend_item_dp(const Args& a, int s, int g, uint32_t* kP, uint32_t* 
             dst[d] = lo | (hi << 16);
         }
     }
+}
+
+// Rows [0, rows) of S (raw scores, Lp per row) to bf16 probabilities in P (Lp per row) over the
+// 32-aligned key range [c0, c1), masked per row (window/causal, padding, rows >= nr), with
+// 1/sum per row in inv. Softmax in fp32; P unnormalised (divided at the output).
+static void softmax_rows(float* S, int Lp, int rows, int nr, int i0, int L, int c0, int c1,
+                         const Args& a, uint16_t* P, float* inv) {
+    for (int r = 0; r < rows; r++) {
+        float* Sr = S + (int64_t)r * Lp;
+        const int i = i0 + r;
+        int lo = 0, hi = L;
+        if (a.left >= 0 && i - a.left > lo) lo = i - a.left;
+        if (a.right >= 0 && i + a.right + 1 < hi) hi = i + a.right + 1;
+        if (r >= nr) { lo = c0; hi = c0; }
+        for (int jj = c0; jj < lo; jj++) Sr[jj] = -__builtin_inff();
+        for (int jj = hi > lo ? hi : lo; jj < c1; jj++) Sr[jj] = -__builtin_inff();
+        __m512 m = _mm512_set1_ps(-__builtin_inff());
+        for (int jj = c0; jj < c1; jj += 16) m = _mm512_max_ps(m, _mm512_load_ps(Sr + jj));
+        const __m512 mx = _mm512_set1_ps(r < nr ? _mm512_reduce_max_ps(m) : 0.0f);
+        const __m512 sc = _mm512_set1_ps(a.scale);
+        __m512 sum = _mm512_setzero_ps();
+        uint16_t* Pr = P + (int64_t)r * Lp;
+        for (int jj = c0; jj < c1; jj += 32) {
+            const __m512 p0 = (__m512)exp_neg((v16)_mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(Sr + jj), mx), sc));
+            const __m512 p1 = (__m512)exp_neg((v16)_mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(Sr + jj + 16), mx), sc));
+            sum = _mm512_add_ps(sum, _mm512_add_ps(p0, p1));
+            _mm512_store_si512(Pr + jj, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
+        }
+        const float tot = _mm512_reduce_add_ps(sum);
+        inv[r] = tot > 0.0f ? 1.0f / tot : 0.0f;
+    }
+}
+
+static void attend_item_dp(const Args& a, int s, int g, uint32_t* kP, uint32_t* vP, float* S,
+                           uint32_t* P2, uint32_t* Q2) {
+    const int start = a.cu[s], L = a.cu[s + 1] - start, D = a.D, D2 = a.D / 2;
+    if (L <= 0) return;
+    const int Lp = (L + 31) & ~31;
+    const uint16_t* q = (const uint16_t*)a.q;
+    uint16_t* out = (uint16_t*)a.out;
+    pack_kv_pairs(a, start, L, Lp, g, kP, vP);
     const int rep = a.H / a.Hkv;
     const int nd = D / 16;
-    const __m512 scale = _mm512_set1_ps(a.scale);
     for (int h = g * rep; h < (g + 1) * rep; h++) {
         for (int i0 = 0; i0 < L; i0 += R) {
             const int nr = L - i0 < R ? L - i0 : R;
@@ -337,45 +375,17 @@ static void attend_item_dp(const Args& a, int s, int g, uint32_t* kP, uint32_t* 
                     a2 = _mm512_dpbf16_ps(a2, q2, x); b2 = _mm512_dpbf16_ps(b2, q2, y);
                     a3 = _mm512_dpbf16_ps(a3, q3, x); b3 = _mm512_dpbf16_ps(b3, q3, y);
                 }
-                _mm512_store_ps(S + j, _mm512_mul_ps(a0, scale));
-                _mm512_store_ps(S + j + 16, _mm512_mul_ps(b0, scale));
-                _mm512_store_ps(S + Lp + j, _mm512_mul_ps(a1, scale));
-                _mm512_store_ps(S + Lp + j + 16, _mm512_mul_ps(b1, scale));
-                _mm512_store_ps(S + 2 * Lp + j, _mm512_mul_ps(a2, scale));
-                _mm512_store_ps(S + 2 * Lp + j + 16, _mm512_mul_ps(b2, scale));
-                _mm512_store_ps(S + 3 * Lp + j, _mm512_mul_ps(a3, scale));
-                _mm512_store_ps(S + 3 * Lp + j + 16, _mm512_mul_ps(b3, scale));
+                _mm512_store_ps(S + j, a0);
+                _mm512_store_ps(S + j + 16, b0);
+                _mm512_store_ps(S + Lp + j, a1);
+                _mm512_store_ps(S + Lp + j + 16, b1);
+                _mm512_store_ps(S + 2 * Lp + j, a2);
+                _mm512_store_ps(S + 2 * Lp + j + 16, b2);
+                _mm512_store_ps(S + 3 * Lp + j, a3);
+                _mm512_store_ps(S + 3 * Lp + j + 16, b3);
             }
             float inv[R];
-            for (int r = 0; r < R; r++) {
-                float* Sr = S + (int64_t)r * Lp;
-                const int i = i0 + r;
-                int lo = 0, hi = L;
-                if (a.left >= 0 && i - a.left > lo) lo = i - a.left;
-                if (a.right >= 0 && i + a.right + 1 < hi) hi = i + a.right + 1;
-                if (r >= nr) { lo = c0; hi = c0; }
-                for (int jj = c0; jj < lo; jj++) Sr[jj] = -__builtin_inff();
-                for (int jj = hi > lo ? hi : lo; jj < c1; jj++) Sr[jj] = -__builtin_inff();
-                v16 m = splat(-__builtin_inff());
-                for (int jj = c0; jj < c1; jj += 16) {
-                    const v16 x = *(const v16*)(Sr + jj);
-                    m = x > m ? x : m;
-                }
-                const float mx = r < nr ? hmax(m) : 0.0f;
-                v16 sum = {};
-                uint32_t* Pr = P2 + (int64_t)r * (Lp / 2);
-                for (int jj = c0; jj < c1; jj += 32) {
-                    const v16 p0 = exp_neg(*(const v16*)(Sr + jj) - mx);
-                    const v16 p1 = exp_neg(*(const v16*)(Sr + jj + 16) - mx);
-                    sum += p0 + p1;
-                    __m512 lo16, hi16;
-                    memcpy(&lo16, &p0, 64);
-                    memcpy(&hi16, &p1, 64);
-                    _mm512_store_si512(Pr + jj / 2, (__m512i)_mm512_cvtne2ps_pbh(hi16, lo16));
-                }
-                const float tot = hsum(sum);
-                inv[r] = tot > 0.0f ? 1.0f / tot : 0.0f;
-            }
+            softmax_rows(S, Lp, R, nr, i0, L, c0, c1, a, (uint16_t*)P2, inv);
             const int jend = jhi < c1 ? jhi : c1;
             const int p0 = c0 / 2, p1 = (jend + 1) / 2;
             uint16_t* orow = out + (int64_t)(start + i0) * a.os_t + (int64_t)h * a.os_h;
@@ -391,8 +401,147 @@ static void attend_item_dp(const Args& a, int s, int g, uint32_t* kP, uint32_t* 
 }
 #endif
 
+
+#if defined(HAVE_DPBF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && !defined(NO_AMX)
+#define HAVE_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+// bf16 on CPUs with AMX: 16 query rows at a time, tile dot products for Q.K^T (16 x 16 scores
+// per instruction and 32 dims) and for P.V, the same K/V pair layouts as vdpbf16ps, softmax in
+// fp32 on AVX-512. Tiles: 0-3 accumulators, 4-7 operands; configured per thread per call and
+// released after, so oneDNN's own AMX kernels (which configure their tiles each time) are unaffected.
+struct TileConfig {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+static void tiles_on() {
+    TileConfig c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int t = 0; t < 8; t++) { c.colsb[t] = 64; c.rows[t] = 16; }
+    _tile_loadconfig(&c);
+}
+
+// Scores for keys [c0, c1) of 16 query rows, NK = D/32 steps of 32 dims. With NK <= 2 the Q
+// tiles stay loaded; with more they are reloaded per 32-key block.
+template <int NK>
+static inline void qk_amx(const uint16_t* Qb, int64_t qstride, const uint32_t* kP, int Lp, int c0,
+                          int c1, float* S) {
+    if (NK <= 2) {
+        _tile_loadd(4, Qb, qstride);
+        if (NK == 2) _tile_loadd(5, Qb + 32, qstride);
+    }
+    for (int j = c0; j < c1; j += 32) {
+        _tile_zero(0);
+        _tile_zero(1);
+#pragma GCC unroll 4
+        for (int ks = 0; ks < NK; ks++) {
+            const uint32_t* Kb = kP + (int64_t)16 * ks * Lp + j;
+            _tile_loadd(6, Kb, Lp * 4);
+            _tile_loadd(7, Kb + 16, Lp * 4);
+            if (ks % 2 == 0) {
+                if (NK > 2) _tile_loadd(4, Qb + 32 * ks, qstride);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+            } else {
+                if (NK > 2) _tile_loadd(5, Qb + 32 * ks, qstride);
+                _tile_dpbf16ps(0, 5, 6);
+                _tile_dpbf16ps(1, 5, 7);
+            }
+        }
+        _tile_stored(0, S + j, Lp * 4);
+        _tile_stored(1, S + j + 16, Lp * 4);
+    }
+}
+
+// O (16 x 16W fp32, row stride D) = P (16 x [c0, c1) bf16) . V pairs, columns from col.
+template <int W>
+static inline void pv_amx(const uint16_t* P, int Lp, const uint32_t* vP, int D, int col, int c0,
+                          int c1, float* O) {
+    _tile_zero(0);
+    if (W > 1) _tile_zero(1);
+    if (W > 2) _tile_zero(2);
+    if (W > 3) _tile_zero(3);
+    for (int j = c0; j < c1; j += 32) {
+        const uint32_t* Vb = vP + (int64_t)(j / 2) * D + col;
+        _tile_loadd(4, P + j, Lp * 2);
+        _tile_loadd(6, Vb, D * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        if (W > 1) { _tile_loadd(7, Vb + 16, D * 4); _tile_dpbf16ps(1, 4, 7); }
+        if (W > 2) { _tile_loadd(6, Vb + 32, D * 4); _tile_dpbf16ps(2, 4, 6); }
+        if (W > 3) { _tile_loadd(7, Vb + 48, D * 4); _tile_dpbf16ps(3, 4, 7); }
+    }
+    _tile_stored(0, O + col, D * 4);
+    if (W > 1) _tile_stored(1, O + col + 16, D * 4);
+    if (W > 2) _tile_stored(2, O + col + 32, D * 4);
+    if (W > 3) _tile_stored(3, O + col + 48, D * 4);
+}
+
+static const int RA = 16;  // query rows per AMX block
+
+static void attend_item_amx(const Args& a, int s, int g, uint32_t* kP, uint32_t* vP, float* S,
+                            uint16_t* P, uint16_t* Qs, float* O) {
+    const int start = a.cu[s], L = a.cu[s + 1] - start, D = a.D;
+    if (L <= 0) return;
+    const int Lp = (L + 31) & ~31;
+    const uint16_t* q = (const uint16_t*)a.q;
+    uint16_t* out = (uint16_t*)a.out;
+    pack_kv_pairs(a, start, L, Lp, g, kP, vP);
+    const int rep = a.H / a.Hkv;
+    for (int h = g * rep; h < (g + 1) * rep; h++) {
+        for (int i0 = 0; i0 < L; i0 += RA) {
+            const int nr = L - i0 < RA ? L - i0 : RA;
+            int jlo = 0, jhi = L;
+            if (a.left >= 0) { jlo = i0 - a.left; if (jlo < 0) jlo = 0; }
+            if (a.right >= 0) { jhi = i0 + nr - 1 + a.right + 1; if (jhi > L) jhi = L; }
+            const int c0 = jlo & ~31, c1 = (jhi + 31) & ~31;
+            // Q rows straight from the input when all 16 exist, else a zero-padded copy.
+            const uint16_t* Qb = q + (int64_t)(start + i0) * a.qs_t + (int64_t)h * a.qs_h;
+            int64_t qstride = a.qs_t * 2;
+            if (nr < RA) {
+                for (int r = 0; r < RA; r++) {
+                    if (r < nr) memcpy(Qs + r * D, Qb + r * a.qs_t, (size_t)D * 2);
+                    else memset(Qs + r * D, 0, (size_t)D * 2);
+                }
+                Qb = Qs;
+                qstride = D * 2;
+            }
+            switch (D / 32) {
+                case 1: qk_amx<1>(Qb, qstride, kP, Lp, c0, c1, S); break;
+                case 2: qk_amx<2>(Qb, qstride, kP, Lp, c0, c1, S); break;
+                case 3: qk_amx<3>(Qb, qstride, kP, Lp, c0, c1, S); break;
+                default: qk_amx<4>(Qb, qstride, kP, Lp, c0, c1, S); break;
+            }
+            float inv[RA];
+            softmax_rows(S, Lp, RA, nr, i0, L, c0, c1, a, P, inv);
+            for (int col = 0; col < D; col += 64) {
+                const int w = (D - col) / 16 < 4 ? (D - col) / 16 : 4;
+                switch (w) {
+                    case 4: pv_amx<4>(P, Lp, vP, D, col, c0, c1, O); break;
+                    case 3: pv_amx<3>(P, Lp, vP, D, col, c0, c1, O); break;
+                    case 2: pv_amx<2>(P, Lp, vP, D, col, c0, c1, O); break;
+                    default: pv_amx<1>(P, Lp, vP, D, col, c0, c1, O); break;
+                }
+            }
+            for (int r = 0; r < nr; r++) {
+                const __m512 sc = _mm512_set1_ps(inv[r]);
+                uint16_t* orow = out + (int64_t)(start + i0 + r) * a.os_t + (int64_t)h * a.os_h;
+                for (int d = 0; d < D; d += 16)
+                    _mm256_storeu_si256((__m256i*)(orow + d),
+                                        (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_load_ps(O + r * D + d), sc)));
+            }
+        }
+    }
+}
+#endif
+
+// Paths for bf16 inputs (fp32 inputs always take the FMA path).
+enum { PATH_FMA = 0, PATH_DPBF16 = 1, PATH_AMX = 2 };
+
 template <typename T>
-static void run(const Args& a, int nthreads, int use_dp) {
+static void run(const Args& a, int nthreads, int path) {
     int maxlen = 0;
     for (int s = 0; s < a.nseq; s++) {
         const int n = a.cu[s + 1] - a.cu[s];
@@ -400,40 +549,71 @@ static void run(const Args& a, int nthreads, int use_dp) {
     }
     const int Lp = (maxlen + 31) & ~31;
     const int64_t nitems = (int64_t)a.nseq * a.Hkv;
+    const int rows = 16;  // >= R, RF, RA
 #pragma omp parallel num_threads(nthreads)
     {
         const size_t kv = (size_t)a.D * Lp * sizeof(float);
         float* kT = (float*)aligned_alloc(64, kv);
         float* V = (float*)aligned_alloc(64, kv);
-        float* Q = (float*)aligned_alloc(64, ((size_t)RF * a.D * sizeof(float) + 63) & ~(size_t)63);
-        float* S = (float*)aligned_alloc(64, (size_t)RF * Lp * sizeof(float));
-        float* P = (float*)aligned_alloc(64, (size_t)R * Lp * sizeof(float));
+        float* Q = (float*)aligned_alloc(64, (size_t)rows * a.D * sizeof(float));
+        float* S = (float*)aligned_alloc(64, (size_t)rows * Lp * sizeof(float));
+        float* P = (float*)aligned_alloc(64, (size_t)rows * Lp * sizeof(float));
+        float* O = (float*)aligned_alloc(64, (size_t)rows * a.D * sizeof(float));
+#ifdef HAVE_AMX
+        if (path == PATH_AMX) tiles_on();
+#endif
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < nitems; it++) {
             // Longest sequences first (order is by length, descending), so the tail is short.
-            const int s = a.order[it / a.Hkv];
-#ifdef HAVE_DPBF16
-            if (sizeof(T) == 2 && use_dp) {
-                attend_item_dp(a, s, (int)(it % a.Hkv), (uint32_t*)kT, (uint32_t*)V, S,
-                               (uint32_t*)P, (uint32_t*)Q);
+            const int s = a.order[it / a.Hkv], g = (int)(it % a.Hkv);
+#ifdef HAVE_AMX
+            if (sizeof(T) == 2 && path == PATH_AMX) {
+                attend_item_amx(a, s, g, (uint32_t*)kT, (uint32_t*)V, S, (uint16_t*)P,
+                                (uint16_t*)Q, O);
                 continue;
             }
 #endif
-            attend_item<T>(a, s, (int)(it % a.Hkv), kT, V, Q, S);
+#ifdef HAVE_DPBF16
+            if (sizeof(T) == 2 && path == PATH_DPBF16) {
+                attend_item_dp(a, s, g, (uint32_t*)kT, (uint32_t*)V, S, (uint32_t*)P, (uint32_t*)Q);
+                continue;
+            }
+#endif
+            attend_item<T>(a, s, g, kT, V, Q, S);
         }
-        free(kT); free(V); free(Q); free(S); free(P);
+#ifdef HAVE_AMX
+        if (path == PATH_AMX) _tile_release();
+#endif
+        free(kT); free(V); free(Q); free(S); free(P); free(O);
     }
 }
 
+// Which bf16 paths this build can run here: bit 0 vdpbf16ps, bit 1 AMX (compiled in, and the
+// kernel granted the tile state: Linux asks each process to request it).
+extern "C" int bf16_paths() {
+    int paths = 0;
+#ifdef HAVE_DPBF16
+    paths |= 1;
+#endif
+#ifdef HAVE_AMX
+    const long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0) paths |= 2;
+#endif
+    return paths;
+}
+
+// 0 when done; 1 for a shape no path takes; 2 for a bf16 path this build lacks.
 extern "C" int varlen_attention(int is_bf16, const void* q, const void* k, const void* v, void* out,
                                 const int64_t* strides, const int32_t* cu, const int32_t* order,
                                 int nseq, int H, int Hkv, int D, float scale, int left, int right,
-                                int nthreads, int use_dp) {
+                                int nthreads, int path) {
     if (D % 16 || D > 256 || H % Hkv) return 1;
+    if (is_bf16 && path != PATH_FMA && !(bf16_paths() & path)) return 2;
+    if (is_bf16 && path == PATH_AMX && (D % 32 || D > 128)) return 1;
     Args a = {q, k, v, out, strides[0], strides[1], strides[2], strides[3], strides[4], strides[5],
               strides[6], strides[7], cu, order, nseq, H, Hkv, D, scale, left, right};
-    if (is_bf16) run<uint16_t>(a, nthreads, use_dp);
-    else run<float>(a, nthreads, 0);
+    if (is_bf16) run<uint16_t>(a, nthreads, path);
+    else run<float>(a, nthreads, PATH_FMA);
     return 0;
 }
 

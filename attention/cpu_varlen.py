@@ -95,18 +95,33 @@ def load() -> tuple[ctypes.CDLL | None, str | None]:
                    ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                    ctypes.c_int]
     lib.dpbf16_speedup.restype = ctypes.c_double
+    lib.bf16_paths.restype = ctypes.c_int
     return lib, None
 
 
-@functools.cache
-def bf16_dot_products() -> bool:
-    """Whether bf16 inputs take the vdpbf16ps path: only where it beats fp32 FMAs by 1.3x in
-    multiply-adds per second, measured once per process (AMD Zen 4 runs it at full rate; the
-    Xeon this was written on runs it at half rate, where the bf16 path was 1.4x slower)."""
+PATHS = {"fma": 0, "dpbf16": 1, "amx": 2}
+
+
+def bf16_paths() -> list[str]:
+    """The bf16 paths this build runs on this CPU ("fma" always)."""
     lib, _ = load()
-    speedup = lib.dpbf16_speedup() if lib is not None else 0.0
+    bits = lib.bf16_paths() if lib is not None else 0
+    return ["fma"] + [name for name, bit in (("dpbf16", 1), ("amx", 2)) if bits & bit]
+
+
+@functools.cache
+def bf16_path() -> str:
+    """The path bf16 inputs take, chosen once per process: AMX tiles where the CPU has them
+    (head dims that are multiples of 32 up to 128; others go to the next path), else vdpbf16ps
+    where it beats fp32 FMAs by 1.3x in multiply-adds per second (measured here: AMD Zen 4 runs
+    it at full rate, the Sapphire Rapids-class Xeon this was written on at half rate, where that
+    path was 1.4x slower than FMAs), else fp32 FMAs on bf16 converted once."""
+    paths = bf16_paths()
+    if "amx" in paths:
+        return "amx"
+    speedup = load()[0].dpbf16_speedup() if "dpbf16" in paths else 0.0
     logger.info("cpu_varlen: vdpbf16ps/FMA multiply-add rate %.2f", speedup)
-    return speedup >= 1.3
+    return "dpbf16" if speedup >= 1.3 else "fma"
 
 
 def supported_head_dim(d: int) -> bool:
@@ -122,7 +137,7 @@ class CpuVarlenAttention(AttentionBackend):
         super().__init__(device, dtype)
         self._fn = load()[0].varlen_attention
         self._sdpa: AttentionBackend | None = None
-        self.bf16_dot_products = dtype == torch.bfloat16 and bf16_dot_products()
+        self.bf16_path = bf16_path() if dtype == torch.bfloat16 else "fma"
 
     @classmethod
     def available(cls, device, dtype):
@@ -156,10 +171,16 @@ class CpuVarlenAttention(AttentionBackend):
                       ctypes.addressof(strides), meta.extra["cpu_varlen_cu"].data_ptr(),
                       meta.extra["cpu_varlen_order"].data_ptr(), meta.num_seqs, q.shape[1],
                       k.shape[1], D, scale, left, right, torch.get_num_threads(),
-                      int(self.bf16_dot_products))
+                      self._path(q.dtype, D))
         if rc:
             raise RuntimeError(f"cpu_varlen kernel refused H={q.shape[1]} Hkv={k.shape[1]} D={D}")
         return out
+
+    def _path(self, dtype: torch.dtype, head_dim: int) -> int:
+        path = self.bf16_path if dtype == torch.bfloat16 else "fma"
+        if path == "amx" and (head_dim % 32 or head_dim > 128):
+            path = "dpbf16" if "dpbf16" in bf16_paths() and load()[0].dpbf16_speedup() >= 1.3 else "fma"
+        return PATHS[path]
 
     def _per_sequence(self, q, k, v, meta, scale, window):
         if self._sdpa is None:

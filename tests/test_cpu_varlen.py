@@ -1,7 +1,7 @@
 """The CPU varlen attention kernel (attention/cpu_varlen.cpp) against the naive reference.
 
-Both of its bf16 paths are checked where this CPU has them (fp32 FMAs always; vdpbf16ps dot
-products where AVX512-BF16 is compiled in), whichever one the speed probe picks.
+Every bf16 path is checked where this CPU has it (fp32 FMAs always; vdpbf16ps dot products
+with AVX512-BF16; AMX tiles with AMX), whichever one the process would pick.
 """
 import os
 import subprocess
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from attention import BACKENDS, AttentionMetadata
-from attention.cpu_varlen import CpuVarlenAttention, load
+from attention.cpu_varlen import CpuVarlenAttention, bf16_paths, load
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
@@ -33,10 +33,8 @@ def _meta(lens, cu, causal):
 
 
 def _modes(dtype):
-    """(label, use bf16 dot products) for every path this build can run for `dtype`."""
-    if dtype != torch.bfloat16 or load()[0].dpbf16_speedup() == 0.0:
-        return [False]
-    return [False, True]
+    """Every path this build can run here for `dtype` (bf16: fp32 FMAs, vdpbf16ps, AMX tiles)."""
+    return bf16_paths() if dtype == torch.bfloat16 else ["fma"]
 
 
 def _check(out, ref, dtype):
@@ -62,7 +60,7 @@ def test_matches_naive(lens, heads, kv_heads, dim, causal, dtype):
     ref = BACKENDS["naive"](CPU, dtype).forward(q, k, v, _meta(lens, cu, causal))
     for dot in _modes(dtype):
         backend = CpuVarlenAttention(CPU, dtype)
-        backend.bf16_dot_products = dot
+        backend.bf16_path = dot
         _check(backend.forward(q, k, v, backend.prepare(_meta(lens, cu, causal))), ref, dtype)
 
 
@@ -75,7 +73,7 @@ def test_window_matches_naive(window, causal, dtype):
     ref = BACKENDS["naive"](CPU, dtype).forward(q, k, v, _meta(lens, cu, causal), window=window)
     for dot in _modes(dtype):
         backend = CpuVarlenAttention(CPU, dtype)
-        backend.bf16_dot_products = dot
+        backend.bf16_path = dot
         _check(backend.forward(q, k, v, _meta(lens, cu, causal), window=window), ref, dtype)
 
 
