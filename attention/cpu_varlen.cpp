@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include <immintrin.h>
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
@@ -281,61 +282,139 @@ static inline void pv_block_dp(const uint32_t* P2, int Lp, const uint32_t* vP, i
 
 // K as 32-bit words (d, d+1) transposed to (D/2, Lp) and V rows paired to (Lp/2, D) words
 // (j, j+1), both zero-padded to Lp keys: the operand layouts of vdpbf16ps and of AMX tiles.
+// 16 x 16 32-bit words: rows r[i] become columns (in place).
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    // Now r[4b + c] holds, in each 128-bit lane l, words c of rows 4b..4b+3 from lane l.
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[4 + i], 0x88);        // lanes 0,2 of each
+        t[4 + i] = _mm512_shuffle_i32x4(r[i], r[4 + i], 0xdd);    // lanes 1,3
+        t[8 + i] = _mm512_shuffle_i32x4(r[8 + i], r[12 + i], 0x88);
+        t[12 + i] = _mm512_shuffle_i32x4(r[8 + i], r[12 + i], 0xdd);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0x88);         // column lane 0
+        r[8 + i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0xdd);     // lane 2
+        r[4 + i] = _mm512_shuffle_i32x4(t[4 + i], t[12 + i], 0x88); // lane 1
+        r[12 + i] = _mm512_shuffle_i32x4(t[4 + i], t[12 + i], 0xdd); // lane 3
+    }
+}
+
 static void pack_kv_pairs(const Args& a, int start, int L, int Lp, int g, uint32_t* kP,
                           uint32_t* vP) {
     const int D = a.D, D2 = a.D / 2;
-    const uint16_t* k = (const uint16_t*)a.k;
-    const uint16_t* v = (const uint16_t*)a.v;
-    for (int dp = 0; dp < D2; dp++) {
-        uint32_t* dst = kP + (int64_t)dp * Lp;
-        for (int j = 0; j < L; j++) {
-            const uint16_t* kr = k + (int64_t)(start + j) * a.ks_t + (int64_t)g * a.ks_h;
-            uint32_t w;
-            memcpy(&w, kr + 2 * dp, 4);
-            dst[j] = w;
+    const uint16_t* k = (const uint16_t*)a.k + (int64_t)start * a.ks_t + (int64_t)g * a.ks_h;
+    const uint16_t* v = (const uint16_t*)a.v + (int64_t)start * a.vs_t + (int64_t)g * a.vs_h;
+    if (D2 % 16 == 0) {
+        // K: 16 keys x 16 words at a time, transposed in registers; missing keys are zero.
+        for (int j = 0; j < Lp; j += 16)
+            for (int w = 0; w < D2; w += 16) {
+                __m512i r[16];
+                for (int i = 0; i < 16; i++)
+                    r[i] = j + i < L ? _mm512_loadu_si512(k + (int64_t)(j + i) * a.ks_t + 2 * w)
+                                     : _mm512_setzero_si512();
+                transpose16(r);
+                for (int i = 0; i < 16; i++) _mm512_store_si512(kP + (int64_t)(w + i) * Lp + j, r[i]);
+            }
+    } else {
+        for (int dp = 0; dp < D2; dp++) {
+            uint32_t* dst = kP + (int64_t)dp * Lp;
+            for (int j = 0; j < L; j++) memcpy(dst + j, k + (int64_t)j * a.ks_t + 2 * dp, 4);
+            for (int j = L; j < Lp; j++) dst[j] = 0;
         }
-        for (int j = L; j < Lp; j++) dst[j] = 0;
     }
+    // V: rows 2jp and 2jp + 1 interleaved 16 columns at a time (a missing row is zero).
     for (int jp = 0; jp < Lp / 2; jp++) {
         const int j0 = 2 * jp, j1 = 2 * jp + 1;
-        const uint16_t* r0 = v + (int64_t)(start + j0) * a.vs_t + (int64_t)g * a.vs_h;
-        const uint16_t* r1 = v + (int64_t)(start + j1) * a.vs_t + (int64_t)g * a.vs_h;
         uint32_t* dst = vP + (int64_t)jp * D;
-        for (int d = 0; d < D; d++) {
-            const uint32_t lo = j0 < L ? r0[d] : 0, hi = j1 < L ? r1[d] : 0;
-            dst[d] = lo | (hi << 16);
+        for (int d = 0; d < D; d += 16) {
+            const __m256i z = _mm256_setzero_si256();
+            const __m256i lo = j0 < L ? _mm256_loadu_si256((const __m256i*)(v + (int64_t)j0 * a.vs_t + d)) : z;
+            const __m256i hi = j1 < L ? _mm256_loadu_si256((const __m256i*)(v + (int64_t)j1 * a.vs_t + d)) : z;
+            const __m512i w = _mm512_or_si512(_mm512_cvtepu16_epi32(lo),
+                                              _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+            _mm512_store_si512(dst + d, w);
         }
     }
 }
 
+// 2^t for t <= 0, good to ~4e-5 relative (the probabilities are then rounded to bf16, 4e-3):
+// t = n + f with |f| <= 1/2, 2^f by its degree-4 Taylor polynomial, times 2^n. Exactly 0 below
+// -125 (and for masked -inf scores): no denormals, which cost a microcode assist each on Intel.
+static inline __m512 exp2_bf16(__m512 t) {
+    const __mmask16 live = _mm512_cmp_ps_mask(t, _mm512_set1_ps(-125.0f), _CMP_GE_OQ);
+    t = _mm512_max_ps(t, _mm512_set1_ps(-125.0f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(9.6181291e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_scalef_ps(live, p, n);
+}
+
 // Rows [0, rows) of S (raw scores, Lp per row) to bf16 probabilities in P (Lp per row) over the
 // 32-aligned key range [c0, c1), masked per row (window/causal, padding, rows >= nr), with
-// 1/sum per row in inv. Softmax in fp32; P unnormalised (divided at the output).
+// 1/sum per row in inv. Softmax in fp32; P unnormalised (divided at the output). Each pass runs
+// over all rows before the next, with the horizontal reductions outside the loops, so the rows
+// overlap in the pipeline.
 static void softmax_rows(float* S, int Lp, int rows, int nr, int i0, int L, int c0, int c1,
                          const Args& a, uint16_t* P, float* inv) {
+    const bool banded = a.left >= 0 || a.right >= 0;
+    const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+    __m512 vec[16];
     for (int r = 0; r < rows; r++) {
         float* Sr = S + (int64_t)r * Lp;
-        const int i = i0 + r;
-        int lo = 0, hi = L;
-        if (a.left >= 0 && i - a.left > lo) lo = i - a.left;
-        if (a.right >= 0 && i + a.right + 1 < hi) hi = i + a.right + 1;
-        if (r >= nr) { lo = c0; hi = c0; }
-        for (int jj = c0; jj < lo; jj++) Sr[jj] = -__builtin_inff();
-        for (int jj = hi > lo ? hi : lo; jj < c1; jj++) Sr[jj] = -__builtin_inff();
-        __m512 m = _mm512_set1_ps(-__builtin_inff());
+        if (banded || r >= nr) {
+            const int i = i0 + r;
+            int lo = 0, hi = L;
+            if (a.left >= 0 && i - a.left > lo) lo = i - a.left;
+            if (a.right >= 0 && i + a.right + 1 < hi) hi = i + a.right + 1;
+            if (r >= nr) { lo = c0; hi = c0; }
+            for (int jj = c0; jj < lo; jj++) Sr[jj] = -__builtin_inff();
+            for (int jj = hi > lo ? hi : lo; jj < c1; jj++) Sr[jj] = -__builtin_inff();
+        } else {
+            for (int jj = L & ~15; jj < c1; jj += 16) {  // padding keys [L, c1)
+                const int keep = L - jj;
+                const __mmask16 pad = keep <= 0 ? (__mmask16)0xffff : (__mmask16)(0xffffu << keep);
+                _mm512_mask_store_ps(Sr + jj, pad, ninf);
+            }
+        }
+        __m512 m = ninf;
         for (int jj = c0; jj < c1; jj += 16) m = _mm512_max_ps(m, _mm512_load_ps(Sr + jj));
-        const __m512 mx = _mm512_set1_ps(r < nr ? _mm512_reduce_max_ps(m) : 0.0f);
-        const __m512 sc = _mm512_set1_ps(a.scale);
-        __m512 sum = _mm512_setzero_ps();
+        vec[r] = m;
+    }
+    const float c = a.scale * 1.44269504088896341f;  // scores to base-2 exponents
+    float mx[16];
+    for (int r = 0; r < rows; r++) mx[r] = r < nr ? _mm512_reduce_max_ps(vec[r]) * c : 0.0f;
+    const __m512 cv = _mm512_set1_ps(c);
+    for (int r = 0; r < rows; r++) {
+        const float* Sr = S + (int64_t)r * Lp;
         uint16_t* Pr = P + (int64_t)r * Lp;
+        const __m512 m = _mm512_set1_ps(mx[r]);
+        __m512 sum = _mm512_setzero_ps();
         for (int jj = c0; jj < c1; jj += 32) {
-            const __m512 p0 = (__m512)exp_neg((v16)_mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(Sr + jj), mx), sc));
-            const __m512 p1 = (__m512)exp_neg((v16)_mm512_mul_ps(_mm512_sub_ps(_mm512_load_ps(Sr + jj + 16), mx), sc));
+            const __m512 p0 = exp2_bf16(_mm512_fmsub_ps(_mm512_load_ps(Sr + jj), cv, m));
+            const __m512 p1 = exp2_bf16(_mm512_fmsub_ps(_mm512_load_ps(Sr + jj + 16), cv, m));
             sum = _mm512_add_ps(sum, _mm512_add_ps(p0, p1));
             _mm512_store_si512(Pr + jj, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
         }
-        const float tot = _mm512_reduce_add_ps(sum);
-        inv[r] = tot > 0.0f ? 1.0f / tot : 0.0f;
+        vec[r] = sum;
+    }
+    for (int r = 0; r < rows; r++) {
+        const float tot = _mm512_reduce_add_ps(vec[r]);
+        inv[r] = r < nr && tot > 0.0f ? 1.0f / tot : 0.0f;
     }
 }
 
@@ -552,6 +631,9 @@ static void run(const Args& a, int nthreads, int path) {
     const int rows = 16;  // >= R, RF, RA
 #pragma omp parallel num_threads(nthreads)
     {
+        // Denormals flushed to zero in the kernel (each would cost an assist), restored after.
+        const unsigned int csr = _mm_getcsr();
+        _mm_setcsr(csr | 0x8040);
         const size_t kv = (size_t)a.D * Lp * sizeof(float);
         float* kT = (float*)aligned_alloc(64, kv);
         float* V = (float*)aligned_alloc(64, kv);
@@ -585,6 +667,7 @@ static void run(const Args& a, int nthreads, int path) {
         if (path == PATH_AMX) _tile_release();
 #endif
         free(kT); free(V); free(Q); free(S); free(P); free(O);
+        _mm_setcsr(csr);
     }
 }
 
@@ -597,7 +680,9 @@ extern "C" int bf16_paths() {
 #endif
 #ifdef HAVE_AMX
     const long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
-    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0) paths |= 2;
+    static const int granted =
+        syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;  // once per process
+    if (granted) paths |= 2;
 #endif
     return paths;
 }
