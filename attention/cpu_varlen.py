@@ -3,19 +3,26 @@
 torch has no varlen attention for CPU, and its SDPA called once per sequence runs at 20-55
 GFLOP/s at head dims of 32-64: on all-MiniLM-L6-v2 in bf16 that was 31% of the forward for 4%
 of its FLOPs (docs/BENCHMARKS.md). This kernel takes the whole packed batch in one call: one
-OpenMP work item per (sequence, key/value head), longest sequences first, K/V converted once to
-fp32 tiles shared by every query head of a group, fp32 scores and softmax, output rounded once.
+OpenMP work item per (sequence, key/value head), longest sequences first, K/V packed once per
+item and shared by every query head of a group, softmax in fp32, output rounded once.
+Three paths, one per kind of CPU, all tested against the naive reference where they run:
+- bf16 with AMX (Sapphire Rapids and later): 16 query rows per block, Q.K^T and P.V as tile
+  dot products, probabilities rounded to bf16 for P.V as torch's bf16 attention does;
+- bf16 with AVX512-BF16 where vdpbf16ps outruns fp32 FMAs (measured once per process; AMD Zen 4):
+  the same layouts with vector dot products, 4 rows per block;
+- fp32 FMAs (fp32 inputs always; bf16 converted once elsewhere): 8 rows per block.
 
-Building: `g++ -O3 -march=native -fopenmp -shared` (about a second; `CXX` picks another
-compiler) into `~/.cache/prefill-embed/kernels/` (`PREFILL_EMBED_KERNEL_CACHE` moves it), keyed
-by the source, the compiler and this CPU's flags, so a shared home across different CPUs
-builds once per kind of CPU. No compiler, a failed build or a torch without its libgomp: the
-backend is unavailable, the selector says why and uses `sdpa`. The library is loaded after
-torch so its OpenMP calls bind to torch's libgomp (one thread team, see pipeline/actor.py).
+Building: `g++ -O3 -march=native -fopenmp -shared` (1-2 s; `CXX` picks another compiler) into
+`~/.cache/prefill-embed/kernels/` (`PREFILL_EMBED_KERNEL_CACHE` moves it; the temp folder when
+that cannot be made), keyed by the source, the compiler, torch's version and this CPU's flags,
+so a home shared by different CPUs builds once per kind of CPU. No compiler or a failed build:
+the backend is unavailable, the selector says why and uses `sdpa`. The library is loaded after
+torch, so its OpenMP calls bind to torch's libgomp (one thread team, see pipeline/actor.py).
 
 Takes causal masks, windows and grouped-query K/V natively; head dims that are multiples of
-16 up to 256 in float32 or bfloat16. Other head dims and dtypes go per call to SDPA, and a
-per-sequence bias (MPNet) to SDPA through the base class; each logged once.
+16 up to 256 in float32 or bfloat16 (AMX: multiples of 32 up to 128, others take the next
+path). Other head dims and dtypes go per call to SDPA, and a per-sequence bias (MPNet) to SDPA
+through the base class; each logged once.
 """
 from __future__ import annotations
 
@@ -42,8 +49,11 @@ _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PREFILL_EMBED_KERNEL_CACHE")
-                or "~/.cache/prefill-embed/kernels").expanduser()
+    try:
+        return Path(os.environ.get("PREFILL_EMBED_KERNEL_CACHE")
+                    or "~/.cache/prefill-embed/kernels").expanduser()
+    except RuntimeError:  # no home directory known
+        return Path(tempfile.gettempdir()) / "prefill-embed-kernels"
 
 
 def _cpu_flags() -> str:
@@ -69,7 +79,13 @@ def load() -> tuple[ctypes.CDLL | None, str | None]:
         return None, f"the C++ compiler {cxx} does not run: {e}"
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, *version, *FLAGS, _cpu_flags(),
                                     torch.__version__]).encode()).hexdigest()[:16]
-    path = cache_dir() / f"cpu_varlen-{key}.so"
+    name = f"cpu_varlen-{key}.so"
+    path = cache_dir() / name
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home (some cluster workers): the temp folder instead
+            path = Path(tempfile.gettempdir()) / "prefill-embed-kernels" / name
     if not path.exists():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +99,7 @@ def load() -> tuple[ctypes.CDLL | None, str | None]:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
                 return None, f"building {SOURCE.name} with {cxx} failed: " + " | ".join(tail)
             os.replace(tmp, path)
+            logger.info("cpu_varlen: built %s", path)
         except (OSError, subprocess.SubprocessError) as e:
             return None, f"building {SOURCE.name} failed: {e}"
     try:

@@ -26,9 +26,9 @@ from workers import Engine, EngineConfig
 from workers.model_folder import default_model_path
 
 
-def run_engine(texts, dtype: str, args):
+def run_engine(texts, dtype: str, args, attention: str | None = None):
     engine = Engine(EngineConfig(dtype=dtype, max_length=args.max_length, num_threads=args.threads,
-                                 max_num_batched_tokens=args.batch_tokens))
+                                 max_num_batched_tokens=args.batch_tokens, attention_backend=attention))
     engine.embed(texts[:64])
     t = time.perf_counter()
     vectors = engine.embed(texts)
@@ -68,6 +68,9 @@ def run_hf_padded(texts, dtype: str, args):
 SYSTEMS = {
     "engine-fp32": (run_engine, "float32", "fp32"),
     "engine-bf16": (run_engine, "bfloat16", "bf16"),
+    # the same engine with torch's SDPA once per sequence instead of the cpu_varlen kernel
+    "engine-fp32-sdpa": (lambda t, d, a: run_engine(t, d, a, "sdpa"), "float32", "fp32"),
+    "engine-bf16-sdpa": (lambda t, d, a: run_engine(t, d, a, "sdpa"), "bfloat16", "bf16"),
     "st-fp32": (run_st, "fp32", "fp32"),
     "st-bf16": (run_st, "bf16", "bf16"),
     "hf-padded-fp32": (run_hf_padded, "fp32", "fp32"),

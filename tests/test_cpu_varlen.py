@@ -131,3 +131,17 @@ def test_without_a_compiler_the_selector_says_why_and_uses_sdpa(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "sdpa"
     assert "not cpu_varlen" in proc.stderr and "no-such-compiler" in proc.stderr, proc.stderr
+
+
+def test_an_unwritable_cache_folder_builds_in_the_temp_folder(tmp_path):
+    code = ("import logging, torch; logging.basicConfig(level=logging.INFO);"
+            "from attention import select_backend;"
+            "print(select_backend(None, torch.device('cpu'), torch.float32).name)")
+    env = dict(os.environ, PREFILL_EMBED_KERNEL_CACHE="/proc/no-such-folder/kernels",
+               TMPDIR=str(tmp_path), PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cpu_varlen", proc.stderr
+    built = list((tmp_path / "prefill-embed-kernels").glob("cpu_varlen-*.so"))
+    assert len(built) == 1 and f"built {built[0]}" in proc.stderr, proc.stderr
