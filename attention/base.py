@@ -40,14 +40,18 @@ class AttentionMetadata:
     causal: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific precomputed plans
     bias: SequenceBias | None = None  # additive score bias per sequence, set by the model
+    # When every sequence's bias is the top-left (H, L_i, L_i) corner of one (H, L_max, L_max)
+    # table (MPNet), the table itself: kernels that take a bias read it in place.
+    bias_table: torch.Tensor | None = None
 
     @property
     def num_seqs(self) -> int:
         return len(self.seqlens)
 
-    def with_bias(self, bias: SequenceBias) -> "AttentionMetadata":
-        """A copy carrying `bias` (the backend plans in `extra` stay shared)."""
-        return dataclasses.replace(self, bias=bias)
+    def with_bias(self, bias: SequenceBias, table: torch.Tensor | None = None) -> "AttentionMetadata":
+        """A copy carrying `bias` (the backend plans in `extra` stay shared); `table` when each
+        `bias(i)` is `table[:, :L_i, :L_i]`."""
+        return dataclasses.replace(self, bias=bias, bias_table=table)
 
 
 def normalize_window(window: Window | None, causal: bool) -> Window | None:

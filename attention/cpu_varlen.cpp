@@ -107,6 +107,10 @@ struct Args {
     int H, Hkv, D;
     float scale;
     int left, right;  // window in positions, -1 = unbounded; causal is right = 0
+    // Optional additive score bias shared by all sequences as the top-left corner of one fp32
+    // table (MPNet's relative positions): bias[h * bias_h + i * bias_r + j], or null.
+    const float* bias;
+    int64_t bias_h, bias_r;
 };
 
 static const int RF = 8;  // query rows per register block in the fp32 path
@@ -210,6 +214,10 @@ static void attend_item(const Args& a, int s, int g, float* kT, float* V, float*
                 if (a.left >= 0 && i - a.left > lo) lo = i - a.left;
                 if (a.right >= 0 && i + a.right + 1 < hi) hi = i + a.right + 1;
                 if (r >= nr) { lo = c0; hi = c0; }
+                if (a.bias) {
+                    const float* b = a.bias + (int64_t)h * a.bias_h + (int64_t)i * a.bias_r;
+                    for (int jj = lo; jj < hi; jj++) Sr[jj] += b[jj];
+                }
                 for (int jj = c0; jj < lo; jj++) Sr[jj] = -__builtin_inff();
                 for (int jj = hi > lo ? hi : lo; jj < c1; jj++) Sr[jj] = -__builtin_inff();
                 v16 m = splat(-__builtin_inff());
@@ -370,12 +378,21 @@ static inline __m512 exp2_bf16(__m512 t) {
 // over all rows before the next, with the horizontal reductions outside the loops, so the rows
 // overlap in the pipeline.
 static void softmax_rows(float* S, int Lp, int rows, int nr, int i0, int L, int c0, int c1,
-                         const Args& a, uint16_t* P, float* inv) {
+                         const Args& a, int h, uint16_t* P, float* inv) {
     const bool banded = a.left >= 0 || a.right >= 0;
     const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+    const float log2e = 1.44269504088896341f;
     __m512 vec[16];
     for (int r = 0; r < rows; r++) {
         float* Sr = S + (int64_t)r * Lp;
+        if (a.bias && r < nr) {  // scores to base-2 exponents here, bias included
+            const int i = i0 + r;
+            int lo = 0, hi = L;
+            if (a.left >= 0 && i - a.left > lo) lo = i - a.left;
+            if (a.right >= 0 && i + a.right + 1 < hi) hi = i + a.right + 1;
+            const float* b = a.bias + (int64_t)h * a.bias_h + (int64_t)i * a.bias_r;
+            for (int jj = lo; jj < hi; jj++) Sr[jj] = (Sr[jj] * a.scale + b[jj]) * log2e;
+        }
         if (banded || r >= nr) {
             const int i = i0 + r;
             int lo = 0, hi = L;
@@ -395,7 +412,7 @@ static void softmax_rows(float* S, int Lp, int rows, int nr, int i0, int L, int 
         for (int jj = c0; jj < c1; jj += 16) m = _mm512_max_ps(m, _mm512_load_ps(Sr + jj));
         vec[r] = m;
     }
-    const float c = a.scale * 1.44269504088896341f;  // scores to base-2 exponents
+    const float c = a.bias ? 1.0f : a.scale * log2e;  // scores to base-2 exponents
     float mx[16];
     for (int r = 0; r < rows; r++) mx[r] = r < nr ? _mm512_reduce_max_ps(vec[r]) * c : 0.0f;
     const __m512 cv = _mm512_set1_ps(c);
@@ -464,7 +481,7 @@ static void attend_item_dp(const Args& a, int s, int g, uint32_t* kP, uint32_t* 
                 _mm512_store_ps(S + 3 * Lp + j + 16, b3);
             }
             float inv[R];
-            softmax_rows(S, Lp, R, nr, i0, L, c0, c1, a, (uint16_t*)P2, inv);
+            softmax_rows(S, Lp, R, nr, i0, L, c0, c1, a, h, (uint16_t*)P2, inv);
             const int jend = jhi < c1 ? jhi : c1;
             const int p0 = c0 / 2, p1 = (jend + 1) / 2;
             uint16_t* orow = out + (int64_t)(start + i0) * a.os_t + (int64_t)h * a.os_h;
@@ -594,7 +611,7 @@ static void attend_item_amx(const Args& a, int s, int g, uint32_t* kP, uint32_t*
                 default: qk_amx<4>(Qb, qstride, kP, Lp, c0, c1, S); break;
             }
             float inv[RA];
-            softmax_rows(S, Lp, RA, nr, i0, L, c0, c1, a, P, inv);
+            softmax_rows(S, Lp, RA, nr, i0, L, c0, c1, a, h, P, inv);
             for (int col = 0; col < D; col += 64) {
                 const int w = (D - col) / 16 < 4 ? (D - col) / 16 : 4;
                 switch (w) {
@@ -691,12 +708,14 @@ extern "C" int bf16_paths() {
 extern "C" int varlen_attention(int is_bf16, const void* q, const void* k, const void* v, void* out,
                                 const int64_t* strides, const int32_t* cu, const int32_t* order,
                                 int nseq, int H, int Hkv, int D, float scale, int left, int right,
-                                int nthreads, int path) {
+                                int nthreads, int path, const float* bias, int64_t bias_h,
+                                int64_t bias_r) {
     if (D % 16 || D > 256 || H % Hkv) return 1;
     if (is_bf16 && path != PATH_FMA && !(bf16_paths() & path)) return 2;
     if (is_bf16 && path == PATH_AMX && (D % 32 || D > 128)) return 1;
     Args a = {q, k, v, out, strides[0], strides[1], strides[2], strides[3], strides[4], strides[5],
-              strides[6], strides[7], cu, order, nseq, H, Hkv, D, scale, left, right};
+              strides[6], strides[7], cu, order, nseq, H, Hkv, D, scale, left, right,
+              bias, bias_h, bias_r};
     if (is_bf16) run<uint16_t>(a, nthreads, path);
     else run<float>(a, nthreads, PATH_FMA);
     return 0;

@@ -21,8 +21,9 @@ torch, so its OpenMP calls bind to torch's libgomp (one thread team, see pipelin
 
 Takes causal masks, windows and grouped-query K/V natively; head dims that are multiples of
 16 up to 256 in float32 or bfloat16 (AMX: multiples of 32 up to 128, others take the next
-path). Other head dims and dtypes go per call to SDPA, and a per-sequence bias (MPNet) to SDPA
-through the base class; each logged once.
+path). A score bias is read in place from one shared table (`meta.bias_table`, MPNet's relative
+positions). Other head dims and dtypes, and a bias given only per sequence, go per call to
+SDPA, logged once.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def load() -> tuple[ctypes.CDLL | None, str | None]:
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 7, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                    ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                   ctypes.c_int]
+                   ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     lib.dpbf16_speedup.restype = ctypes.c_double
     lib.bf16_paths.restype = ctypes.c_int
     return lib, None
@@ -148,7 +149,7 @@ def supported_head_dim(d: int) -> bool:
 class CpuVarlenAttention(AttentionBackend):
     name = "cpu_varlen"
     native_gqa = True
-    supports_bias = False
+    supports_bias = True  # as one shared table (meta.bias_table); a bias without one goes to SDPA
 
     def __init__(self, device, dtype):
         super().__init__(device, dtype)
@@ -174,8 +175,17 @@ class CpuVarlenAttention(AttentionBackend):
                 window: Window | None = None) -> torch.Tensor:
         D = q.shape[-1]
         if (q.dtype not in _DTYPES or not supported_head_dim(D) or k.dtype != q.dtype
-                or v.dtype != q.dtype or min(q.stride(-1), k.stride(-1), v.stride(-1)) != 1):
+                or v.dtype != q.dtype or min(q.stride(-1), k.stride(-1), v.stride(-1)) != 1
+                or (meta.bias is not None and meta.bias_table is None)):
             return self._per_sequence(q, k, v, meta, scale, window)
+        bias = meta.extra.get("cpu_varlen_bias")
+        if meta.bias_table is not None and (bias is None or bias[0] is not meta.bias_table):
+            table = meta.bias_table.to(torch.float32).contiguous()     # (H, L_max, L_max), once
+            if table.dim() != 3 or table.shape[0] != q.shape[1] or table.shape[1] < meta.max_seqlen:
+                raise ValueError(f"bias table {tuple(table.shape)} does not cover {q.shape[1]} heads "
+                                 f"x {meta.max_seqlen} positions")
+            bias = meta.extra["cpu_varlen_bias"] = (meta.bias_table, table)
+        table = bias[1] if meta.bias_table is not None else None
         if "cpu_varlen_order" not in meta.extra:
             self.prepare(meta)
         left, right = window if window is not None else (-1, -1)
@@ -188,7 +198,10 @@ class CpuVarlenAttention(AttentionBackend):
                       ctypes.addressof(strides), meta.extra["cpu_varlen_cu"].data_ptr(),
                       meta.extra["cpu_varlen_order"].data_ptr(), meta.num_seqs, q.shape[1],
                       k.shape[1], D, scale, left, right, torch.get_num_threads(),
-                      self._path(q.dtype, D))
+                      self._path(q.dtype, D),
+                      table.data_ptr() if table is not None else None,
+                      table.stride(0) if table is not None else 0,
+                      table.stride(1) if table is not None else 0)
         if rc:
             raise RuntimeError(f"cpu_varlen kernel refused H={q.shape[1]} Hkv={k.shape[1]} D={D}")
         return out
@@ -203,7 +216,9 @@ class CpuVarlenAttention(AttentionBackend):
         if self._sdpa is None:
             from .sdpa import SdpaAttention
             logger.warning("attention backend cpu_varlen takes head dims that are multiples of 16 "
-                           "up to 256 in float32/bfloat16 with contiguous heads; this model's "
-                           "calls (head dim %d, %s) run per-sequence SDPA", q.shape[-1], q.dtype)
+                           "up to 256 in float32/bfloat16 with contiguous heads, and a score bias "
+                           "only as one shared table (AttentionMetadata.bias_table); this model's "
+                           "calls (head dim %d, %s, bias %s) run per-sequence SDPA", q.shape[-1],
+                           q.dtype, "without a table" if meta.bias is not None else "none")
             self._sdpa = SdpaAttention(self.device, self.dtype)
         return self._sdpa.forward(q, k, v, meta, scale, window)

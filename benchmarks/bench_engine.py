@@ -29,7 +29,7 @@ from workers.model_folder import default_model_path
 def run_engine(texts, dtype: str, args, attention: str | None = None):
     engine = Engine(EngineConfig(dtype=dtype, max_length=args.max_length, num_threads=args.threads,
                                  max_num_batched_tokens=args.batch_tokens, attention_backend=attention))
-    engine.embed(texts[:64])
+    engine.embed(texts)  # warm: oneDNN compiles a kernel per new batch shape on first sight
     t = time.perf_counter()
     vectors = engine.embed(texts)
     return vectors, time.perf_counter() - t

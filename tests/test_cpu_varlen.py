@@ -145,3 +145,21 @@ def test_an_unwritable_cache_folder_builds_in_the_temp_folder(tmp_path):
     assert proc.stdout.strip() == "cpu_varlen", proc.stderr
     built = list((tmp_path / "prefill-embed-kernels").glob("cpu_varlen-*.so"))
     assert len(built) == 1 and f"built {built[0]}" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("window", [None, (6, 6)])
+@pytest.mark.parametrize("heads,dim", [(4, 32), (2, 64), (2, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_bias_table_is_read_in_place(window, heads, dim, dtype):
+    """A bias given as one (H, L_max, L_max) table (MPNet) runs in the kernel, on every path."""
+    lens = [5, 40, 1, 17, 33]
+    q, k, v, cu = _batch(lens, heads, heads, dim, dtype, seed=4)
+    g = torch.Generator().manual_seed(5)
+    table = torch.randn(heads, max(lens), max(lens), generator=g).to(dtype)
+    meta = _meta(lens, cu, False).with_bias(lambda i: table[:, :lens[i], :lens[i]], table=table)
+    ref = BACKENDS["naive"](CPU, dtype).forward(q, k, v, meta, window=window)
+    for path in _modes(dtype):
+        backend = CpuVarlenAttention(CPU, dtype)
+        backend.bf16_path = path
+        backend._per_sequence = None  # must not be needed
+        _check(backend.forward(q, k, v, meta, window=window), ref, dtype)

@@ -105,7 +105,7 @@ class MPNetEncoder(nn.Module):
     def forward(self, x, meta: AttentionMetadata, backend):
         table = self.position_bias(meta.max_seqlen)                        # (H, L_max, L_max)
         lens = meta.seqlens
-        meta = meta.with_bias(lambda i: table[:, :lens[i], :lens[i]])
+        meta = meta.with_bias(lambda i: table[:, :lens[i], :lens[i]], table=table)
         for layer in self.layer:
             x = layer(x, meta, backend)
         return x
