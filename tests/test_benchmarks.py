@@ -179,3 +179,14 @@ def test_bench_pipeline_prints_rounds_and_notebook_calls(tmp_path):
     assert "ray::EmbedWorker" in out  # the actor's CPU is accounted under its Ray title
     notebook = [line for line in out.splitlines() if line.startswith("| first call")]
     assert len(notebook) == 1 and len(notebook[0].split("|")) == 5  # in process and Ray columns
+
+
+def test_bench_attention_prints_every_path():
+    from attention.cpu_varlen import bf16_paths, load
+    if load()[1]:
+        pytest.skip(f"cpu_varlen not built: {load()[1]}")
+    out = _run("bench_attention.py", "--tokens", "300", "--repeats", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| MiniLM 12x32")]
+    systems = {line.split(" | ")[2] for line in rows}
+    assert systems == {"sdpa", "cpu_varlen/fma"} | {f"cpu_varlen/{p}" for p in bf16_paths()}
+    assert all(float(line.split(" | ")[-1].rstrip(" |")) < 0.05 for line in rows)
