@@ -192,6 +192,12 @@ class CpuVarlenAttention(AttentionBackend):
         if meta.causal:
             right = 0
         out = torch.empty(q.shape, dtype=q.dtype)
+        with torch.profiler.record_function("cpu_varlen_attention"):  # named in profiler traces
+            self._call(q, k, v, out, meta, scale, left, right, table)
+        return out
+
+    def _call(self, q, k, v, out, meta, scale, left, right, table) -> None:
+        D = q.shape[-1]
         strides = (ctypes.c_int64 * 8)(q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                                        v.stride(0), v.stride(1), out.stride(0), out.stride(1))
         rc = self._fn(_DTYPES[q.dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
@@ -204,7 +210,6 @@ class CpuVarlenAttention(AttentionBackend):
                       table.stride(1) if table is not None else 0)
         if rc:
             raise RuntimeError(f"cpu_varlen kernel refused H={q.shape[1]} Hkv={k.shape[1]} D={D}")
-        return out
 
     def _path(self, dtype: torch.dtype, head_dim: int) -> int:
         path = self.bf16_path if dtype == torch.bfloat16 else "fma"
