@@ -115,6 +115,24 @@ struct Args {
 
 static const int RF = 8;  // query rows per register block in the fp32 path
 
+// Keys [lo, hi) query row i of an L-token sequence may see (window; causal is right = 0).
+static inline void row_keys(const Args& a, int i, int L, int* lo, int* hi) {
+    *lo = a.left >= 0 && i - a.left > 0 ? i - a.left : 0;
+    *hi = a.right >= 0 && i + a.right + 1 < L ? i + a.right + 1 : L;
+}
+
+// Keys [jlo, jhi) any of rows [i0, i0 + nr) may see, and that range widened to multiples of
+// `align` as [c0, c1) (c1 <= the padded length, a multiple of 32).
+static inline void block_keys(const Args& a, int i0, int nr, int L, int align, int* jhi, int* c0,
+                              int* c1) {
+    int lo, hi, unused;
+    row_keys(a, i0, L, &lo, &unused);
+    row_keys(a, i0 + nr - 1, L, &unused, &hi);
+    *jhi = hi;
+    *c0 = lo & ~(align - 1);
+    *c1 = (hi + align - 1) & ~(align - 1);
+}
+
 // S[r][j..j+16*NC) = sum_d Q[r][d] * kT[d][j..], for the RF rows of a block.
 template <int NC>
 static inline void qk_block(const float* Q, const float* kT, int Lp, int D, int j, float* S) {
@@ -196,11 +214,8 @@ static void attend_item(const Args& a, int s, int g, float* kT, float* V, float*
                 const T* qr = q + (int64_t)(start + i0 + r) * a.qs_t + (int64_t)h * a.qs_h;
                 for (int d = 0; d < D; d++) Q[r * D + d] = r < nr ? load_f(qr + d) * a.scale : 0.0f;
             }
-            // Key range any row of the block may see, in whole 16-key chunks.
-            int jlo = 0, jhi = L;
-            if (a.left >= 0) { jlo = i0 - a.left; if (jlo < 0) jlo = 0; }
-            if (a.right >= 0) { jhi = i0 + nr - 1 + a.right + 1; if (jhi > L) jhi = L; }
-            const int c0 = jlo & ~15, c1 = (jhi + 15) & ~15;
+            int jhi, c0, c1;  // keys any row of the block may see, in whole 16-key chunks
+            block_keys(a, i0, nr, L, 16, &jhi, &c0, &c1);
             // Scores: S[r][j] = sum_d Q[r][d] * kT[d][j], two 16-key chunks at a time.
             int j = c0;
             for (; j + 32 <= c1; j += 32) qk_block<2>(Q, kT, Lp, D, j, S);
@@ -209,13 +224,11 @@ static void attend_item(const Args& a, int s, int g, float* kT, float* V, float*
             float inv[RF];
             for (int r = 0; r < RF; r++) {
                 float* Sr = S + (int64_t)r * Lp;
-                const int i = i0 + r;
-                int lo = 0, hi = L;
-                if (a.left >= 0 && i - a.left > lo) lo = i - a.left;
-                if (a.right >= 0 && i + a.right + 1 < hi) hi = i + a.right + 1;
+                int lo, hi;
+                row_keys(a, i0 + r, L, &lo, &hi);
                 if (r >= nr) { lo = c0; hi = c0; }
                 if (a.bias) {
-                    const float* b = a.bias + (int64_t)h * a.bias_h + (int64_t)i * a.bias_r;
+                    const float* b = a.bias + (int64_t)h * a.bias_h + (int64_t)(i0 + r) * a.bias_r;
                     for (int jj = lo; jj < hi; jj++) Sr[jj] += b[jj];
                 }
                 for (int jj = c0; jj < lo; jj++) Sr[jj] = -__builtin_inff();
@@ -386,18 +399,14 @@ static void softmax_rows(float* S, int Lp, int rows, int nr, int i0, int L, int 
     for (int r = 0; r < rows; r++) {
         float* Sr = S + (int64_t)r * Lp;
         if (a.bias && r < nr) {  // scores to base-2 exponents here, bias included
-            const int i = i0 + r;
-            int lo = 0, hi = L;
-            if (a.left >= 0 && i - a.left > lo) lo = i - a.left;
-            if (a.right >= 0 && i + a.right + 1 < hi) hi = i + a.right + 1;
-            const float* b = a.bias + (int64_t)h * a.bias_h + (int64_t)i * a.bias_r;
+            int lo, hi;
+            row_keys(a, i0 + r, L, &lo, &hi);
+            const float* b = a.bias + (int64_t)h * a.bias_h + (int64_t)(i0 + r) * a.bias_r;
             for (int jj = lo; jj < hi; jj++) Sr[jj] = (Sr[jj] * a.scale + b[jj]) * log2e;
         }
         if (banded || r >= nr) {
-            const int i = i0 + r;
-            int lo = 0, hi = L;
-            if (a.left >= 0 && i - a.left > lo) lo = i - a.left;
-            if (a.right >= 0 && i + a.right + 1 < hi) hi = i + a.right + 1;
+            int lo, hi;
+            row_keys(a, i0 + r, L, &lo, &hi);
             if (r >= nr) { lo = c0; hi = c0; }
             for (int jj = c0; jj < lo; jj++) Sr[jj] = -__builtin_inff();
             for (int jj = hi > lo ? hi : lo; jj < c1; jj++) Sr[jj] = -__builtin_inff();
@@ -453,10 +462,8 @@ static void attend_item_dp(const Args& a, int s, int g, uint32_t* kP, uint32_t* 
                 if (r < nr) memcpy(Q2 + r * D2, qr, (size_t)D * 2);
                 else memset(Q2 + r * D2, 0, (size_t)D * 2);
             }
-            int jlo = 0, jhi = L;
-            if (a.left >= 0) { jlo = i0 - a.left; if (jlo < 0) jlo = 0; }
-            if (a.right >= 0) { jhi = i0 + nr - 1 + a.right + 1; if (jhi > L) jhi = L; }
-            const int c0 = jlo & ~31, c1 = (jhi + 31) & ~31;
+            int jhi, c0, c1;
+            block_keys(a, i0, nr, L, 32, &jhi, &c0, &c1);
             for (int j = c0; j < c1; j += 32) {
                 __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
                 for (int dp = 0; dp < D2; dp++) {
@@ -589,10 +596,8 @@ static void attend_item_amx(const Args& a, int s, int g, uint32_t* kP, uint32_t*
     for (int h = g * rep; h < (g + 1) * rep; h++) {
         for (int i0 = 0; i0 < L; i0 += RA) {
             const int nr = L - i0 < RA ? L - i0 : RA;
-            int jlo = 0, jhi = L;
-            if (a.left >= 0) { jlo = i0 - a.left; if (jlo < 0) jlo = 0; }
-            if (a.right >= 0) { jhi = i0 + nr - 1 + a.right + 1; if (jhi > L) jhi = L; }
-            const int c0 = jlo & ~31, c1 = (jhi + 31) & ~31;
+            int jhi, c0, c1;
+            block_keys(a, i0, nr, L, 32, &jhi, &c0, &c1);
             // Q rows straight from the input when all 16 exist, else a zero-padded copy.
             const uint16_t* Qb = q + (int64_t)(start + i0) * a.qs_t + (int64_t)h * a.qs_h;
             int64_t qstride = a.qs_t * 2;
