@@ -3,6 +3,7 @@
 Every bf16 path is checked where this CPU has it (fp32 FMAs always; vdpbf16ps dot products
 with AVX512-BF16; AMX tiles with AMX), whichever one the process would pick.
 """
+import json
 import os
 import subprocess
 import sys
@@ -113,11 +114,17 @@ def test_other_head_dims_and_a_bias_go_to_sdpa_once_with_the_reason(caplog):
 
 
 def test_one_openmp_runtime_in_the_process():
-    """The kernel's OpenMP calls bind to torch's libgomp: one thread team, not two."""
-    maps = Path("/proc/self/maps").read_text().splitlines()
-    gomp = {line.split()[-1] for line in maps if "libgomp" in line}
-    assert len(gomp) == 1, gomp
-    assert Path(next(iter(gomp))).parent == Path(torch.__file__).parent / "lib", gomp
+    """The kernel's OpenMP calls bind to torch's libgomp: one thread team, not two. In a fresh
+    process (other libraries, e.g. faiss, bring their own libgomp into a long test session)."""
+    code = ("import torch; from attention.cpu_varlen import load; assert load()[1] is None;"
+            "import json; from pathlib import Path;"
+            "print(json.dumps(sorted({l.split()[-1] for l in Path('/proc/self/maps').read_text()"
+            ".splitlines() if 'libgomp' in l})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    gomp = json.loads(proc.stdout)
+    assert len(gomp) == 1 and Path(gomp[0]).parent == Path(torch.__file__).parent / "lib", gomp
 
 
 def test_without_a_compiler_the_selector_says_why_and_uses_sdpa(tmp_path):
