@@ -8,7 +8,8 @@ item and shared by every query head of a group, softmax in fp32, output rounded 
 Three paths, one per kind of CPU, all tested against the naive reference where they run:
 - bf16 with AMX (Sapphire Rapids and later): 16 query rows per block, Q.K^T and P.V as tile
   dot products, probabilities rounded to bf16 for P.V as torch's bf16 attention does;
-- bf16 with AVX512-BF16 where vdpbf16ps outruns fp32 FMAs (measured once per process; AMD Zen 4):
+- bf16 with AVX512-BF16 where vdpbf16ps outruns fp32 FMAs (measured once per process; expected on
+  AMD Zen 4, not on the Xeon this was written on):
   the same layouts with vector dot products, 4 rows per block;
 - fp32 FMAs (fp32 inputs always; bf16 converted once elsewhere): 8 rows per block.
 
@@ -128,18 +129,26 @@ def bf16_paths() -> list[str]:
 
 
 @functools.cache
+def dpbf16_wins() -> bool:
+    """Whether vdpbf16ps beats fp32 FMAs by 1.3x in multiply-adds per second here, measured once
+    per process (~10 ms). The Xeon this was written on runs it at half the FMA instruction rate,
+    i.e. the same multiply-add rate, where the vdpbf16ps path was slower than FMAs; AMD Zen 4 is
+    documented to run it at full rate (not measured here)."""
+    if "dpbf16" not in bf16_paths():
+        return False
+    speedup = load()[0].dpbf16_speedup()
+    logger.info("cpu_varlen: vdpbf16ps/FMA multiply-add rate %.2f", speedup)
+    return speedup >= 1.3
+
+
+@functools.cache
 def bf16_path() -> str:
     """The path bf16 inputs take, chosen once per process: AMX tiles where the CPU has them
-    (head dims that are multiples of 32 up to 128; others go to the next path), else vdpbf16ps
-    where it beats fp32 FMAs by 1.3x in multiply-adds per second (measured here: AMD Zen 4 runs
-    it at full rate, the Sapphire Rapids-class Xeon this was written on at half rate, where that
-    path was 1.4x slower than FMAs), else fp32 FMAs on bf16 converted once."""
-    paths = bf16_paths()
-    if "amx" in paths:
+    (head dims that are multiples of 32 up to 128; others take the next path), else vdpbf16ps
+    where it wins (`dpbf16_wins`), else fp32 FMAs on bf16 converted once per work item."""
+    if "amx" in bf16_paths():
         return "amx"
-    speedup = load()[0].dpbf16_speedup() if "dpbf16" in paths else 0.0
-    logger.info("cpu_varlen: vdpbf16ps/FMA multiply-add rate %.2f", speedup)
-    return "dpbf16" if speedup >= 1.3 else "fma"
+    return "dpbf16" if dpbf16_wins() else "fma"
 
 
 def supported_head_dim(d: int) -> bool:
@@ -214,7 +223,7 @@ class CpuVarlenAttention(AttentionBackend):
     def _path(self, dtype: torch.dtype, head_dim: int) -> int:
         path = self.bf16_path if dtype == torch.bfloat16 else "fma"
         if path == "amx" and (head_dim % 32 or head_dim > 128):
-            path = "dpbf16" if "dpbf16" in bf16_paths() and load()[0].dpbf16_speedup() >= 1.3 else "fma"
+            path = "dpbf16" if dpbf16_wins() else "fma"
         return PATHS[path]
 
     def _per_sequence(self, q, k, v, meta, scale, window):
