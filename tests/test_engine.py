@@ -153,7 +153,7 @@ def test_fingerprint_names_what_determines_the_vectors(fp32):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"dtype": "float64"}, "dtype='float64' is not supported"),
-    ({"pooling": "max"}, "pooling='max'"),
+    ({"pooling": "maxx"}, "pooling='maxx'"), ({"pooling": "mean+"}, "pooling=''"),
     ({"max_length": 0}, "max_length=0 must be a positive integer"),
     ({"max_length": 512, "max_num_batched_tokens": 256}, "exceeds max_num_batched_tokens"),
     ({"device": "tpu"}, "device='tpu'"),
@@ -166,7 +166,7 @@ def test_config_rejects_bad_values(kwargs, match):
 def test_max_length_beyond_positions_and_dims_beyond_hidden():
     with pytest.raises(ValueError, match="max_length=1000 exceeds"):
         Engine(EngineConfig(max_length=1000))
-    with pytest.raises(ValueError, match="dimensions=500 exceeds the model's hidden size 384"):
+    with pytest.raises(ValueError, match="dimensions=500 exceeds the model's output width 384"):
         Engine(EngineConfig(dimensions=500))
 
 

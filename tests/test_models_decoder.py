@@ -232,7 +232,7 @@ def test_missing_gqa_shard_is_named(tmp_path):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"prompt": "q: ", "prompt_name": "query"}, "both given"),
-    ({"skip_instruction": True, "pooling": "last"}, "only changes mean pooling"),
+    ({"skip_instruction": True, "pooling": "last"}, "reads the last token only"),
     ({"enable_bidirectional": "yes"}, "enable_bidirectional='yes' must be True, False or None"),
 ])
 def test_config_rejects_bad_prompt_options(kwargs, match):
@@ -242,7 +242,7 @@ def test_config_rejects_bad_prompt_options(kwargs, match):
 
 def test_resolution_errors_name_the_fix(tmp_path):
     make_tiny_decoder(tmp_path, "LlamaModel")
-    with pytest.raises(ValueError, match="skip_instruction=True only changes mean pooling.*'last'"):
+    with pytest.raises(ValueError, match="skip_instruction=True changes which tokens.*'last'"):
         _engine(tmp_path, skip_instruction=True)
     with pytest.raises(ValueError, match="leaving no room under max_length=8"):
         _engine(tmp_path, prompt="a rather long instruction " * 3, max_length=8)

@@ -79,7 +79,8 @@ def test_chunked_mlm_head_gives_the_same_vectors(splade):
     chunked = engine.embed_sparse(TEXTS)
     for (a, av), (b, bv) in zip(whole, chunked):
         np.testing.assert_array_equal(a, b)
-        np.testing.assert_allclose(av, bv, atol=1e-6, rtol=0)
+        # sum pooling adds the chunks' rows in another order: float32 rounding (~2e-7 relative)
+        np.testing.assert_allclose(av, bv, atol=1e-6, rtol=1e-6)
 
 
 def test_a_text_alone_equals_it_in_a_packed_batch(splade):

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-POOLINGS = ("cls", "mean", "last")
+# Pooler names (workers/pooling.py); "a+b" concatenates (sentence-transformers' multi-mode Pooling).
+POOLINGS = ("cls", "mean", "last", "max", "mean_sqrt_len_tokens", "weightedmean")
 EXECUTE_LOOPS = ("simple", "double_buffer")
 TRUNCATIONS = ("truncate", "error", "chunk")
 TASKS = ("embed", "score", "classify", "tokens", "sparse", "bge-m3")
@@ -56,7 +57,9 @@ class EngineConfig:
         max_num_seqs: most sequences in one batch (None: 256).
         max_length: tokens per text including special tokens (None: the model folder's
             max_seq_length, else its max_position_embeddings).
-        pooling: "cls" | "mean" | "last" (None: the sentence-transformers config, else "cls").
+        pooling: "cls" | "mean" | "last" | "max" | "mean_sqrt_len_tokens" | "weightedmean", or
+            several joined by "+" (their vectors concatenated, as sentence-transformers does for a
+            multi-mode Pooling). None: the folder's sentence-transformers Pooling, else "cls".
         normalize: L2-normalize outputs (None: True when the folder declares a Normalize module).
         dimensions: Matryoshka truncation of the output (then renormalized if normalizing).
         truncation: for texts over max_length: "truncate" (default; counted in stats), "error",
@@ -74,8 +77,10 @@ class EngineConfig:
         prompt_name: a key of `prompts` in the folder's config_sentence_transformers.json
             (e.g. "query", "document"); exclusive with `prompt`.
         skip_instruction: leave the prompt (and leading special tokens such as BOS/CLS) out of
-            mean pooling, as LLM2Vec does. None: the folder's setting (sentence-transformers
-            `include_prompt: false`, or llm2vec_config.json), else False. Mean pooling only.
+            pooling, as LLM2Vec and sentence-transformers' `include_prompt: false` do (cls then
+            reads the first token after the prompt; last-token pooling is unchanged, so it is
+            refused with it). None: the folder's setting (sentence-transformers
+            `include_prompt: false`, any mode; llm2vec_config.json, mean only), else False.
         enable_bidirectional: decoders only. None: read the folder (`is_causal: false` in
             config.json, or an llm2vec_config.json, means bidirectional), else causal;
             True/False overrides.
@@ -139,7 +144,11 @@ class EngineConfig:
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r} is not one of {DEVICES} or 'cuda:N'")
         if self.pooling is not None:
-            _choice("pooling", self.pooling, POOLINGS)
+            if not isinstance(self.pooling, str) or not self.pooling.split("+")[0]:
+                raise ValueError(f"pooling={self.pooling!r} must be one of {list(POOLINGS)} "
+                                 "(or several joined by '+', concatenated)")
+            for mode in self.pooling.split("+"):
+                _choice("pooling", mode, POOLINGS)
         _choice("truncation", self.truncation, TRUNCATIONS)
         _choice("execute_loop", self.execute_loop, EXECUTE_LOOPS)
         if self.chunk_overlap is not None and (not isinstance(self.chunk_overlap, int)
@@ -202,9 +211,10 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} must be True, False or None")
-        if self.skip_instruction and self.pooling not in (None, "mean"):
-            raise ValueError(f"skip_instruction=True only changes mean pooling, but pooling="
-                             f"{self.pooling!r}; use pooling='mean' or drop skip_instruction")
+        if self.skip_instruction and self.pooling == "last":
+            raise ValueError(f"skip_instruction=True changes which tokens are pooled, but pooling="
+                             f"{self.pooling!r} reads the last token only; use another pooling or "
+                             "drop skip_instruction")
 
 
 def _choice(name: str, value, allowed) -> None:

@@ -332,6 +332,6 @@ def _workflow(config: EngineConfig, folder: ModelFolder) -> Workflow:
 
 def _width(workflow: Workflow, folder: ModelFolder, r: Resolved) -> int:
     """Columns of one output row: vector dims, 1 score, or one logit per label."""
-    if workflow.output == "vector":
-        return r.dimensions or folder.hf_config.hidden_size
+    if workflow.output == "vector":  # no Dense (else the head's width): pooled modes x hidden
+        return r.dimensions or folder.hf_config.hidden_size * len(r.pooling.split("+"))
     return 1 if workflow.output == "score" else folder.hf_config.num_labels

@@ -1,6 +1,8 @@
-"""A local model folder, read once: HF config, tokenizer files, safetensors weights, and the
-sentence-transformers defaults (pooling, normalize, max length, prompts) or LLM2Vec's
-`llm2vec_config.json` (pooling, max length, skip_instruction; bidirectional) when present.
+"""A local model folder, read once: HF config, tokenizer files, safetensors weights, the
+sentence-transformers layout (`st_layout.py`: kind, pooling, Dense, Normalize, max length,
+prompts; anything it does not implement is refused there) or LLM2Vec's `llm2vec_config.json`
+(pooling, max length, skip_instruction; bidirectional) when present, and the tokenizer's
+`model_max_length`.
 
 Nothing here downloads anything or runs code from the folder.
 """
@@ -8,18 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from tokenizers import Tokenizer
 from transformers import AutoConfig, PretrainedConfig
+
+from .st_layout import Layout, UnsupportedLayoutError, read_layout
 
 # Heads' own files beside the checkpoint (bge-m3), never part of the model's weights.
 SIDE_WEIGHTS = ("colbert_linear", "sparse_linear")
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.ckpt")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
                     "sentencepiece.bpe.model")
-_ST_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
-                    "pooling_mode_lasttoken": "last"}
+# transformers' "no limit" model_max_length is int(1e30); anything this large says nothing.
+_NO_LIMIT = 10**9
 
 
 @dataclass(frozen=True)
@@ -27,16 +32,9 @@ class ModelFolder:
     path: Path
     hf_config: PretrainedConfig
     weights: tuple[Path, ...]
-    st_pooling: str | None          # from 1_Pooling/config.json (may name an unsupported mode)
-    st_normalize: bool              # modules.json names a Normalize module
-    st_max_length: int | None       # sentence_bert_config.json max_seq_length
-    st_prompts: dict[str, str] = field(default_factory=dict)  # config_sentence_transformers.json
-    st_default_prompt_name: str | None = None
-    st_include_prompt: bool = True  # 1_Pooling include_prompt (False: skip the prompt in pooling)
+    st: Layout = Layout()           # the sentence-transformers layout (a plain folder: defaults)
     llm2vec: dict | None = None     # llm2vec_config.json, when the folder is an LLM2Vec model
-    # sentence-transformers Dense modules after pooling, in order: {path, in_features,
-    # out_features, bias, activation}; their weights are in `weights` (see loader.py)
-    st_dense: tuple[dict, ...] = ()
+    tokenizer_max_length: int | None = None   # tokenizer_config.json model_max_length, if a real one
     allow_pickle: bool = False      # the caller trusts this folder's pickle files
 
     def side_weights(self, safetensors: Path, pickle: Path) -> Path:
@@ -56,6 +54,35 @@ class ModelFolder:
                 "or pass allow_pickle=True if you trust the folder (it is then read with "
                 "torch.load(weights_only=True))")
         return pickle
+
+    # The layout's values under the names the resolver and the heads read.
+    @property
+    def st_pooling(self) -> str | None:
+        return self.st.pooling.name if self.st.pooling else None
+
+    @property
+    def st_include_prompt(self) -> bool:
+        return self.st.pooling.include_prompt if self.st.pooling else True
+
+    @property
+    def st_normalize(self) -> bool:
+        return self.st.normalize
+
+    @property
+    def st_dense(self) -> tuple[dict, ...]:
+        return self.st.dense
+
+    @property
+    def st_max_length(self) -> int | None:
+        return self.st.transformer.max_seq_length
+
+    @property
+    def st_prompts(self) -> dict[str, str]:
+        return self.st.prompts
+
+    @property
+    def st_default_prompt_name(self) -> str | None:
+        return self.st.default_prompt_name
 
     @property
     def declared_bidirectional(self) -> bool | None:
@@ -133,26 +160,29 @@ def open_model_folder(model: str | None, allow_pickle: bool = False) -> ModelFol
                 "(they are then read with torch.load(weights_only=True))")
         weights = pickles
     hf_config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    dense = _dense_modules(path)
-    weights = weights + tuple(_dense_weights(path, d, allow_pickle) for d in dense)
-    return ModelFolder(path, hf_config, weights, **_sentence_transformers_defaults(path),
-                       **_llm2vec_defaults(path), st_dense=dense, allow_pickle=allow_pickle)
+    layout = read_layout(path)
+    if layout.transformer.lowercase and not _tokenizer_lowercases(path):
+        raise UnsupportedLayoutError(
+            f"{path}: the sentence-transformers config sets do_lower_case, but the tokenizer does not "
+            "lowercase; this engine tokenizes with the folder's tokenizer as it is, so it refuses the "
+            "folder (add a Lowercase normalizer to tokenizer.json to serve it)")
+    weights = weights + tuple(_dense_weights(path, d, allow_pickle) for d in layout.dense)
+    return ModelFolder(path, hf_config, weights, st=layout, **_llm2vec_defaults(path),
+                       tokenizer_max_length=_tokenizer_max_length(path), allow_pickle=allow_pickle)
 
 
-def _dense_modules(path: Path) -> tuple[dict, ...]:
-    """The Dense modules modules.json names (EmbeddingGemma: 2_Dense 768->3072, 3_Dense 3072->768)."""
-    out = []
-    for module in _read_json(path / "modules.json") or []:
-        if not module.get("type", "").endswith("models.Dense"):
-            continue
-        cfg = _read_json(path / module.get("path", "") / "config.json")
-        if not isinstance(cfg, dict):
-            raise FileNotFoundError(f"modules.json of {str(path)!r} names a Dense module in "
-                                    f"{module.get('path')!r}, which has no config.json")
-        out.append(dict(path=module["path"], in_features=cfg["in_features"],
-                        out_features=cfg["out_features"], bias=cfg.get("bias", True),
-                        activation=cfg.get("activation_function", "torch.nn.modules.activation.Tanh")))
-    return tuple(out)
+def _tokenizer_max_length(path: Path) -> int | None:
+    cfg = _read_json(path / "tokenizer_config.json")
+    length = cfg.get("model_max_length") if isinstance(cfg, dict) else None
+    return int(length) if isinstance(length, (int, float)) and 0 < length < _NO_LIMIT else None
+
+
+def _tokenizer_lowercases(path: Path) -> bool:
+    """Whether the folder's tokenizer.json already lowercases (then do_lower_case changes nothing)."""
+    if not (path / "tokenizer.json").is_file():
+        return False
+    normalizer = Tokenizer.from_file(str(path / "tokenizer.json")).normalizer
+    return normalizer is not None and normalizer.normalize_str("AbC") == "abc"
 
 
 def _dense_weights(path: Path, dense: dict, allow_pickle: bool) -> Path:
@@ -178,29 +208,6 @@ def _pickle_weights(path: Path) -> tuple[Path, ...]:
 
 def _read_json(path: Path) -> dict | list | None:
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _sentence_transformers_defaults(path: Path) -> dict:
-    modules = _read_json(path / "modules.json") or []
-    pooling, normalize, include_prompt = None, False, True
-    for module in modules:
-        kind = module.get("type", "")
-        if kind.endswith("models.Normalize"):
-            normalize = True
-        elif kind.endswith("models.Pooling"):
-            cfg = _read_json(path / module.get("path", "") / "config.json") or {}
-            modes = [_ST_POOLING_KEYS.get(k, k.removeprefix("pooling_mode_"))
-                     for k, v in cfg.items() if k.startswith("pooling_mode") and v is True]
-            # Anything but exactly one supported mode is left for the engine to reject, so that
-            # an explicit `pooling=` can still override it.
-            pooling = "+".join(modes) if modes else None
-            include_prompt = cfg.get("include_prompt", True)
-    st_cfg = _read_json(path / "sentence_bert_config.json") or {}
-    prompts_cfg = _read_json(path / "config_sentence_transformers.json") or {}
-    return dict(st_pooling=pooling, st_normalize=normalize, st_max_length=st_cfg.get("max_seq_length"),
-                st_prompts=dict(prompts_cfg.get("prompts") or {}),
-                st_default_prompt_name=prompts_cfg.get("default_prompt_name"),
-                st_include_prompt=bool(include_prompt))
 
 
 # LLM2Vec pooling_mode -> ours (names we lack pass through for the engine to reject)

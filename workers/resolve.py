@@ -37,7 +37,7 @@ def resolve(config: EngineConfig, folder: ModelFolder, model_limit: int, workflo
             device, dtype) -> Resolved:
     limit = model_limit
     llm2vec = folder.llm2vec or {}
-    max_length = config.max_length or min(folder.st_max_length or llm2vec.get("max_length") or limit, limit)
+    max_length = config.max_length or default_max_length(folder, limit)
     if max_length > limit:
         raise ValueError(f"max_length={max_length} exceeds what {folder.architecture} at "
                          f"{folder.path} supports ({limit} positions); lower max_length")
@@ -53,16 +53,26 @@ def resolve(config: EngineConfig, folder: ModelFolder, model_limit: int, workflo
                         prompt=_task_prompt(config, workflow),
                         activation=_activation(config, folder, workflow), **common)
     pooling = config.pooling or folder.st_pooling or llm2vec.get("pooling") or workflow.default_pooling
-    if pooling not in POOLERS:
+    if any(mode not in POOLERS for mode in pooling.split("+")):
         raise ValueError(f"{folder.path} asks for pooling {pooling!r}, which is not supported; "
                          f"pass pooling= one of {sorted(POOLERS)}")
     normalize = folder.st_normalize if config.normalize is None else config.normalize
-    hidden = folder.hf_config.hidden_size
-    if config.dimensions is not None and config.dimensions > hidden:
-        raise ValueError(f"dimensions={config.dimensions} exceeds the model's hidden size {hidden}")
+    width = folder.st_dense[-1]["out_features"] if folder.st_dense \
+        else folder.hf_config.hidden_size * len(pooling.split("+"))
+    if config.dimensions is not None and config.dimensions > width:
+        raise ValueError(f"dimensions={config.dimensions} exceeds the model's output width {width}")
     return Resolved(pooling=pooling, normalize=normalize, dimensions=config.dimensions,
                     prompt=_prompt(config, folder),
                     skip_instruction=_skip_instruction(config, folder, pooling), **common)
+
+
+def default_max_length(folder: ModelFolder, limit: int) -> int:
+    """Tokens per text when the user sets none, with sentence-transformers' precedence: the
+    Transformer module's own length (an old `max_seq_length`, or its processor kwargs), else
+    LLM2Vec's, else the tokenizer's `model_max_length`; each capped by the model's positions."""
+    llm2vec = folder.llm2vec or {}
+    return min(folder.st_max_length or llm2vec.get("max_length") or folder.tokenizer_max_length
+               or limit, limit)
 
 
 def _task_prompt(config: EngineConfig, workflow: Workflow) -> str:
@@ -102,11 +112,14 @@ def _prompt(config: EngineConfig, folder: ModelFolder) -> str:
 
 
 def _skip_instruction(config: EngineConfig, folder: ModelFolder, pooling: str) -> bool:
-    """config.skip_instruction, else the folder's (ST include_prompt=false, LLM2Vec), mean only."""
+    """config.skip_instruction, else the folder's: sentence-transformers `include_prompt: false`
+    (every pooling mode but last-token leaves the prompt out), LLM2Vec's (mean pooling only)."""
     if config.skip_instruction is not None:
-        if config.skip_instruction and pooling != "mean":
-            raise ValueError(f"skip_instruction=True only changes mean pooling, but pooling resolved "
-                             f"to {pooling!r}; pass pooling='mean' or drop skip_instruction")
+        if config.skip_instruction and pooling == "last":
+            raise ValueError(f"skip_instruction=True changes which tokens are pooled, but pooling "
+                             f"resolved to {pooling!r}, which reads the last token only; pass another "
+                             "pooling or drop skip_instruction")
         return config.skip_instruction
-    from_folder = (not folder.st_include_prompt) or bool((folder.llm2vec or {}).get("skip_instruction"))
-    return from_folder and pooling == "mean"
+    if not folder.st_include_prompt:  # sentence-transformers Pooling(include_prompt=False): any mode
+        return pooling != "last"
+    return bool((folder.llm2vec or {}).get("skip_instruction")) and pooling == "mean"

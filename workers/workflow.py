@@ -51,7 +51,7 @@ RAGGED_OUTPUTS = ("tokens", "sparse", "bge_m3")
 def dense_pooler(folder, resolved, processor) -> Pooler | DensePooler:
     if folder.st_dense:  # sentence-transformers Dense modules after pooling (EmbeddingGemma)
         return DensePooler(resolved.pooling, resolved.normalize, resolved.dimensions,
-                           folder.st_dense, folder.hf_config.hidden_size)
+                           folder.st.post, folder.hf_config.hidden_size)
     return Pooler(resolved.pooling, resolved.normalize, resolved.dimensions)
 
 
