@@ -78,9 +78,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input", help="Parquet file, folder or glob (local or s3://, gs://...), "
                                    "or a datasets save_to_disk folder")
     p.add_argument("--output", help="output folder for the parts and _manifest.json; rerun to resume")
-    p.add_argument("--task", default="embed",
+    p.add_argument("--task", default=None,
                    choices=["embed", "score", "classify", "tokens", "sparse", "bge-m3"],
-                   help="embed: vectors (default); score: a cross-encoder's (or Qwen3 reranker's) "
+                   help="default: what the --model folder is (a sentence-transformers "
+                        "CrossEncoder: score, or classify for several labels; SparseEncoder: "
+                        "sparse; MultiVectorEncoder: tokens; else embed). embed: vectors; score: a cross-encoder's (or Qwen3 reranker's) "
                         "relevance of each (--text-column, --pair-column) pair; classify: a "
                         "sequence classifier's logits and label; tokens: one vector per token "
                         "(a ColBERT / multi-vector folder's, else last hidden states; document "
@@ -153,8 +155,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.demo and not (args.input and args.output):
         p.error("--input and --output are required (or pass --demo)")
+    derived = args.task is None
+    if derived:  # the folder's kind decides; an unreadable folder is reported later
+        from pipeline.validate import default_task
+        args.task = "embed" if args.demo else default_task(args.model, bool(args.allow_pickle))
     if args.task == "score" and not args.pair_column and not args.demo:
-        p.error("--task score needs --pair-column (the passages; --text-column is the query)")
+        p.error(("the --model folder is a cross-encoder, so the task is score: it " if derived else
+                 "--task score ") + "needs --pair-column (the passages; --text-column is the query)")
     if args.pair_column and args.task != "score":
         p.error(f"--pair-column is for --task score; --task {args.task} reads --text-column only")
     if args.demo and args.task != "embed":

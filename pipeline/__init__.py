@@ -40,6 +40,7 @@ from .quantize import QUANT_KEY
 from .redact import redact, redact_error
 from .quantize import decode as _decode
 from .tasks import TASKS
+from .validate import default_task
 from .model_sync import model_spec
 from .warm import shutdown
 from .writer import embedding_array, ragged_rows, to_numpy
@@ -135,12 +136,14 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
     if unknown:
         raise InputError(f"unknown option(s) {sorted(unknown)}; pipeline options are "
                          f"{sorted(pipe_names)}, engine options are {sorted(engine_names)}")
+    if "task" not in options:  # the model folder's kind decides (a CrossEncoder folder scores)
+        options["task"] = default_task(None if model is None else os.fspath(model),
+                                       bool(options.get("allow_pickle")))
     config = PipelineConfig(text_column=text_column, id_column=id_column, num_workers=num_workers,
                             address=address,
                             **{k: v for k, v in options.items() if k in pipe_names})
     engine_options = {k: v for k, v in options.items() if k in engine_names and k not in pipe_names}
-    if config.task != "embed":  # the engine serves the same task (PipelineConfig owns the name)
-        engine_options["task"] = config.task
+    engine_options["task"] = config.task  # the engine serves the same task (PipelineConfig owns the name)
     if model is not None:
         engine_options["model"] = os.fspath(model)
     try:

@@ -54,6 +54,7 @@ def _row_shape(engine_options: dict) -> tuple[int, int, int]:
     """(max_length, token vector width, hidden size) of the folder as the engine will run it."""
     from workers.model_folder import open_model_folder
     from workers.multi_vector_folder import read_multi_vector_layout
+    from workers.resolve import default_max_length
     model = engine_options.get("model")
     if model and not os.path.exists(os.path.expanduser(model)):
         length = engine_options.get("max_length") or FALLBACK_LENGTH
@@ -61,7 +62,7 @@ def _row_shape(engine_options: dict) -> tuple[int, int, int]:
     folder = open_model_folder(model, allow_pickle=bool(engine_options.get("allow_pickle")))
     cfg = folder.hf_config
     limit = getattr(cfg, "max_position_embeddings", None) or FALLBACK_LENGTH
-    max_length = engine_options.get("max_length") or min(folder.st_max_length or limit, limit)
+    max_length = engine_options.get("max_length") or default_max_length(folder, limit)
     width = cfg.hidden_size
     layout = read_multi_vector_layout(folder.path)
     if layout is not None:

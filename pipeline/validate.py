@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workers import EngineConfig, folder_task, preflight
+
 from .config import PipelineConfig
 from .errors import BadRowsError, InputError
 
@@ -82,15 +84,22 @@ def embeddable_texts(table: pa.Table, column: str) -> list[str]:
 
 
 def check_model(engine_options: dict) -> None:
-    """Open the model folder in the driver, so a missing or unsafe model, or one that cannot
-    serve the task (e.g. task="score" with an embedding model), fails before Ray starts."""
-    from workers.model_folder import open_model_folder
-    from workers.workflow import select_workflow
-    kwargs = {"allow_pickle": True} if engine_options.get("allow_pickle") else {}
-    folder = open_model_folder(engine_options.get("model"), **kwargs)
-    task = engine_options.get("task", "embed")
-    if task != "embed":  # embedding rows also depend on enable_bidirectional: the engine checks
-        try:
-            select_workflow(folder.architecture, task)
-        except ValueError as e:
-            raise InputError(f"model {folder.path}: {e}") from None
+    """Everything the engine would refuse at start-up that the model folder's files and the
+    options already show (`workers.preflight`: a missing or unsafe folder, a module or key the
+    engine does not implement, a task the folder cannot serve, max_length past the positions),
+    before Ray starts, as InputError (exit 2)."""
+    try:
+        preflight(EngineConfig(**{**engine_options, "allow_pickle": bool(engine_options.get("allow_pickle"))}))
+    except FileNotFoundError:
+        raise
+    except ValueError as e:
+        raise InputError(f"model {engine_options.get('model') or '(bundled all-MiniLM-L6-v2)'}: {e}") from None
+
+
+def default_task(model, allow_pickle: bool = False) -> str:
+    """The task the model folder's kind names ("embed" for the bundled model, a URI, or a path
+    this machine does not have); a folder that cannot be read is left for `check_model`."""
+    try:
+        return folder_task(model, allow_pickle) or "embed"
+    except (OSError, ValueError):
+        return "embed"

@@ -89,8 +89,9 @@ def test_missing_pair_column_is_refused_before_ray_starts(folders, pairs):
 
 @pytest.mark.parametrize("options,message", [
     ({"task": "score"}, "pass pair_column="),
-    ({"task": "score", "pair_column": "passage", "model": None}, "'BertModel' with task='score'"),
-    ({"pair_column": "passage"}, "pair_column='passage' is for task='score'"),
+    ({"task": "score", "pair_column": "passage", "model": None},
+     "SentenceTransformer folder, which serves task 'embed'"),
+    ({"task": "embed", "pair_column": "passage"}, "pair_column='passage' is for task='score'"),
     ({"task": "classify", "pair_column": "passage"}, "is for task='score'"),
     ({"task": "score", "pair_column": "passage", "output_dtype": "int8"}, "task='embed' only"),
     ({"task": "classify", "output_dtype": "float16"}, "task='embed' only"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_models import make_tiny_classifier
+from tiny_models import make_tiny_model, make_tiny_classifier
 from workers import Engine, EngineConfig
 
 ARCHS = ["BertForSequenceClassification", "RobertaForSequenceClassification",
@@ -156,7 +156,12 @@ def test_options_that_do_not_apply_are_refused(tiny, kwargs, match):
         _engine(tiny, **kwargs)
 
 
-def test_unsupported_architecture_and_task_names_both():
+def test_unsupported_architecture_and_task_names_both(tmp_path):
+    make_tiny_model(tmp_path, "BertModel")  # a plain transformers folder: the architecture decides
     with pytest.raises(ValueError, match=r"'BertModel' with task='score' is not supported.*"
                                          r"BertForSequenceClassification/score.*Qwen3ForCausalLM/score"):
-        Engine(EngineConfig(task="score"))  # the bundled MiniLM is an embedding model
+        Engine(EngineConfig(model=str(tmp_path), task="score"))
+    # A sentence-transformers folder says what it is: the bundled MiniLM is a SentenceTransformer.
+    with pytest.raises(ValueError, match=r"SentenceTransformer folder, which serves task 'embed'.*"
+                                         r"not task='score'"):
+        Engine(EngineConfig(task="score"))

@@ -32,7 +32,11 @@ class EngineConfig:
     """How one engine embeds.
 
     Args:
-        task: what the engine serves (see `workers/workflow.py` for the table):
+        task: what the engine serves (see `workers/workflow.py` for the table); None (default):
+            what the model folder's kind names (a sentence-transformers SparseEncoder "sparse",
+            CrossEncoder "score" or "classify", MultiVectorEncoder "tokens", else "embed"; see
+            `ModelFolder.default_task`), logged at start-up. A task the folder's kind cannot
+            serve is refused naming the kind. The tasks:
             "embed" (vectors; `Engine.embed`), "score" (cross-encoder or LLM-reranker relevance of
             (query, document) pairs; `Engine.score` / `Engine.rerank`), "classify" (sequence
             classification logits; `Engine.classify`), "tokens" (one vector per token: last
@@ -104,7 +108,7 @@ class EngineConfig:
     """
 
     model: str | None = None
-    task: str = "embed"
+    task: str | None = None
     activation: str | None = None
     dtype: str = "auto"
     device: str = "auto"
@@ -132,7 +136,8 @@ class EngineConfig:
     quantization: str | None = None
 
     def __post_init__(self):
-        _choice("task", self.task, TASKS)
+        if self.task is not None:
+            _choice("task", self.task, TASKS)
         if self.activation is not None:
             _choice("activation", self.activation, ACTIVATIONS)
         self._check_task_options()
@@ -171,6 +176,8 @@ class EngineConfig:
             raise ValueError(f"profile_batches={self.profile_batches!r} must be a positive integer")
 
     def _check_task_options(self) -> None:
+        if self.task is None:  # the folder's kind decides at start-up, and this runs again then
+            return
         if self.task == "embed":
             if self.activation is not None:
                 raise ValueError(f"activation={self.activation!r} applies to task='score' or "
@@ -191,7 +198,7 @@ class EngineConfig:
         if self.device.startswith("cuda"):
             raise ValueError(f"quantization={self.quantization!r} runs on CPU only (oneDNN int8); "
                              f"device={self.device!r}: use device='cpu' or drop quantization")
-        if self.task != "embed":
+        if self.task not in (None, "embed"):
             raise ValueError(f"quantization={self.quantization!r} is calibrated for task='embed' only, "
                              f"not task={self.task!r}; drop quantization")
         if self.implementation == "transformers":

@@ -105,6 +105,7 @@ class Engine(TokenOutputs):
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.folder = open_model_folder(config.model, allow_pickle=config.allow_pickle)
+        self.config = config = _with_task(config, self.folder)
         self.implementation = implementation(config, self.folder)
         native = self.implementation == "native"
         self.workflow = _workflow(config, self.folder) if native else fallback_workflow(config, self.folder)
@@ -292,7 +293,8 @@ class Engine(TokenOutputs):
         fp = {"model": self.folder.path.name, "model_hash": self.folder.identity(),
               "architecture": self.folder.architecture, "pooling": r.pooling,
               "normalize": r.normalize, "dimensions": self.dim, "max_length": r.max_length,
-              "truncation": self.config.truncation, "dtype": str(r.dtype).removeprefix("torch.")}
+              "truncation": self.config.truncation, "dtype": str(r.dtype).removeprefix("torch."),
+              "attention": self.backend.name}
         # Added only when they apply, so embedding fingerprints (and their manifests) stay as they were.
         if self.workflow.name != "encoder":
             fp["workflow"] = self.workflow.name
@@ -304,6 +306,9 @@ class Engine(TokenOutputs):
             fp["prompt"] = r.prompt
         if r.skip_instruction:
             fp["skip_instruction"] = True
+        if self.workflow.output == "vector" and self.folder.st_dense:  # the folder's Dense stack
+            fp["dense"] = [[d["path"], d["in_features"], d["out_features"], d["activation"].rsplit(".", 1)[-1],
+                            d["residual"]] for d in self.folder.st_dense]
         if self.implementation == "transformers":
             fp["implementation"] = "transformers"
         if self.lora:
@@ -313,6 +318,31 @@ class Engine(TokenOutputs):
                                   "keep_float": list(int8.KEEP_FLOAT), "calibration": self.calibration}
         fp.update(self.processor.fingerprint())
         return fp
+
+
+def preflight(config: EngineConfig) -> EngineConfig:
+    """Every check that needs only the config and the model folder's files (no weights, no
+    device): the folder reads and serves the task, the workflow exists, max_length fits the
+    positions, pooling/prompt/dimensions resolve. Raises what `Engine` would raise at start-up;
+    returns the config with its task resolved. Run by the pipeline's driver before Ray starts."""
+    folder = open_model_folder(config.model, allow_pickle=config.allow_pickle)
+    config = _with_task(config, folder)
+    if implementation(config, folder) != "native":
+        fallback_workflow(config, folder)
+        return config
+    workflow = _workflow(config, folder)
+    resolve(config, folder, _native_body(folder).max_length, workflow, torch.device("cpu"), torch.float32)
+    return config
+
+
+def _with_task(config: EngineConfig, folder: ModelFolder) -> EngineConfig:
+    """`config` with its task resolved: the folder's kind decides when the task is None (and
+    the options are validated again against it); a task the kind cannot serve is refused."""
+    task = config.task or folder.default_task()
+    folder.check_task(task)
+    if config.task is None:
+        logger.info("task=%r, from the folder %s (%s)", task, folder.path, folder.st.kind or folder.architecture)
+    return dataclasses.replace(config, task=task)
 
 
 def _native_body(folder: ModelFolder) -> torch.nn.Module:

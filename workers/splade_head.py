@@ -10,13 +10,11 @@ The (T, V) logits never exist whole: `chunk_tokens` rows at a time are projected
 and reduced into the (B, V) float32 pool (scatter_reduce amax / index_add over sequence ids).
 Parameters keep BERT's MLM head names (`cls.predictions.transform.dense`, `.LayerNorm`,
 `.decoder`, `.bias`); a tied decoder (`tie_word_embeddings`) reads the word embeddings. Pooling
-strategy and activation come from the folder's SpladePooling config (modules.json), default
+strategy and activation come from the folder's SpladePooling config (`st_layout.py`), default
 max / relu as sentence-transformers' SparseEncoder.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -89,20 +87,7 @@ class SpladeHead(nn.Module):
         return torch.log1p(w) if self.activation == "log1p_relu" else w
 
 
-def splade_config(path: Path) -> dict:
-    """The folder's SpladePooling settings (pooling_strategy, activation_function), if any."""
-    modules = json.loads((path / "modules.json").read_text()) if (path / "modules.json").is_file() else []
-    for m in modules:
-        if m.get("type", "").endswith("SpladePooling"):
-            cfg_path = path / m.get("path", "") / "config.json"
-            cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-            return {"strategy": cfg.get("pooling_strategy", "max"),
-                    "activation": cfg.get("activation_function", "relu")}
-        if m.get("type", "").endswith("Router"):
-            raise ValueError(f"{path}: a Router SparseEncoder (separate query and document "
-                             "modules, inference-free SPLADE) is not supported; only MLM + SpladePooling")
-    return {}
-
-
 def build(folder, resolved, processor) -> SpladeHead:
-    return SpladeHead(folder.hf_config, **splade_config(folder.path))
+    """The head for the folder's SpladePooling (read by st_layout.py), default max / relu."""
+    splade = folder.st.splade or {}
+    return SpladeHead(folder.hf_config, splade.get("strategy", "max"), splade.get("activation", "relu"))

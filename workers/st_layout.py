@@ -79,6 +79,7 @@ class Layout:
     splade: dict | None = None            # SpladePooling: strategy, activation
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    writer_version: str | None = None     # the sentence-transformers version that saved it
 
     @property
     def dense(self) -> tuple[dict, ...]:
@@ -119,7 +120,8 @@ def read_layout(path: Path) -> Layout:
     return Layout(kind=_kind(path, st, types, parts), transformer=parts["transformer"],
                   pooling=parts["pooling"], post=tuple(parts["post"]), splade=parts["splade"],
                   prompts=dict(st.get("prompts") or {}),
-                  default_prompt_name=st.get("default_prompt_name"))
+                  default_prompt_name=st.get("default_prompt_name"),
+                  writer_version=(st.get("__version__") or {}).get("sentence_transformers"))
 
 
 def _class_name(kind: str) -> str:
