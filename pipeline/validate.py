@@ -7,6 +7,8 @@ whitespace-only texts and returns their records in the `errors_table` schema; th
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,6 +17,8 @@ from workers import EngineConfig, folder_task, preflight
 
 from .config import PipelineConfig
 from .errors import BadRowsError, InputError
+
+log = logging.getLogger(__name__)
 
 
 def errors_table(ids: pa.Array, shard_ids, rows, reasons) -> pa.Table:
@@ -100,6 +104,9 @@ def default_task(model, allow_pickle: bool = False) -> str:
     """The task the model folder's kind names ("embed" for the bundled model, a URI, or a path
     this machine does not have); a folder that cannot be read is left for `check_model`."""
     try:
-        return folder_task(model, allow_pickle) or "embed"
+        task = folder_task(model, allow_pickle)
     except (OSError, ValueError):
         return "embed"
+    if task is not None:
+        log.info("task=%r: what the model folder %s is (pass task= to choose another)", task, model)
+    return task or "embed"

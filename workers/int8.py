@@ -80,8 +80,11 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1]) * self.inv_s                                 # (T, in)
         scale = (x.abs().amax(1, keepdim=True).float() / 127).clamp_(min=1e-8)    # (T, 1)
-        xq = torch.round(x.float() / scale).clamp_(-127, 127).to(torch.int8)
-        y = torch.ops.onednn.qlinear_pointwise(xq, 1.0, 0, self.w_packed, self.w_scale, self.w_zero,
+        # uint8 with zero point 128 (the same numbers as int8 in [-127, 127]): oneDNN's JIT int8
+        # matmul takes u8 activations everywhere, s8 only with AMX; without AMX (AVX512-VNNI,
+        # e.g. Zen 4) s8 fell to its reference kernel, ~700x slower at MiniLM's shapes.
+        xq = torch.round(x.float() / scale).clamp_(-127, 127).add_(128).to(torch.uint8)
+        y = torch.ops.onednn.qlinear_pointwise(xq, 1.0, 128, self.w_packed, self.w_scale, self.w_zero,
                                                None, 1.0, 0, torch.float32, "none", [], "")
         y = y.mul_(scale)                                                          # (T, out)
         if self.bias is not None:
