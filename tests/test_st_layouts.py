@@ -118,3 +118,23 @@ def test_cli_refuses_it_with_exit_2(refused, tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "sentence_transformers.models.LayerNorm" in done.stderr + done.stdout
+
+
+def test_max_length_past_the_positions_is_refused_before_ray(tmp_path):
+    import ray
+    was_up = ray.is_initialized()
+    with pytest.raises(pipeline.InputError, match=r"max_length=1000 exceeds .*512 positions"):
+        pipeline.run(["a passage"], max_length=1000, progress=False, in_process_rows=0)
+    assert ray.is_initialized() == was_up
+
+
+def test_cli_cross_encoder_folder_without_task_asks_for_the_pair_column(tmp_path):
+    from sentence_transformers import CrossEncoder
+    from tiny_models import make_tiny_classifier
+    make_tiny_classifier(tmp_path / "clf", "BertForSequenceClassification")
+    CrossEncoder(str(tmp_path / "clf"), device="cpu").save(str(tmp_path / "ce"))
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "embed_corpus.py"), "--input", "x.parquet",
+                           "--output", str(tmp_path / "out"), "--model", str(tmp_path / "ce")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the --model folder is a cross-encoder, so the task is score" in done.stderr

@@ -130,3 +130,12 @@ def test_tokens_engine_refuses_other_calls(plain):
         engine.embed(["a"])
     with pytest.raises(TypeError, match="list of strings"):
         engine.embed_tokens("a")
+
+
+def test_a_multi_vector_folder_picks_the_tokens_task(tmp_path):
+    """No task given: the folder's kind (MultiVectorEncoder) decides; embed is refused by name."""
+    make_tiny_multi_vector(tmp_path / "m", None, bias=False)
+    engine = Engine(EngineConfig(model=str(tmp_path / "m"), dtype="float32"))
+    assert engine.config.task == "tokens" and engine.dim == 24
+    with pytest.raises(ValueError, match="MultiVectorEncoder folder, which serves task 'tokens', not task='embed'"):
+        Engine(EngineConfig(model=str(tmp_path / "m"), task="embed"))
