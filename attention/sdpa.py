@@ -3,8 +3,8 @@
 Always 4-D input (3-D takes a ~4x slower math path), never a T x T mask over the whole batch, no
 gather and no padding. Length-sorted padded buckets were measured against this single-threaded
 on a real 4,096-token MiniLM batch (bf16, AMD EPYC with AVX512-BF16): per sequence 21.8 ms,
-buckets of 2/4/8 23.1/28.7/33.1 ms, 8 padded to 16 36.8 ms (docs/BENCHMARKS.md); FACTS.md had
-buckets of 8 ~7% ahead on a Sapphire Rapids CPU. Nothing selected them, so that path was removed
+buckets of 2/4/8 23.1/28.7/33.1 ms, 8 padded to 16 36.8 ms (docs/BENCHMARKS.md); buckets of 8 were
+~7% ahead on an idle Sapphire Rapids CPU (docs/DESIGN.md). Nothing selected them, so that path was removed
 (git history: commit 3f80e94 and earlier); on a GPU the varlen kernels (flash, torch_varlen) are used.
 
 A window or a per-sequence bias becomes `attn_mask`: the (L, L) corner of one band mask built per

@@ -32,7 +32,7 @@ class Embedder:
         output_column: the name of the appended column (default "embedding").
         num_threads: torch threads of this actor's engine; give the actor as many CPUs
             (`num_cpus=` of map_batches). On CPU-only clusters keep actors' CPUs below the
-            node's total, or Ray Data's read tasks never get a CPU (FACTS.md: deadlock).
+            node's total, or Ray Data's read tasks never get a CPU (a deadlock: docs/DESIGN.md).
         **engine_options: `workers.EngineConfig` fields (dtype, device, max_length, pooling,
             normalize, dimensions, truncation, ...), as for `pipeline.run`.
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Ray per test module that asks for it (FACTS.md: no dashboard, 2 CPUs)."""
+"""Shared fixtures: one local Ray per test module that asks for it (no dashboard, 2 CPUs: docs/DESIGN.md)."""
 from __future__ import annotations
 
 import os

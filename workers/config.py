@@ -21,7 +21,7 @@ QUANTIZATIONS = (None, "int8")
 _EMBED_ONLY = ("pooling", "normalize", "dimensions", "skip_instruction", "prompt_name", "chunk_overlap")
 
 # On CPU, packed batches of a few thousand tokens keep every activation under glibc's mmap
-# threshold region and the caches warm (FACTS.md: 4k-8k chunks beat 16k).
+# threshold region and the caches warm (docs/DESIGN.md: 4k-8k chunks beat 16k).
 DEFAULT_CPU_BATCHED_TOKENS = 4096
 DEFAULT_GPU_BATCHED_TOKENS = 32768
 DEFAULT_MAX_NUM_SEQS = 256
