@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchlib import DTYPES, alternating_rounds, machine, sample_passages
+from benchlib import DTYPES, alternating_rounds, machine, parser, sample_passages
 from workers import Engine, EngineConfig
 from workers.model_folder import default_model_path
 
@@ -93,10 +93,7 @@ SYSTEMS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench_score.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="examples:\n" + "\n".join(
-                                    ln for ln in __doc__.splitlines() if ln.strip().startswith("python")))
+    p = parser("bench_score.py", __doc__)
     p.add_argument("--pairs", type=int, default=2000, help="(query, passage) pairs scored (default: 2,000)")
     p.add_argument("--bf16-pairs", type=int, default=None,
                    help="score only the first N pairs in the bf16 systems (default: all --pairs)")

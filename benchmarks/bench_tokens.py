@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchlib import DTYPES, alternating_rounds, cosines, machine, sample_passages
+from benchlib import DTYPES, alternating_rounds, cosines, machine, parser, sample_passages
 from workers import Engine, EngineConfig
 from workers.model_folder import default_model_path
 
@@ -202,10 +202,7 @@ def print_table(head: str, run: dict, tokens: int) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench_tokens.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="examples:\n" + "\n".join(
-                                    ln for ln in __doc__.splitlines() if ln.strip().startswith("python")))
+    p = parser("bench_tokens.py", __doc__)
     p.add_argument("--passages", type=int, default=1000, help="real-text passages (default: 1,000)")
     p.add_argument("--heads", default="splade,colbert", help="comma-separated subset of splade,colbert")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated subset of fp32,bf16")

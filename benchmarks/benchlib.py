@@ -9,6 +9,7 @@ torch, transformers and sentence-transformers.
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import platform
@@ -234,3 +235,11 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(cosines(a, b).min())
+
+
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: the module doc's first paragraph as description, its
+    `python ...` lines as the examples."""
+    return argparse.ArgumentParser(
+        prog=prog, description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + "\n".join(ln for ln in doc.splitlines() if ln.strip().startswith("python")))

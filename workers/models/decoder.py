@@ -22,7 +22,7 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import activation, gated_packed_modules
+from .layers import RMSNorm, activation, gated_packed_modules
 from .rotary import Rotary
 
 
@@ -45,20 +45,6 @@ def _spec(cfg) -> DecoderSpec:
 
 def _head_dim(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-
-class RMSNorm(nn.Module):
-    """y = x / rms(x) * weight, computed in float32 like HF's Llama/Qwen RMSNorm."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()                      # x itself when x is float32: never written in place
-        inv_rms = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(self.eps))   # (T, 1)
-        return (xf * inv_rms).to(x.dtype).mul_(self.weight)
 
 
 class DecoderAttention(nn.Module):

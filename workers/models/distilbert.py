@@ -14,7 +14,7 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import LinearAct
+from .layers import LinearAct, fused_qkv_attention
 
 _EPS = 1e-12  # transformers' DistilBERT LayerNorms
 
@@ -39,9 +39,7 @@ class DistilBertSelfAttention(nn.Module):
         self.out_lin = nn.Linear(cfg.dim, cfg.dim)
 
     def forward(self, x, meta: AttentionMetadata, backend: AttentionBackend):
-        T = x.shape[0]
-        q, k, v = self.qkv_lin(x).view(T, 3, self.num_heads, self.head_dim).unbind(1)  # (T, H, D)
-        return self.out_lin(backend.forward(q, k, v, meta).reshape(T, -1))  # (T, dim)
+        return fused_qkv_attention(x, self.qkv_lin, self.out_lin, self.num_heads, self.head_dim, meta, backend)
 
 
 class FFN(nn.Module):

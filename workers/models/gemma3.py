@@ -23,23 +23,9 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import activation, gated_packed_modules
+from .layers import RMSNorm, activation, gated_packed_modules
 from .modernbert import _layer_rotary
 from .rotary import Rotary
-
-
-class Gemma3RMSNorm(nn.Module):
-    """y = x / rms(x) * (1 + weight), computed in float32 (Gemma's zero-centred weights)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return (y * (1.0 + self.weight.float())).to(x.dtype)
 
 
 class Gemma3Attention(nn.Module):
@@ -50,8 +36,8 @@ class Gemma3Attention(nn.Module):
         self.sizes = (self.num_heads * D, self.num_kv_heads * D, self.num_kv_heads * D)
         self.qkv_proj = nn.Linear(cfg.hidden_size, sum(self.sizes), bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.num_heads * D, cfg.hidden_size, bias=cfg.attention_bias)
-        self.q_norm = Gemma3RMSNorm(D, cfg.rms_norm_eps)
-        self.k_norm = Gemma3RMSNorm(D, cfg.rms_norm_eps)
+        self.q_norm = RMSNorm(D, cfg.rms_norm_eps, zero_centred=True)
+        self.k_norm = RMSNorm(D, cfg.rms_norm_eps, zero_centred=True)
         self.scale = cfg.query_pre_attn_scalar ** -0.5
         w = cfg.sliding_window
         self.window = (w - 1, w - 1) if layer_type == "sliding_attention" else None
@@ -86,12 +72,12 @@ class Gemma3DecoderLayer(nn.Module):
         super().__init__()
         self.layer_type = cfg.layer_types[index]
         eps = cfg.rms_norm_eps
-        self.input_layernorm = Gemma3RMSNorm(cfg.hidden_size, eps)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps, zero_centred=True)
         self.self_attn = Gemma3Attention(cfg, self.layer_type)
-        self.post_attention_layernorm = Gemma3RMSNorm(cfg.hidden_size, eps)
-        self.pre_feedforward_layernorm = Gemma3RMSNorm(cfg.hidden_size, eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps, zero_centred=True)
+        self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps, zero_centred=True)
         self.mlp = Gemma3MLP(cfg)
-        self.post_feedforward_layernorm = Gemma3RMSNorm(cfg.hidden_size, eps)
+        self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps, zero_centred=True)
 
     def forward(self, x, cos_sin, meta, backend):
         h = self.self_attn(self.input_layernorm(x), cos_sin, meta, backend)
@@ -121,7 +107,7 @@ class Gemma3TextModel(nn.Module):
         self.rotary = {t: _layer_rotary(cfg, t, cfg.head_dim) for t in sorted(set(cfg.layer_types))}
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Gemma3DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = Gemma3RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, zero_centred=True)
         q, kv = self.layers[0].self_attn.sizes[:2] if self.layers else (0, 0)
         self.packed_modules_mapping = gated_packed_modules(q, kv, cfg.intermediate_size)
 

@@ -84,3 +84,29 @@ class LinearAdd(nn.Linear):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias) + residual
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * weight, normalized in float32 like HF's Llama/Qwen RMSNorm (the product
+    in the input dtype); `zero_centred` (Gemma): y * (1 + weight), all in float32."""
+
+    def __init__(self, dim: int, eps: float, zero_centred: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim) if zero_centred else torch.ones(dim))
+        self.eps, self.zero_centred = eps, zero_centred
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()                      # x itself when x is float32: never written in place
+        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(self.eps))   # (T, dim)
+        if self.zero_centred:
+            return (y * (1.0 + self.weight.float())).to(x.dtype)
+        return y.to(x.dtype).mul_(self.weight)
+
+
+def fused_qkv_attention(x: torch.Tensor, qkv: nn.Linear, out: nn.Linear, num_heads: int, head_dim: int,
+                        meta, backend) -> torch.Tensor:
+    """Self-attention whose q, k, v come from one fused projection (DistilBERT, MPNet):
+    (T, hidden) -> qkv (T, 3, H, D) -> attention over the packed sequences -> out (T, hidden)."""
+    T = x.shape[0]
+    q, k, v = qkv(x).view(T, 3, num_heads, head_dim).unbind(1)          # (T, H, D) each
+    return out(backend.forward(q, k, v, meta).reshape(T, -1))

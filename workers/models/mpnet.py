@@ -20,6 +20,7 @@ from torch import nn
 from attention import AttentionBackend, AttentionMetadata
 
 from .bert import BertIntermediate, BertOutput
+from .layers import fused_qkv_attention
 
 # transformers' MPNetEncoder.compute_position_bias uses these, whatever
 # config.relative_attention_num_buckets says (its default is the same 32).
@@ -62,9 +63,7 @@ class MPNetSelfAttention(nn.Module):
         self.o = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
     def forward(self, x, meta: AttentionMetadata, backend: AttentionBackend):
-        T = x.shape[0]
-        q, k, v = self.qkv(x).view(T, 3, self.num_heads, self.head_dim).unbind(1)  # (T, H, D) each
-        return self.o(backend.forward(q, k, v, meta).reshape(T, -1))        # (T, hidden)
+        return fused_qkv_attention(x, self.qkv, self.o, self.num_heads, self.head_dim, meta, backend)
 
 
 class MPNetAttention(nn.Module):
