@@ -15,6 +15,8 @@ from .flash import FlashAttention, TorchVarlenAttention
 from .naive import NaiveAttention
 from .sdpa import SdpaAttention
 
+AttentionBackend.fallback_class = SdpaAttention  # what a backend runs for calls it cannot serve
+
 logger = logging.getLogger(__name__)
 
 BACKENDS: dict[str, type[AttentionBackend]] = {

@@ -74,6 +74,9 @@ class AttentionBackend:
     """
 
     name: ClassVar[str] = "base"
+    # The backend that serves calls this one cannot (a bias, a window): per-sequence SDPA, wired
+    # by the package's __init__ (sdpa.py subclasses this module, so it cannot import it back).
+    fallback_class: ClassVar[type | None] = None
     native_gqa: ClassVar[bool] = False
     supports_bias: ClassVar[bool] = True
     supports_window: bool = True
@@ -111,14 +114,13 @@ class AttentionBackend:
     def _fallback_backend(self, meta: AttentionMetadata, window: Window | None) -> "AttentionBackend":
         """Per-sequence SDPA for the calls this backend cannot serve; the reason logged once."""
         if self._fallback is None:
-            from .sdpa import SdpaAttention
             need = "an additive score bias (e.g. MPNet's relative position bias)" \
                 if meta.bias is not None else f"an attention window {window}"
             logger.warning(
                 "attention backend %s cannot take %s: those attention calls run per-sequence SDPA "
                 "instead (one kernel per sequence with its (H, L, L) bias/mask materialized, so "
                 "slower than the varlen kernel on large batches)", self.name, need)
-            self._fallback = SdpaAttention(self.device, self.dtype)
+            self._fallback = AttentionBackend.fallback_class(self.device, self.dtype)
         return self._fallback
 
 
