@@ -152,3 +152,16 @@ def test_reranker_prompt_needs_yes_and_no_tokens_and_room(roberta, qwen_like):
         RerankerPromptProcessor(roberta, 512)
     with pytest.raises(ValueError, match="leaves no room for the query and document"):
         RerankerPromptProcessor(qwen_like, 8)
+
+
+def test_reranker_prompt_with_a_huge_query_is_cut_by_characters(qwen_like):
+    """Issue 24: the query side was tokenized whole (memory linear in a 2 MB query)."""
+    proc = RerankerPromptProcessor(qwen_like, 96)
+    huge = WORDS * (2_000_000 // len(WORDS))
+    seen = []
+    original = proc._encode
+    proc._encode = lambda items: seen.extend(len(t) for t in items) or original(items)
+    got = proc([(huge, "a passage")])
+    assert max(seen) < 20_000  # the 2 MB query never reached the tokenizer whole
+    want = RerankerPromptProcessor(qwen_like, 96)([(huge[:20_000], "a passage")])
+    assert got.ids[0].tolist() == want.ids[0].tolist() and got.truncated == 1
