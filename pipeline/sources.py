@@ -21,6 +21,7 @@ import ray
 from .config import PipelineConfig
 from .errors import InputError, InputNotFoundError, InputTypeError
 from .output_folder import resolve
+from .redact import redact
 
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 _GLOB_CHARS = set("*?[")
@@ -59,7 +60,19 @@ class ParquetSource(Source):
         self.paths = list(paths)
         self.fragments = tuple(Fragment(f"{p}#{s}", n) for p, n, s in zip(paths, counts, sizes))
 
+    schemas: list = ()  # each file's Arrow schema, as planned (the driver's copy only)
+
+    def __getstate__(self):
+        return {**self.__dict__, "schemas": ()}  # actors need no schemas: keep the shipped source small
+
     def read(self, index, start, stop, columns):
+        try:
+            return self._read(index, start, stop, columns)
+        except (pa.ArrowException, OSError) as e:  # corrupt pages, or the file changed since planned
+            raise InputError(f"reading rows {start}..{stop - 1} of the input file "
+                             f"{redact(self.paths[index])} failed: {_reason(e)}") from None
+
+    def _read(self, index, start, stop, columns):
         # Only the row groups that overlap [start, stop) are read, and only the asked columns.
         pf = pq.ParquetFile(self.paths[index], filesystem=self.filesystem)
         groups, first, offset = [], None, 0
@@ -137,8 +150,10 @@ def open_source(data, config: PipelineConfig) -> Source:
     where = source.kind
     if isinstance(source, ParquetSource):
         more = len(source.paths) - 1
-        where = f"Parquet file {source.paths[0]}" + (f" (and {more} more)" if more else "")
+        where = f"Parquet file {redact(source.paths[0])}" + (f" (and {more} more)" if more else "")
     check_schema(schema, config, where=where)
+    if isinstance(source, ParquetSource):
+        _check_column_types(source, config)
     return source
 
 
@@ -256,15 +271,46 @@ def _open_paths(data):
     if not paths:
         raise InputNotFoundError(f"no Parquet files match {data!r}")
     with ThreadPoolExecutor(8) as pool:  # footers only; many small files are common
-        metas = list(pool.map(lambda p: pq.ParquetFile(p, filesystem=fs).metadata, paths))
+        metas = list(pool.map(lambda p: _footer(fs, p), paths))
     sizes = [info.size for info in fs.get_file_info(paths)]
     schema = metas[0].schema.to_arrow_schema()
     for path, meta in zip(paths[1:], metas[1:]):
         other = meta.schema.to_arrow_schema()
         if other.names != schema.names:
-            raise InputError(f"Parquet file {path} has columns {other.names}, but {paths[0]} has "
-                             f"{schema.names}; all input files must share one schema")
-    return ParquetSource(fs, paths, [m.num_rows for m in metas], sizes), schema
+            raise InputError(f"Parquet file {redact(path)} has columns {other.names}, but "
+                             f"{redact(paths[0])} has {schema.names}; all input files must share "
+                             "one schema")
+    source = ParquetSource(fs, paths, [m.num_rows for m in metas], sizes)
+    source.schemas = [m.schema.to_arrow_schema() for m in metas]
+    return source, schema
+
+
+def _footer(fs, path: str):
+    """The file's Parquet footer; InputError naming the file when it is not Parquet (a text file
+    named .parquet, a truncated or corrupt file) or cannot be opened."""
+    try:
+        return pq.ParquetFile(path, filesystem=fs).metadata
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"cannot read the input file {redact(path)} as Parquet: {_reason(e)}; "
+                         "remove or replace it (or move it out of the input folder)") from None
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _check_column_types(source: "ParquetSource", config: PipelineConfig) -> None:
+    """InputError naming both files when a column the run reads has another type in a later
+    file (string and large_string count as one): refused now, not as a failing shard."""
+    first = source.schemas[0]
+    for path, other in zip(source.paths[1:], source.schemas[1:]):
+        for name in config.input_columns:
+            want, got = first.field(name).type, other.field(name).type
+            if want != got and not (want in _TEXT_TYPES and got in _TEXT_TYPES):
+                raise InputError(f"column {name!r} is {got} in Parquet file {redact(path)} but "
+                                 f"{want} in {redact(source.paths[0])}; all input files must "
+                                 "share one schema")
 
 
 def _expand(spec: str):
