@@ -180,9 +180,25 @@ def build_demo_corpus(rows: int) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # `ray job stop` and schedulers send SIGTERM: exit through the driver's cleanup, which saves
-    # the manifest (every finished shard stays committed) and stops the actors.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    # Ctrl-C, and the SIGTERM of `ray job stop` and schedulers: exit through the driver's
+    # cleanup, which saves the manifest (every finished shard stays committed) and stops the
+    # actors, then print one line (no traceback) and exit 128 + the signal.
+    received = []
+    def interrupt(signum, _frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        return _main(args)
+    except KeyboardInterrupt as e:
+        from pipeline.redact import redact
+        print(redact(e) if str(e) else "interrupted before any shard was committed; rerun to start",
+              file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)  # 130 (ExitCode.INTERRUPTED) or 143
+
+
+def _main(args: argparse.Namespace) -> int:
     import pipeline
     from pipeline.errors import ExitCode, exit_code
     from pipeline.redact import redact

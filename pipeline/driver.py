@@ -16,7 +16,7 @@ import ray
 
 from . import cluster, part_size, quantize, warm
 from .config import PipelineConfig
-from .errors import InputError
+from .errors import InputError, RunInterrupted
 from .finish import RunResult, finish, kept_rows
 from .local import LocalPool
 from .manifest import MANIFEST_NAME, Manifest, check_resumable
@@ -56,7 +56,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
     _check_model_here(engine_options, config.address)
     local = _runs_in_process(data, config, engine_options)  # small, in memory, no Ray here: local.py
     ours = not local and warm.connected(cluster.connect(config.address))  # a Ray this pipeline started
-    pool = manifest = None
+    pool = manifest = plan = None
     finished = False
     try:
         if source is None and type(data).__module__.startswith("ray.data"):
@@ -100,12 +100,24 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
         result = finish(stats, collector, manifest, folder, config)
         finished = True
         return result
+    except KeyboardInterrupt:  # Ctrl-C (or the CLI's SIGTERM): one line, not Ray's frames
+        raise _interrupted(manifest, folder, plan) from None
     finally:
         if manifest is not None:
             manifest.save(force=True)
         # A clean run leaves its actors warm for the next call (pipeline/warm.py); a failed one
         # stops them (and a Ray the pipeline started, when no actor is left warm).
         warm.release(pool, keep=finished and keep_warm)
+
+
+def _interrupted(manifest: Manifest | None, folder: OutputFolder | None, plan: dict | None):
+    """The RunInterrupted of a run stopped by Ctrl-C: what is kept and how to go on."""
+    if folder is None:
+        return RunInterrupted("interrupted: an in-memory run keeps nothing; call it again")
+    done = len(manifest.shards) if manifest is not None else 0
+    of = f" of {plan['num_shards']}" if plan else ""
+    return RunInterrupted(f"interrupted: {done}{of} shards committed in {folder}; "
+                          "rerun with the same output to resume")
 
 
 def _plan(source, config: PipelineConfig, manifest: Manifest | None, n_workers: int,

@@ -51,7 +51,15 @@ def test_every_pipeline_error_class_is_covered_and_every_failure_code_is_in_the_
     defined = {c for c in vars(errors).values()
                if isinstance(c, type) and issubclass(c, errors.PipelineError) and c is not errors.PipelineError}
     assert defined == {c for c, _, _ in EXPECTED}
-    assert set(EXIT_CODES.values()) == {ExitCode.FAILED, ExitCode.USAGE, ExitCode.MISMATCH}
+    assert set(EXIT_CODES.values()) == {ExitCode.FAILED, ExitCode.USAGE, ExitCode.MISMATCH,
+                                        ExitCode.INTERRUPTED}
+
+
+def test_an_interrupted_run_exits_130_and_is_no_exception():
+    """A KeyboardInterrupt: `except Exception` around pipeline.run does not swallow Ctrl-C."""
+    error = errors.RunInterrupted("interrupted: 2 of 9 shards committed in out")
+    assert exit_code(error) == ExitCode.INTERRUPTED == 130
+    assert isinstance(error, KeyboardInterrupt) and not isinstance(error, Exception)
 
 
 def test_a_bad_row_is_a_shard_failure_that_exits_2_not_1():

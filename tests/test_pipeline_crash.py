@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,70 @@ def test_actor_killed_then_replaced(cluster, corpus, reference, tmp_path, point)
     assert not cluster[1].exists(), "the crash point was never reached"
     assert result.stats.retries >= 1 and [w.restarts for w in result.stats.workers] == [1]
     assert_same_as_reference(out, reference)
+
+
+_RUN_IN_SCRIPT = """
+import sys
+import pipeline
+pipeline.run(sys.argv[1], output=sys.argv[2], num_workers=1, shard_rows=10, dtype="float32",
+             progress=False)
+"""
+
+
+def _interrupt_after_first_commit(command: list[str], out: Path, cluster,
+                                  sig=signal.SIGINT) -> subprocess.CompletedProcess:
+    """Start `command` (a driver joining the module's Ray), send `sig` to its process group (as
+    a terminal's Ctrl-C does) once a shard is committed, and wait for it."""
+    pipeline.shutdown()  # this process's warm actors hold the CPUs the driver's actor needs
+    env = {**os.environ, "RAY_ADDRESS": cluster[0]}
+    driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    manifest = out / "_manifest.json"
+    try:
+        while driver.poll() is None:  # the CLI's own timeout guards the wait
+            if manifest.exists() and json.loads(manifest.read_text() or "{}").get("shards"):
+                break
+            time.sleep(0.05)
+        assert driver.poll() is None, "the run ended before it could be interrupted"
+        os.killpg(driver.pid, sig)
+        stdout, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    return subprocess.CompletedProcess(command, driver.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory):
+    """200 shards of 10 rows: still running when the first shard is committed."""
+    path = tmp_path_factory.mktemp("long") / "long.parquet"
+    pq.write_table(pa.table({"text": sample_passages(2000, seed=5, max_chars=200)}), path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_in_the_cli_prints_one_line_and_exits_130(cluster, long_corpus, tmp_path, sig, code):
+    """Issue 24: Ctrl-C printed a 31-line traceback from inside Ray. SIGTERM (`ray job stop`)
+    gives the same line; it exited 15 silently (ray.init replaced the CLI's handler)."""
+    out = tmp_path / "out"
+    done = _interrupt_after_first_commit(
+        [sys.executable, "jobs/embed_corpus.py", "--input", str(long_corpus), "--output", str(out),
+         "--num-workers", "1", "--shard-rows", "10", "--dtype", "float32", "--no-progress"],
+        out, cluster, sig)
+    assert done.returncode == code, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    committed = len(json.loads((out / "_manifest.json").read_text())["shards"])
+    assert line == (f"interrupted: {committed} of 200 shards committed in {out}; rerun with the "
+                    "same output to resume") and committed >= 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_pipeline_run_is_a_clean_keyboard_interrupt(cluster, long_corpus, tmp_path):
+    out = tmp_path / "out"
+    done = _interrupt_after_first_commit(
+        [sys.executable, "-c", _RUN_IN_SCRIPT, str(long_corpus), str(out)], out, cluster)
+    assert done.returncode == 1, done.stderr[-3000:]  # an uncaught KeyboardInterrupt subclass
+    assert "pipeline.errors.RunInterrupted: interrupted: " in done.stderr
+    assert "site-packages/ray" not in done.stderr, done.stderr[-3000:]  # no frame of Ray's
