@@ -5,8 +5,9 @@ Ray's own `ray.init()` takes the address from RAY_ADDRESS, else from the file
 wrote, else starts a local cluster; an address that nothing answers (a dead cluster's file,
 a wrong RAY_ADDRESS) makes it retry for ever (FACTS.md). `connect` resolves the address the same
 way, then checks that something listens there (a TCP connect, bounded by CONNECT_TIMEOUT_S)
-before handing it to Ray, and fails with `ClusterUnreachableError` naming the address, where it
-came from and the fix.
+and answers as Ray's GCS does (HTTP/2, bounded by PROBE_TIMEOUT_S) before handing it to Ray,
+and fails with `ClusterUnreachableError` naming the address, where it came from, what answered
+and the fix.
 """
 from __future__ import annotations
 
@@ -96,16 +97,51 @@ def check_reachable(address: str, origin: str, timeout: float = CONNECT_TIMEOUT_
     deadline, error = time.monotonic() + timeout, None
     while True:
         try:
-            with socket.create_connection((host, port), timeout=min(3.0, timeout)):
-                return
+            with socket.create_connection((host, port), timeout=min(3.0, timeout)) as sock:
+                what = _not_ray(sock)
         except OSError as e:
             error = e
+        else:
+            if what is None:
+                return
+            raise ClusterUnreachableError(
+                f"something answers at {address} (from {origin}), but not a Ray cluster: {what}. "
+                "Ray's address is the head's GCS port (6379 unless `ray start --port` chose "
+                f"another), not its dashboard or job address (http://...:8265). {_fix(origin)}")
         if time.monotonic() + 1.0 > deadline:
             break
         time.sleep(1.0)
     raise ClusterUnreachableError(
         f"no Ray cluster answers at {address} (from {origin}): {error.strerror or error} after "
         f"{timeout:.0f} s. {_fix(origin)}")
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+PROBE_TIMEOUT_S = 5.0
+
+
+def _not_ray(sock: socket.socket) -> str | None:
+    """None when the peer speaks gRPC (HTTP/2, as Ray's GCS and client server do), else what it
+    did instead. A TCP connect alone let ray.init retry for ever against, say, an HTTP server
+    (issue 24). The client preface is answered by the server's SETTINGS frame (type 4) at once.
+    With RAY_USE_TLS the peer wants a TLS handshake first: not probed, trusted."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return None
+    sock.settimeout(PROBE_TIMEOUT_S)
+    try:
+        sock.sendall(_HTTP2_PREFACE)
+        reply = sock.recv(256)
+    except socket.timeout:
+        return f"it sent nothing within {PROBE_TIMEOUT_S:.0f} s of an HTTP/2 (gRPC) greeting"
+    except OSError as e:
+        return f"it dropped the connection ({e.strerror or e})"
+    if len(reply) >= 9 and reply[3] == 4:
+        return None
+    if not reply:
+        return "it closed the connection on an HTTP/2 (gRPC) greeting"
+    first = reply.strip().splitlines()[0][:80].decode("latin-1")
+    http = reply.startswith(b"HTTP/") or b"<html" in reply.lower()
+    return f"it replied {first!r}" + (" (an HTTP server)" if http else "")
 
 
 def _fix(origin: str) -> str:
