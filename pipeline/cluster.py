@@ -70,6 +70,7 @@ def connect(address: str | None = None) -> bool:
     if target == LOCAL:
         # No dashboard: 1 GB less memory and ~1 s faster (FACTS.md); jobs use `ray start`'s.
         with _worker_niceness(), _keep_sigterm_handler():
+            _token_auth_explicitly()
             ray.init(address=LOCAL, include_dashboard=False)
         return True
     check_reachable(target, origin)
@@ -161,6 +162,33 @@ def _host_port(address: str, origin: str) -> tuple[str, int]:
         raise ClusterUnreachableError(
             f"Ray address {address!r} (from {origin}) is not host:port. {_fix(origin)}")
     return host.strip("[]"), int(port)
+
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def _token_auth_explicitly() -> None:
+    """Ask for Ray's token authentication by name for the local Ray the pipeline starts.
+
+    Unset, Ray turns token authentication on for a new local cluster anyway (and sets
+    RAY_AUTH_MODE=token in this process, as this does) but prints "Token authentication is
+    enabled ... Set RAY_AUTH_MODE=disabled to opt out" on every start (issue 24). Naming the mode
+    Ray picks keeps the protection and drops the warning; turning it off would silence it too,
+    but leave the local cluster open to anyone who can reach its ports. A value the user set
+    (disabled, or token) wins; clusters the pipeline joins are never touched.
+
+    Ray reads the mode into its config when imported, so the config is refreshed after setting
+    it, with the (private) call ray.init itself makes when it turns the mode on; a Ray without
+    that call keeps its default, warning included.
+    """
+    if AUTH_MODE_ENV in os.environ:
+        return
+    try:
+        from ray._raylet import Config
+    except ImportError:
+        return
+    os.environ[AUTH_MODE_ENV] = "token"
+    Config.initialize("")
 
 
 WORKER_NICENESS_ENV = "RAY_worker_niceness"

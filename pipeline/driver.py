@@ -91,7 +91,8 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
             todo = _pending(shards, manifest)
             _crash_point("plan", 0)
         progress = Progress(source.num_rows, source.num_rows - sum(s.num_rows for s in todo),
-                            enabled=config.progress, task=config.task)
+                            enabled=config.progress or (config.progress is None and folder is not None),
+                            task=config.task)
         collector = _Collector(manifest, progress, source.num_rows, pool.dim, config.task)
         startup = time.perf_counter() - t0
         pool.run(todo, collector.done, progress.tick)

@@ -133,6 +133,14 @@ def done_verb(task: str) -> str:
     return {"score": "scored", "classify": "classified"}.get(task, "embedded")
 
 
+def summary_line(stats: RunStats, task: str = "embed") -> str:
+    """The one line an in-memory run prints by default (`progress=None`)."""
+    bad = (f"; {stats.bad_rows:,} bad row(s) not {done_verb(task)} (NaN / None rows in the result, "
+           "listed in result.errors)") if stats.bad_rows else ""
+    return (f"{done_verb(task)} {stats.rows:,} rows in {stats.seconds:.1f} s "
+            f"({stats.tokens_per_s:,.0f} tokens/s){bad}; progress=True shows the full summary")
+
+
 def summary_table(stats: RunStats, output: str | None, fmt: str, task: str = "embed") -> str:
     """The final summary printed by the driver (and `jobs/embed_corpus.py`)."""
     verb = done_verb(task)

@@ -111,6 +111,25 @@ def test_a_failing_shard_is_retried_in_place_then_named(texts, engine_vectors, m
     assert local_engine() is None  # a failed run does not keep its engine
 
 
+def test_a_notebook_call_prints_one_line_unless_asked(texts, capfd):
+    """Issue 24: every in-memory call printed a 12-line summary table. By default one line
+    (rows, time, the bad rows that come back as NaN); progress=True the bar and the table;
+    progress=False nothing."""
+    quiet = {k: v for k, v in RUN.items() if k != "progress"}
+    capfd.readouterr()
+    result = pipeline.run([*texts[:3], None], **quiet)
+    out, err = capfd.readouterr()
+    lines = (out + err).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("embedded 3 rows in "), lines
+    assert "1 bad row(s) not embedded (NaN / None rows in the result" in lines[0]
+    assert np.isnan(result.embeddings[3]).all() and result.errors[0]["row"] == 3
+    pipeline.run(texts[:3], **quiet, progress=True)
+    out, err = capfd.readouterr()
+    assert "rows embedded" in out and "throughput" in out and "3/3 rows" in err
+    pipeline.run(texts[:3], **quiet, progress=False)
+    assert capfd.readouterr() == ("", "")
+
+
 def test_ray_is_used_over_the_row_limit_or_when_asked(texts, engine_vectors):
     result = pipeline.run(texts, **RUN, in_process_rows=N - 1, num_workers=1)
     assert ray.is_initialized()  # started by the pipeline for this run, kept with its warm actor

@@ -102,8 +102,11 @@ def test_driver_sigkilled_mid_run_then_resumed(corpus, tmp_path):
     partial = pipeline.read_embeddings(out, allow_partial=True)
     assert partial.num_rows == 20 * len(committed["shards"])
 
-    resumed = cli(*args, "--summary-json", str(tmp_path / "stats.json"))
+    # The resume starts its own local Ray, as `make demo` does: no token-auth warning (issue 24).
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    resumed = cli(*args, "--summary-json", str(tmp_path / "stats.json"), env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Token authentication" not in resumed.stderr and "RAY_AUTH_MODE" not in resumed.stderr
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["resumed_shards"] == len(committed["shards"])
     assert stats["rows"] == N - 20 * len(committed["shards"]) and stats["rows_total"] == N
