@@ -48,11 +48,16 @@ import sys
 import time
 from pathlib import Path
 
+from cli_help import HelpFormatter, examples, in_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout or a job's working dir
     sys.path.insert(0, str(ROOT))
 
 DEMO_DIR = ROOT / "out" / "demo"
+# pipeline.run's argument names whose flag is spelled otherwise (errors are put in flags)
+FLAG_ALIASES = {"cast_text": "--cast", "max_num_batched_tokens": "--batch-tokens",
+                "passthrough_columns": "--passthrough", "restart_timeout_s": "--restart-timeout"}
 
 
 def _workers(value: str):
@@ -68,12 +73,10 @@ def _workers(value: str):
     return n
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="embed_corpus.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n" + "\n".join(
-            line for line in __doc__.splitlines() if line.strip().startswith(("python", "RAY_AUTH", "--")))
+        prog="embed_corpus.py", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        epilog=examples(__doc__, ("python", "RAY_AUTH"))
         + "\n\nexit codes:\n" + __doc__[__doc__.index("    0  done"):])
     p.add_argument("--input", help="Parquet file, folder or glob (local or s3://, gs://...), "
                                    "or a datasets save_to_disk folder")
@@ -110,10 +113,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "cores at most, and nodes that join mid-run get workers too; a number is fixed")
     p.add_argument("--threads-per-worker", type=int, default=None,
                    help="torch threads / reserved CPUs per CPU actor (default: an even split)")
-    p.add_argument("--dtype", default="auto", help="engine compute dtype: auto, float32, bfloat16, float16")
+    p.add_argument("--dtype", default="auto", help="engine compute dtype: auto (bfloat16 where the CPU or "
+                   "GPU computes it fast, else float32), float32, bfloat16, float16")
     p.add_argument("--quantization", default=None, choices=["int8"],
                    help="int8 weights on CPU (SmoothQuant-calibrated; default: none)")
-    p.add_argument("--batch-tokens", type=int, default=None, help="engine token budget per packed batch")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="engine token budget per packed batch; lower it if a worker is killed for "
+                        "memory (default: 4096 on CPU; on a GPU the largest that fits its memory)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
     p.add_argument("--truncation", default="truncate", choices=["truncate", "error", "chunk"],
                    help="texts over --max-length: truncate (default, counted), error, or chunk "
@@ -150,6 +156,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--demo", action="store_true",
                    help="embed a sample corpus of Python docstrings into out/demo/ (the README's main job)")
     p.add_argument("--demo-rows", type=int, default=2000, help="passages in the --demo corpus (default: 2000)")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.demo and not (args.input and args.output):
         p.error("--input and --output are required (or pass --demo)")
@@ -229,11 +240,12 @@ def _main(args: argparse.Namespace) -> int:
         code = exit_code(e)
         if code is None:  # not a failure the pipeline names: a bug, keep its traceback
             raise
+        message = in_flags(redact(e), build_parser(), FLAG_ALIASES)  # the CLI's words, not Python's
         if code == ExitCode.FAILED:
-            print(f"error: the run failed: {redact(e)}\nCommitted shards are kept; rerun the same command "
+            print(f"error: the run failed: {message}\nCommitted shards are kept; rerun the same command "
                   "to resume.", file=sys.stderr)
         else:
-            print(f"error: {redact(e)}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
         return code
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(result.stats.to_dict(), indent=1))

@@ -25,7 +25,7 @@ from .output_folder import OutputFolder, absolute, is_uri, redact
 from .pool import Pool
 from .progress import Progress, RunStats, WorkerStats
 from .shards import default_shard_rows, plan_record, plan_shards
-from .sources import check_schema, open_source, peek_schema
+from .sources import check_input_string, check_schema, open_source, peek_schema
 from .tasks import TASKS, memory_results
 from .validate import check_model
 
@@ -43,6 +43,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
     t0 = time.perf_counter()
     # File inputs are planned before Ray starts, so a wrong path fails at once; in-memory ones
     # after, so they go to the object store.
+    check_input_string(data)  # a text passed alone is no path: say so, not "output= is required"
     if output is None and _is_path(data):
         raise InputError("output= is required for file inputs (the corpus may not fit in "
                          "memory); pass a folder, e.g. output='embeddings/'")

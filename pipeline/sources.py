@@ -8,6 +8,7 @@ those counts (see `shards.py`); the source object itself is shipped to every act
 from __future__ import annotations
 
 import fnmatch
+import glob
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -248,6 +249,23 @@ def _table_digest(table: pa.Table) -> str:
     with pa.ipc.new_stream(sink, combined.schema) as writer:
         writer.write_table(combined)
     return hashlib.sha256(sink.getvalue()).hexdigest()[:16]
+
+
+def check_input_string(data) -> None:
+    """InputNotFoundError for a str input that is no existing file or folder, matches no glob
+    and is no URI: most often a text passed alone, which the path-first reading would otherwise
+    answer with "output= is required for file inputs" (issue 24)."""
+    if not isinstance(data, str) or "://" in data:
+        return
+    path = os.path.expanduser(data)
+    if os.path.exists(path) or (_GLOB_CHARS.intersection(path) and glob.glob(path, recursive=True)):
+        return
+    shown = data if len(data) <= 60 else data[:57] + "..."
+    text_like = " " in data.strip() or not any(c in data for c in "/\\.")
+    raise InputNotFoundError(
+        f"input {shown!r} does not exist" + (
+            ": a str is read as a Parquet file, folder, glob or URI, and this one names none. To "
+            f"embed texts, pass a list of strings, e.g. pipeline.run([{shown!r}])" if text_like else ""))
 
 
 def _is_path_list(data) -> bool:

@@ -103,7 +103,7 @@ def corpus(tmp_path):
 
 def test_cli_exit_2_before_ray_for_a_bad_option_and_a_foreign_output(corpus, tmp_path):
     bad = cli("--input", str(corpus), "--output", str(tmp_path / "o"), "--shard-rows", "0")
-    assert bad.returncode == 2 and "shard_rows=0 must be a positive integer" in bad.stderr
+    assert bad.returncode == 2 and "--shard-rows 0 must be a positive integer" in bad.stderr
     user = tmp_path / "mine"
     user.mkdir()
     (user / "thesis.docx").write_text("x")

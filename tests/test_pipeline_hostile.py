@@ -305,6 +305,8 @@ def test_cli_refuses_bad_input_with_exit_code_2(tmp_path):
     pq.write_table(pa.table({"doc": ["a", "b"], "body": ["x", "y"], "n": [1, 2]}), corpus)
     missing = cli("--input", str(corpus), "--output", str(tmp_path / "o1"))
     assert missing.returncode == 2 and "column 'text' not found" in missing.stderr
+    assert "(set --text-column / --id-column to one of them)" in missing.stderr  # the CLI's words
+    assert "text_column=" not in missing.stderr
     assert "['doc', 'body', 'n']" in missing.stderr
     (tmp_path / "model").mkdir()
     model = cli("--input", str(corpus), "--output", str(tmp_path / "o4"), "--text-column", "body",

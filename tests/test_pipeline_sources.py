@@ -185,3 +185,20 @@ def test_a_file_broken_after_planning_is_named_by_the_reader(tmp_path):
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(InputError, match=f"rows 0..1 of the input file {path} failed"):
         source.read(0, 0, 2, ["text"])
+
+
+def test_a_text_passed_alone_is_answered_as_such(tmp_path, monkeypatch):
+    """Issue 24: pipeline.run("a passage") asked for output= (the str was taken as a path)."""
+    import pipeline
+    from pipeline.errors import InputNotFoundError
+    with pytest.raises(InputNotFoundError) as info:
+        pipeline.run("a passage", progress=False)  # refused before any model or Ray starts
+    message = str(info.value)
+    assert "input 'a passage' does not exist" in message and "output=" not in message
+    assert "pass a list of strings, e.g. pipeline.run(['a passage'])" in message
+    with pytest.raises(InputNotFoundError, match=r"'corpus/missing.parquet' does not exist$"):
+        pipeline.run("corpus/missing.parquet", progress=False)
+    monkeypatch.chdir(tmp_path)
+    pq.write_table(_table(), tmp_path / "c.parquet")
+    with pytest.raises(InputError, match="output= is required for file inputs"):
+        pipeline.run("c.parquet", progress=False)  # an existing file: the old answer stands
