@@ -251,6 +251,11 @@ def _main(args: argparse.Namespace) -> int:
         Path(args.summary_json).write_text(json.dumps(result.stats.to_dict(), indent=1))
     if args.demo:
         show_demo(result.output)
+    if result.stats.isolated_rows:  # issue 24: a row that killed its worker is named
+        rows = ", ".join(str(r) for r in result.stats.isolated_rows)
+        print(f"warning: input row(s) {rows} failed alone (the worker died or raised on each) and "
+              f"are not embedded; the rest of their shards is. Each error is in "
+              f"{redact(result.output)}/_errors.parquet", file=sys.stderr)
     if result.stats.reported_rows:
         print(f"warning: {result.stats.bad_rows_total:,} row(s) not processed (bad text) and "
               f"{result.stats.duplicate_ids:,} row(s) with a repeated id are listed in "

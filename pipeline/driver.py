@@ -220,6 +220,10 @@ def _record_run(manifest: Manifest, pool: Pool | LocalPool, source, config: Pipe
     manifest.save(force=True)
 
 
+class _NONE:  # a pool that narrows nothing down (the in-process one): no isolated rows
+    isolated = ()
+
+
 class _Collector:
     """Receives finished shards: commits them to the manifest, or keeps in-memory outputs."""
 
@@ -269,7 +273,9 @@ class _Collector:
         return RunStats(rows=self.rows, rows_total=committed, tokens=self.tokens, seconds=seconds,
                         startup_seconds=startup, truncated=self.truncated, bad_rows=self.bad_rows,
                         shards=self.shards, resumed_shards=resumed, retries=pool.retries,
-                        workers=workers, chunked=self.chunked, stages=dict(self.stages), **self.io)
+                        workers=workers, chunked=self.chunked, stages=dict(self.stages),
+                        isolated_rows=tuple(r for r, _ in getattr(pool, "narrowing", _NONE).isolated),
+                        **self.io)
 
 
 def _runs_in_process(data, config: PipelineConfig, engine_options: dict) -> bool:

@@ -28,6 +28,7 @@ shards like the others.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -38,6 +39,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from .actor import EmbedWorker, RunContext
 from .errors import BadRowsError, ShardFailedError, WorkersLostError, WorkerStartTimeout
+from .narrow import Job, Narrowing, narrowable
 from .shards import Shard
 
 log = logging.getLogger("pipeline")
@@ -62,6 +64,7 @@ class Worker:
     last_error: str = ""
     node: str = ""  # Ray node id of the actor's last start
     probing_since: float = 0.0  # monotonic time its actor was found dead
+    alone: bool = False  # it runs a job that must run alone (narrow.Job.runs_alone)
 
 
 @dataclass
@@ -77,6 +80,8 @@ class Pool:
     tasks: dict = field(default_factory=dict)  # ref -> (worker, shard or None for a probe)
     engine_fingerprint: dict = field(default_factory=dict)
     elastic: dict | None = None  # set by `follow`: how to start workers on nodes that join
+    spawn: tuple | None = None  # (resources, max_restarts, args) of `start`: to replace a worker
+    narrowing: Narrowing = field(default_factory=Narrowing)  # shards narrowed down to bad rows
 
     @classmethod
     def start(cls, n: int, resources: dict, max_restarts: int, args: tuple) -> "Pool":
@@ -86,7 +91,7 @@ class Pool:
         remote = ray.remote(EmbedWorker).options(
             max_restarts=max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
         handles = [remote.remote(*args) for _ in range(n)]
-        pool = cls([Worker(i, h) for i, h in enumerate(handles)])
+        pool = cls([Worker(i, h) for i, h in enumerate(handles)], spawn=(resources, max_restarts, args))
         pool._wait_started(resources)
         pool.engine_fingerprint = pool._engine_fingerprint()
         return pool
@@ -98,6 +103,7 @@ class Pool:
         self.run_box = [ray.put(RunContext(config, folder, source))]
         self.workers = [Worker(w.index, w.handle, node=w.node) for w in self.workers]
         self.retries, self.tasks, self.elastic = 0, {}, None  # `follow` again to grow this run
+        self.narrowing = Narrowing()
 
     @property
     def healthy(self) -> bool:
@@ -191,7 +197,7 @@ class Pool:
 
     def run(self, shards: list[Shard], on_done, on_tick) -> None:
         """Dispatch `shards` until each one's record went to `on_done(shard, worker, record)`."""
-        queue, attempts = deque(shards), {}
+        queue, attempts = deque(Job(s) for s in shards), {}
         while queue or self._busy():
             self._dispatch(queue)
             if not self.tasks:
@@ -201,14 +207,14 @@ class Pool:
                     + "; ".join(w.last_error for w in self.workers if w.last_error))
             ready, _ = ray.wait(list(self.tasks), num_returns=1, timeout=0.5)
             for ref in ready:
-                worker, shard = self.tasks.pop(ref)
-                if shard is None:
+                worker, job = self.tasks.pop(ref)
+                if job is None:
                     (self._joined if worker.state == "starting" else self._probed)(worker, ref)
                     continue
-                worker.inflight -= 1
-                record = self._result(ref, worker, shard, queue, attempts)
+                worker.inflight, worker.alone = worker.inflight - 1, False
+                record = self._result(ref, worker, job, queue, attempts)
                 if record is not None:
-                    on_done(shard, worker, record)
+                    on_done(job.shard, worker, record)
             self._give_up_stuck()
             self._grow(queue)
             on_tick()
@@ -252,14 +258,21 @@ class Pool:
 
     def _dispatch(self, queue: deque) -> None:
         for w in self.workers:
-            while w.state == "alive" and w.inflight < DEPTH and queue:
-                shard = queue.popleft()
-                self.tasks[w.handle.process.remote(self.run_box, shard)] = (w, shard)
-                w.inflight += 1
+            while w.state == "alive" and w.inflight < DEPTH and queue and not w.alone:
+                if queue[0].runs_alone and w.inflight:
+                    break
+                job = queue.popleft()
+                self.tasks[w.handle.process.remote(self.run_box, job.shard, job.probe, job.bad)] = (w, job)
+                w.inflight, w.alone = w.inflight + 1, job.runs_alone
 
-    def _result(self, ref, worker: Worker, shard: Shard, queue: deque, attempts: dict):
+    def _result(self, ref, worker: Worker, job: Job, queue: deque, attempts: dict):
+        shard = job.shard
         try:
-            return ray.get(ref)
+            record = ray.get(ref)
+            if job.probe:  # a piece of a shard being narrowed down ran through
+                queue.extendleft(reversed(self.narrowing.passed(job)))
+                return None
+            return record
         except RayActorError as e:
             worker.last_error = f"worker {worker.index}: {type(e).__name__}: {_first_line(e)}"
             if worker.state == "alive":  # the first of its shards to fail: probe until restarted
@@ -271,14 +284,28 @@ class Pool:
             if isinstance(cause, BadRowsError):  # retrying cannot help: the input's fault
                 raise BadRowsError(str(cause)) from None
             error = cause
-        attempts[shard.index] = attempts.get(shard.index, 0) + 1
-        if attempts[shard.index] > self.max_retries:
+        if job.probe:  # cut the piece again, or it is one row: a bad row
+            queue.extendleft(reversed(self.narrowing.failed(job, error)))
+            return None
+        key = (shard.index, bool(job.bad))  # a narrowed shard's last run has retries of its own
+        attempts[key] = attempts.get(key, 0) + 1
+        if attempts[key] > self.max_retries:
+            if narrowable(error) and not job.bad:  # maybe one row kills the worker: find it
+                queue.extendleft(reversed(self.narrowing.start(shard, error)))
+                return None
+            without = f" without the rows that fail alone ({', '.join(str(r) for r, _ in job.bad)})" \
+                if job.bad else ""
             raise ShardFailedError(
-                f"{shard.describe()} failed {attempts[shard.index]} times; last error: "
+                f"{shard.describe()} failed {attempts[key]} times{without}; last error: "
                 f"{type(error).__name__}: {error}") from None
         self.retries += 1
-        queue.appendleft(shard)
+        # After a worker died its other shard failed too: retried alone, a crash is its own.
+        queue.appendleft(dataclasses.replace(job, alone=job.alone or isinstance(error, RayActorError)))
         return None
+
+    def _replace(self, worker: Worker) -> None:
+        if self.spawn is not None:
+            _replace_worker(self, worker)
 
     def _probed(self, worker: Worker, ref) -> None:
         try:
@@ -288,9 +315,24 @@ class Pool:
             return
         except RayActorError as e:  # ActorDiedError: out of restarts
             worker.state, worker.last_error = "dead", f"worker {worker.index}: {_first_line(e)}"
+            if self.narrowing.active:  # each failing piece costs a crash: a new worker goes on
+                self._replace(worker)
             return
         worker.state, worker.restarts = "alive", worker.restarts + 1
         worker.node = info.get("node_id", worker.node)
+
+
+def _replace_worker(pool: "Pool", dead: Worker) -> None:
+    """Start a new actor (a full restart budget) for `dead`, which ran out of Ray restarts
+    while a shard was being narrowed down; it takes shards once its engine answers."""
+    resources, max_restarts, args = pool.spawn
+    remote = ray.remote(EmbedWorker).options(
+        max_restarts=max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
+    w = Worker(len(pool.workers), remote.remote(*args), state="starting")
+    pool.workers.append(w)
+    pool.tasks[w.handle.engine_fingerprint.remote()] = (w, None)
+    log.warning("worker %d ran out of restarts while a shard was narrowed down: worker %d replaces it",
+                dead.index, w.index)
 
 
 def _workers_that_fit(total: dict, per_worker: dict) -> int:

@@ -60,6 +60,7 @@ class RunStats:
     stages: dict = field(default_factory=dict)
     read_seconds: float = 0.0
     write_seconds: float = 0.0
+    isolated_rows: tuple[int, ...] = ()  # rows that failed alone (killed their worker): bad rows
 
     @property
     def tokens_per_s(self) -> float:
@@ -155,6 +156,8 @@ def summary_table(stats: RunStats, output: str | None, fmt: str, task: str = "em
         f"{stats.duplicate_ids:,} row(s) with a repeated id"
         + (" (listed in _errors.parquet)" if stats.reported_rows and output else ""),
         f"shard retries   {stats.retries}",
+        *([f"isolated rows   {_rows(stats.isolated_rows)}: each failed alone (see _errors.parquet), "
+           "the rest of their shards was embedded"] if stats.isolated_rows else []),
         *[f"lost worker     {w.lost}" for w in stats.workers if w.lost],
         *_stage_lines(stats),
         "",
@@ -166,6 +169,11 @@ def summary_table(stats: RunStats, output: str | None, fmt: str, task: str = "em
     if output:
         lines += ["", f"output          {output} ({fmt} parts; manifest {output.rstrip('/')}/_manifest.json)"]
     return "\n".join(lines)
+
+
+def _rows(rows: tuple[int, ...], most: int = 10) -> str:
+    shown = ", ".join(str(r) for r in rows[:most])
+    return shown + (f" and {len(rows) - most} more" if len(rows) > most else "")
 
 
 def _stage_lines(stats: RunStats) -> list[str]:

@@ -186,3 +186,34 @@ def test_ctrl_c_in_pipeline_run_is_a_clean_keyboard_interrupt(cluster, long_corp
     assert done.returncode == 1, done.stderr[-3000:]  # an uncaught KeyboardInterrupt subclass
     assert "pipeline.errors.RunInterrupted: interrupted: " in done.stderr
     assert "site-packages/ray" not in done.stderr, done.stderr[-3000:]  # no frame of Ray's
+
+
+POISON = 45  # in shard 2 (rows 40..59), neither a bad text nor a repeated id
+
+
+@pytest.mark.slow
+def test_a_row_that_kills_its_worker_is_isolated_and_the_rest_embedded(cluster, corpus, reference, tmp_path):
+    """Issue 24: one row killed its worker on every try, the shard failed 3 times and so did
+    every rerun. Now the shard is narrowed down to that row, which is reported as a bad row
+    (the error as its reason), and everything else is embedded; a rerun finds the run done."""
+    cluster[1].write_text(f"row {POISON}")  # every actor call that runs row 45 SIGKILLs itself
+    out = tmp_path / "out"
+    try:
+        result = pipeline.run(corpus[0], output=str(out), **RUN)
+    finally:
+        cluster[1].unlink()
+    table, errors = reference
+    assert result.stats.isolated_rows == (POISON,)
+    assert result.stats.bad_rows_total == len(BAD) + 1
+    keep = np.array(table.column("id").to_pylist()) != f"d{POISON:04d}"
+    got = pipeline.read_embeddings(out)
+    assert got.column("id").to_pylist() == table.filter(pa.array(keep)).column("id").to_pylist()
+    np.testing.assert_allclose(pipeline.to_numpy(got), pipeline.to_numpy(table)[keep], atol=1e-5, rtol=0)
+    written = pq.read_table(out / "_errors.parquet")
+    isolated = written.filter(pa.compute.equal(written.column("row"), POISON)).to_pylist()
+    assert len(isolated) == 1 and isolated[0]["id"] == f"d{POISON:04d}" and isolated[0]["shard"] == "000002"
+    assert isolated[0]["reason"].startswith("the row fails alone (") and "Actor" in isolated[0]["reason"]
+    others = written.filter(pa.compute.not_equal(written.column("row"), POISON))
+    assert others.equals(errors)  # every other report as in the uninterrupted run
+    again = pipeline.run(corpus[0], output=str(out), **RUN)  # the rerun finds every shard done
+    assert again.stats.resumed_shards == N // SHARD_ROWS and again.stats.rows == 0
