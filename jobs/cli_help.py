@@ -39,6 +39,8 @@ def in_flags(message: str, parser: argparse.ArgumentParser, aliases: dict[str, s
     names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
     # "name=value (--flag value)": the flag form is already there, keep only it.
     message = re.sub(rf"\b(?:{names})=(?:'[^']*'|\S*?)(?: or '[^']*')* \((--[^)]*)\)", r"\1", message)
+    # "name= / --flag" (both spellings given): the flag alone.
+    message = re.sub(rf"\b(?:{names})=\S* / (--[\w-]+)", r"\1", message)
     # "name=value": "--flag value" (a bare "name=" becomes "--flag").
     return re.sub(rf"\b({names})=('[^']*'|[^\s,;:)]*)",
                   lambda m: (flags[m.group(1)] + (" " + m.group(2).strip("'") if m.group(2) else "")),

@@ -25,6 +25,7 @@ import logging
 from dataclasses import dataclass
 
 from .errors import InputError, ShardFailedError
+from .memory_kill import describe
 from .shards import Shard, sub_shard
 
 log = logging.getLogger("pipeline")
@@ -52,11 +53,6 @@ def narrowable(error: BaseException) -> bool:
     """Whether a shard failing with `error` may owe it to one of its rows: not a read or write
     error (those name their file, and retrying the whole shard is right for them)."""
     return not isinstance(error, (InputError, OSError))
-
-
-def describe(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 class Narrowing:

@@ -35,10 +35,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import (ActorUnavailableError, GetTimeoutError, OutOfMemoryError, RayActorError,
+                            RayTaskError)
 
 from .actor import EmbedWorker, RunContext
 from .errors import BadRowsError, ShardFailedError, WorkersLostError, WorkerStartTimeout
+from .memory_kill import describe, explain
 from .narrow import Job, Narrowing, narrowable
 from .shards import Shard
 
@@ -65,6 +67,7 @@ class Worker:
     node: str = ""  # Ray node id of the actor's last start
     probing_since: float = 0.0  # monotonic time its actor was found dead
     alone: bool = False  # it runs a job that must run alone (narrow.Job.runs_alone)
+    memory: str = ""  # why Ray killed it for memory (memory_kill.explain), if that was its last death
 
 
 @dataclass
@@ -123,10 +126,12 @@ class Pool:
                 f"{len(self.workers)} engine actor(s) needing {resources} each did not start in "
                 f"{START_TIMEOUT_S} s; the cluster may not have enough resources "
                 f"({ray.cluster_resources()}): lower num_workers or threads_per_worker") from None
-        except RayActorError as e:
-            # The last line of Ray's report is the engine's own exception, e.g. a missing model.
+        except (RayActorError, OutOfMemoryError) as e:
+            # The last line of Ray's report is the engine's own exception, e.g. a missing model;
+            # a worker Ray killed for memory is said so, with Ray's figures.
             lines = [line for line in str(e).splitlines() if line.strip()]
-            raise WorkersLostError(f"an engine actor failed to start: {lines[-1] if lines else e!r}") from None
+            detail = explain(str(e)) or (lines[-1] if lines else repr(e))
+            raise WorkersLostError(f"an engine actor failed to start: {detail}") from None
 
     def sample(self, shards: list[Shard]):
         """The int8 calibration sample, embedded by the first actor (`EmbedWorker.sample`)."""
@@ -243,9 +248,10 @@ class Pool:
         now = time.monotonic()
         for w in self.workers:
             if w.state == "probing" and now - w.probing_since > self.restart_timeout_s:
+                why = f"its last death: {w.memory}" if w.memory else \
+                    "its node left the cluster, or no node has room for it"
                 self._give_up(w, f"Ray could not restart it within restart_timeout_s="
-                                 f"{self.restart_timeout_s:g} s (its node left the cluster, or no "
-                                 "node has room for it)")
+                                 f"{self.restart_timeout_s:g} s ({why})")
 
     def _give_up(self, worker: Worker, reason: str) -> None:
         """Stop waiting for `worker`: drop its probe, kill its actor for good, name it lost."""
@@ -273,8 +279,9 @@ class Pool:
                 queue.extendleft(reversed(self.narrowing.passed(job)))
                 return None
             return record
-        except RayActorError as e:
-            worker.last_error = f"worker {worker.index}: {type(e).__name__}: {_first_line(e)}"
+        except (RayActorError, OutOfMemoryError) as e:  # it died (OutOfMemoryError: Ray killed it)
+            worker.last_error = f"worker {worker.index}: {describe(e)}"
+            worker.memory = explain(str(e)) or ""
             if worker.state == "alive":  # the first of its shards to fail: probe until restarted
                 worker.state, worker.probing_since = "probing", time.monotonic()
                 self.tasks[worker.handle.info.remote()] = (worker, None)
@@ -297,7 +304,7 @@ class Pool:
                 if job.bad else ""
             raise ShardFailedError(
                 f"{shard.describe()} failed {attempts[key]} times{without}; last error: "
-                f"{type(error).__name__}: {error}") from None
+                f"{explain(str(error)) or f'{type(error).__name__}: {error}'}") from None
         self.retries += 1
         # After a worker died its other shard failed too: retried alone, a crash is its own.
         queue.appendleft(dataclasses.replace(job, alone=job.alone or isinstance(error, RayActorError)))
@@ -313,8 +320,8 @@ class Pool:
         except ActorUnavailableError:  # still restarting (loading its engine): ask again
             self.tasks[worker.handle.info.remote()] = (worker, None)
             return
-        except RayActorError as e:  # ActorDiedError: out of restarts
-            worker.state, worker.last_error = "dead", f"worker {worker.index}: {_first_line(e)}"
+        except (RayActorError, OutOfMemoryError) as e:  # ActorDiedError: out of restarts
+            worker.state, worker.last_error = "dead", f"worker {worker.index}: {describe(e)}"
             if self.narrowing.active:  # each failing piece costs a crash: a new worker goes on
                 self._replace(worker)
             return

@@ -97,6 +97,7 @@ def test_pipeline_errors_are_put_in_the_cli_flags():
         "or pass on_bad_row='record' (--on-bad-row record) to list": "or pass --on-bad-row record to list",
         "max_length=1000 is over 512; lower max_num_batched_tokens=": "--max-length 1000 is over 512; "
                                                                        "lower --batch-tokens",
+        "run fewer workers (num_workers= / --num-workers)": "run fewer workers (--num-workers)",
     }
     for python, cli_words in cases.items():
         assert in_flags(python, parser, FLAG_ALIASES) == cli_words
