@@ -31,7 +31,7 @@ from .driver import engine_option_names, execute
 from .embedder import Embedder
 from .errors import (BadRowsError, ClusterUnreachableError, FingerprintMismatch, InputError,
                      InputNotFoundError, OutputWriteError, PipelineError, RunFailedError,
-                     ShardFailedError, WorkersLostError)
+                     RunInterrupted, ShardFailedError, WorkersLostError)
 from .finish import RunResult
 from .manifest import Manifest
 from .output_folder import OutputFolder
@@ -47,7 +47,7 @@ from .writer import embedding_array, ragged_rows, to_numpy
 __all__ = ["run", "shutdown", "model_spec", "read_embeddings", "read_scores", "read_tokens", "read_sparse", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
            "PipelineConfig", "OutputFolder", "PipelineError", "InputError", "FingerprintMismatch",
            "RunFailedError", "ShardFailedError", "BadRowsError", "OutputWriteError",
-           "WorkersLostError", "ClusterUnreachableError", "redact"]
+           "WorkersLostError", "ClusterUnreachableError", "RunInterrupted", "redact"]
 
 
 def run(data, *, output=None, model=None, text_column="text", id_column=None, num_workers=None,
