@@ -102,6 +102,13 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
         and `.embeddings` (embed), `.scores` (score), `.logits` and `.labels` (classify),
         `.tokens` (tokens), `.sparse` (sparse), or `.embeddings`, `.sparse`, `.tokens` (bge-m3).
 
+    `progress`: None (default) prints the progress bar and summary table for a run with an
+    `output` folder and one line for an in-memory run; True both, False nothing. Ctrl-C raises
+    `RunInterrupted` (a KeyboardInterrupt) saying how many shards are committed; rerun with the
+    same output to resume. A str `data` must name a file, folder, glob match or URI (texts go in
+    a list). A row that kills its worker is isolated and reported as a bad row
+    (`stats.isolated_rows`), the rest of its shard embedded.
+
     Every input row is embedded or reported: a null, empty or whitespace-only text (in either
     column of a pair) is not embedded and, with on_bad_row="record" (default), listed with its id, shard, row and reason
     in `output/_errors.parquet`; rows whose id repeats are embedded and listed there too.
