@@ -51,8 +51,9 @@ class PipelineConfig:
             in-memory run returns float32. None: the task's default (float32; float16 for the
             token vectors of task="tokens" / "bge-m3", which take float16 or float32); scores,
             logits and sparse values are float32 only.
-        max_retries: times one shard is redone after its actor died or it raised, before the run
-            fails naming the shard.
+        max_retries: times one shard is redone after its actor died or it raised; then (when
+            > 0) it is narrowed down to the rows that fail alone, reported as bad rows, and the
+            rest is embedded (`pipeline/narrow.py`); with 0 the run fails at once naming the shard.
         max_restarts: times Ray restarts one dead actor.
         restart_timeout_s: seconds a dead worker's restart may take before the worker is given
             up (e.g. its node left the cluster and no other node has room for it): its shards go

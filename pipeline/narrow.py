@@ -2,7 +2,8 @@
 
 A row that kills its worker (a text whose tokenization or forward pass exhausts the node's
 memory, a crash in a native library) used to fail its whole shard `max_retries + 1` times and
-the run with it, and every rerun the same way. Now, once a shard has used its retries on an
+the run with it, and every rerun the same way. Now, once a shard has used its retries (none
+when max_retries=0: the user asked to fail at once, and the run does) on an
 error that may be a row's (an actor that died, an exception in the task; not a read or write
 error, which name their file), the pool narrows it down: the shard's rows are cut into up to
 FANOUT pieces, each run as a *probe* (the task runs, nothing is written or returned; alone on

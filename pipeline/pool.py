@@ -297,7 +297,8 @@ class Pool:
         key = (shard.index, bool(job.bad))  # a narrowed shard's last run has retries of its own
         attempts[key] = attempts.get(key, 0) + 1
         if attempts[key] > self.max_retries:
-            if narrowable(error) and not job.bad:  # maybe one row kills the worker: find it
+            # Maybe one row kills the worker: find it (max_retries=0 asks to fail at once).
+            if narrowable(error) and not job.bad and self.max_retries > 0:
                 queue.extendleft(reversed(self.narrowing.start(shard, error)))
                 return None
             without = f" without the rows that fail alone ({', '.join(str(r) for r, _ in job.bad)})" \
