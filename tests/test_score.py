@@ -195,4 +195,3 @@ def test_unsupported_architecture_and_task_names_both():
     with pytest.raises(ValueError, match=r"'BertModel' with task='score' is not supported.*"
                                          r"BertForSequenceClassification/score.*Qwen3ForCausalLM/score"):
         Engine(EngineConfig(task="score"))  # the bundled MiniLM is an embedding model
-
