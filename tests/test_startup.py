@@ -73,7 +73,7 @@ def test_stale_cluster_file_fails_fast_naming_the_file(corpus, tmp_path, dead_ad
         assert done.returncode == 2, done.stderr[-2000:]
         assert seconds < LIMIT_S
         assert dead_address in done.stderr and str(stale) in done.stderr
-        assert "remove the stale file" in done.stderr and "address='local'" in done.stderr
+        assert "remove the stale file" in done.stderr and "--address local" in done.stderr  # CLI words
     finally:
         subprocess.run(["rm", "-rf", ray_tmp], check=False)
 
