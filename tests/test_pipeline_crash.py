@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -196,24 +197,30 @@ def test_a_row_that_kills_its_worker_is_isolated_and_the_rest_embedded(cluster, 
     """Issue 24: one row killed its worker on every try, the shard failed 3 times and so did
     every rerun. Now the shard is narrowed down to that row, which is reported as a bad row
     (the error as its reason), and everything else is embedded; a rerun finds the run done."""
+    pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     cluster[1].write_text(f"row {POISON}")  # every actor call that runs row 45 SIGKILLs itself
-    out = tmp_path / "out"
+    out, stats = tmp_path / "out", tmp_path / "stats.json"
+    command = [sys.executable, "jobs/embed_corpus.py", "--input", corpus[0], "--output", str(out),
+               *CLI_ARGS, "--summary-json", str(stats)]
+    env = {**os.environ, "RAY_ADDRESS": cluster[0]}
     try:
-        result = pipeline.run(corpus[0], output=str(out), **RUN)
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     finally:
         cluster[1].unlink()
+    assert done.returncode == 4, done.stderr[-3000:]  # done, rows reported
+    assert f"warning: input row(s) {POISON} failed alone" in done.stderr
+    summary = json.loads(stats.read_text())
+    assert summary["isolated_rows"] == [POISON] and summary["bad_rows_total"] == len(BAD) + 1
     table, errors = reference
-    assert result.stats.isolated_rows == (POISON,)
-    assert result.stats.bad_rows_total == len(BAD) + 1
     keep = np.array(table.column("id").to_pylist()) != f"d{POISON:04d}"
     got = pipeline.read_embeddings(out)
     assert got.column("id").to_pylist() == table.filter(pa.array(keep)).column("id").to_pylist()
     np.testing.assert_allclose(pipeline.to_numpy(got), pipeline.to_numpy(table)[keep], atol=1e-5, rtol=0)
     written = pq.read_table(out / "_errors.parquet")
-    isolated = written.filter(pa.compute.equal(written.column("row"), POISON)).to_pylist()
+    isolated = written.filter(pc.equal(written.column("row"), POISON)).to_pylist()
     assert len(isolated) == 1 and isolated[0]["id"] == f"d{POISON:04d}" and isolated[0]["shard"] == "000002"
     assert isolated[0]["reason"].startswith("the row fails alone (") and "Actor" in isolated[0]["reason"]
-    others = written.filter(pa.compute.not_equal(written.column("row"), POISON))
+    others = written.filter(pc.not_equal(written.column("row"), POISON))
     assert others.equals(errors)  # every other report as in the uninterrupted run
-    again = pipeline.run(corpus[0], output=str(out), **RUN)  # the rerun finds every shard done
-    assert again.stats.resumed_shards == N // SHARD_ROWS and again.stats.rows == 0
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 4 and json.loads(stats.read_text())["resumed_shards"] == N // SHARD_ROWS
