@@ -19,7 +19,11 @@ actors are built from (engine settings, resources, restart budget); `begin` give
 (its retry policy and the boxed `RunContext` passed with every call) and clears the per-run
 bookkeeping, so each run's stats and restarts count that run only.
 
-Elastic workers (`num_workers="auto"`, `follow`): every ELASTIC_PERIOD_S while shards wait, the
+A shard that keeps failing on what may be one row's fault (its actor died, the task raised) is
+narrowed down to the rows that fail alone, which become bad rows (`narrow.py`, issue 24); a
+worker that runs out of restarts meanwhile is replaced (`pool_growth.py`).
+
+Elastic workers (`num_workers="auto"`, `follow`, in `pool_growth.py`): every ELASTIC_PERIOD_S while shards wait, the
 pool looks for nodes that joined after it started and starts as many workers on each as its
 total resources hold (the same per-actor resources as at start, pinned to that node, so a worker
 never straddles nodes). A new worker is "starting" until its engine reports a fingerprint equal
@@ -42,36 +46,15 @@ from .actor import EmbedWorker, RunContext
 from .errors import BadRowsError, ShardFailedError, WorkersLostError, WorkerStartTimeout
 from .memory_kill import describe, explain
 from .narrow import Job, Narrowing, narrowable
+from .pool_growth import DEPTH, Growth, Worker
 from .shards import Shard
 
 log = logging.getLogger("pipeline")
-DEPTH = 2  # shards per worker in flight: one embedding, one prefetched
 START_TIMEOUT_S = 900
-ELASTIC_PERIOD_S = 2.0  # how often a pool that follows the cluster looks for new nodes
 
 
 @dataclass
-class Worker:
-    """Driver-side bookkeeping of one actor."""
-
-    index: int
-    handle: object
-    state: str = "alive"  # alive | probing | dead | lost, or starting (joined mid-run)
-    inflight: int = 0
-    restarts: int = 0
-    shards: int = 0
-    rows: int = 0
-    tokens: int = 0
-    busy: float = 0.0
-    last_error: str = ""
-    node: str = ""  # Ray node id of the actor's last start
-    probing_since: float = 0.0  # monotonic time its actor was found dead
-    alone: bool = False  # it runs a job that must run alone (narrow.Job.runs_alone)
-    memory: str = ""  # why Ray killed it for memory (memory_kill.explain), if that was its last death
-
-
-@dataclass
-class Pool:
+class Pool(Growth):
     """Actors plus the in-flight task table; `run` drives every shard to a committed record."""
 
     workers: list[Worker]
@@ -146,55 +129,6 @@ class Pool:
     def fingerprint(self, config) -> dict:
         """The run fingerprint: the engines' (every one agrees) and `config`'s part."""
         return {"engine": self.engine_fingerprint, **config.fingerprint()}
-
-    def follow(self, resources: dict, max_restarts: int, args: tuple) -> None:
-        """Start workers on nodes that join the cluster during `run` (num_workers="auto"):
-        `resources` per actor and constructor `args` as at `start`."""
-        known = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        self.elastic = {"resources": resources, "args": args, "known": known, "next": 0.0,
-                        "max_restarts": max_restarts}
-
-    def _grow(self, queue: deque) -> None:
-        """Every ELASTIC_PERIOD_S while shards wait: start workers on nodes that joined."""
-        e = self.elastic
-        if e is None or not queue or time.monotonic() < e["next"]:
-            return
-        e["next"] = time.monotonic() + ELASTIC_PERIOD_S
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        for node in ray.nodes():
-            if not node.get("Alive") or node["NodeID"] in e["known"]:
-                continue
-            e["known"].add(node["NodeID"])
-            fits = _workers_that_fit(node.get("Resources", {}), e["resources"])
-            remote = ray.remote(EmbedWorker).options(
-                max_restarts=e["max_restarts"], max_task_retries=0, max_concurrency=DEPTH,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-                **e["resources"])
-            for _ in range(fits):
-                w = Worker(len(self.workers), remote.remote(*e["args"]), state="starting",
-                           node=node["NodeID"])
-                self.workers.append(w)
-                self.tasks[w.handle.engine_fingerprint.remote()] = (w, None)
-            log.info("node %s joined the cluster: %d new worker(s) starting there",
-                     node["NodeID"][:12], fits)
-
-    def _joined(self, worker: Worker, ref) -> None:
-        """A worker started by `_grow` answered: it takes shards if its engine agrees."""
-        try:
-            fingerprint = ray.get(ref)
-        except RayActorError as e:
-            worker.state, worker.last_error = "lost", f"worker {worker.index} did not start: {_first_line(e)}"
-            log.warning("%s", worker.last_error)
-            return
-        if fingerprint != self.engine_fingerprint:
-            ray.kill(worker.handle, no_restart=True)
-            worker.state = "lost"
-            worker.last_error = (f"worker {worker.index} (node {worker.node[:12]}) refused: its engine's "
-                                 f"fingerprint {fingerprint} differs from the run's; pin dtype= so "
-                                 "every node computes alike")
-            log.warning("%s", worker.last_error)
-            return
-        worker.state = "alive"
 
     def stop(self) -> None:
         for w in self.workers:
@@ -311,10 +245,6 @@ class Pool:
         queue.appendleft(dataclasses.replace(job, alone=job.alone or isinstance(error, RayActorError)))
         return None
 
-    def _replace(self, worker: Worker) -> None:
-        if self.spawn is not None:
-            _replace_worker(self, worker)
-
     def _probed(self, worker: Worker, ref) -> None:
         try:
             info = ray.get(ref)
@@ -323,34 +253,8 @@ class Pool:
             return
         except (RayActorError, OutOfMemoryError) as e:  # ActorDiedError: out of restarts
             worker.state, worker.last_error = "dead", f"worker {worker.index}: {describe(e)}"
-            if self.narrowing.active:  # each failing piece costs a crash: a new worker goes on
-                self._replace(worker)
+            if self.narrowing.active and self.spawn is not None:  # each failing piece costs a
+                self._replace(worker)  # crash: a new worker goes on
             return
         worker.state, worker.restarts = "alive", worker.restarts + 1
         worker.node = info.get("node_id", worker.node)
-
-
-def _replace_worker(pool: "Pool", dead: Worker) -> None:
-    """Start a new actor (a full restart budget) for `dead`, which ran out of Ray restarts
-    while a shard was being narrowed down; it takes shards once its engine answers."""
-    resources, max_restarts, args = pool.spawn
-    remote = ray.remote(EmbedWorker).options(
-        max_restarts=max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
-    w = Worker(len(pool.workers), remote.remote(*args), state="starting")
-    pool.workers.append(w)
-    pool.tasks[w.handle.engine_fingerprint.remote()] = (w, None)
-    log.warning("worker %d ran out of restarts while a shard was narrowed down: worker %d replaces it",
-                dead.index, w.index)
-
-
-def _workers_that_fit(total: dict, per_worker: dict) -> int:
-    """How many actors asking `per_worker` (num_cpus / num_gpus) a node with `total` holds."""
-    counts = [int(total.get(key, 0) / need + 1e-9) for key, need in
-              (("CPU", per_worker.get("num_cpus", 1)), ("GPU", per_worker.get("num_gpus", 0))) if need]
-    return max(0, min(counts)) if counts else 0
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else repr(e)
-
