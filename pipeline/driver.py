@@ -25,7 +25,8 @@ from .output_folder import OutputFolder, absolute, is_uri, redact
 from .pool import Pool
 from .progress import Progress, RunStats, WorkerStats
 from .shards import default_shard_rows, plan_record, plan_shards
-from .sources import check_input_string, check_schema, open_source, peek_schema
+from .source_checks import check_input_string
+from .sources import check_schema, open_source, peek_schema
 from .tasks import TASKS, memory_results
 from .validate import check_model
 

@@ -8,7 +8,6 @@ those counts (see `shards.py`); the source object itself is shipped to every act
 from __future__ import annotations
 
 import fnmatch
-import glob
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from .config import PipelineConfig
 from .errors import InputError, InputNotFoundError, InputTypeError
 from .output_folder import resolve
 from .redact import redact
+from .source_checks import check_column_types, footer, reason
 
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 _GLOB_CHARS = set("*?[")
@@ -71,7 +71,7 @@ class ParquetSource(Source):
             return self._read(index, start, stop, columns)
         except (pa.ArrowException, OSError) as e:  # corrupt pages, or the file changed since planned
             raise InputError(f"reading rows {start}..{stop - 1} of the input file "
-                             f"{redact(self.paths[index])} failed: {_reason(e)}") from None
+                             f"{redact(self.paths[index])} failed: {reason(e)}") from None
 
     def _read(self, index, start, stop, columns):
         # Only the row groups that overlap [start, stop) are read, and only the asked columns.
@@ -154,7 +154,7 @@ def open_source(data, config: PipelineConfig) -> Source:
         where = f"Parquet file {redact(source.paths[0])}" + (f" (and {more} more)" if more else "")
     check_schema(schema, config, where=where)
     if isinstance(source, ParquetSource):
-        _check_column_types(source, config)
+        check_column_types(source, config)
     return source
 
 
@@ -251,23 +251,6 @@ def _table_digest(table: pa.Table) -> str:
     return hashlib.sha256(sink.getvalue()).hexdigest()[:16]
 
 
-def check_input_string(data) -> None:
-    """InputNotFoundError for a str input that is no existing file or folder, matches no glob
-    and is no URI: most often a text passed alone, which the path-first reading would otherwise
-    answer with "output= is required for file inputs" (issue 24)."""
-    if not isinstance(data, str) or "://" in data:
-        return
-    path = os.path.expanduser(data)
-    if os.path.exists(path) or (_GLOB_CHARS.intersection(path) and glob.glob(path, recursive=True)):
-        return
-    shown = data if len(data) <= 60 else data[:57] + "..."
-    text_like = " " in data.strip() or not any(c in data for c in "/\\.")
-    raise InputNotFoundError(
-        f"input {shown!r} does not exist" + (
-            ": a str is read as a Parquet file, folder, glob or URI, and this one names none. To "
-            f"embed texts, pass a list of strings, e.g. pipeline.run([{shown!r}])" if text_like else ""))
-
-
 def _is_path_list(data) -> bool:
     return (isinstance(data, (list, tuple)) and len(data) > 0
             and all(isinstance(p, os.PathLike) for p in data))
@@ -289,7 +272,7 @@ def _open_paths(data):
     if not paths:
         raise InputNotFoundError(f"no Parquet files match {data!r}")
     with ThreadPoolExecutor(8) as pool:  # footers only; many small files are common
-        metas = list(pool.map(lambda p: _footer(fs, p), paths))
+        metas = list(pool.map(lambda p: footer(fs, p), paths))
     sizes = [info.size for info in fs.get_file_info(paths)]
     schema = metas[0].schema.to_arrow_schema()
     for path, meta in zip(paths[1:], metas[1:]):
@@ -301,34 +284,6 @@ def _open_paths(data):
     source = ParquetSource(fs, paths, [m.num_rows for m in metas], sizes)
     source.schemas = [m.schema.to_arrow_schema() for m in metas]
     return source, schema
-
-
-def _footer(fs, path: str):
-    """The file's Parquet footer; InputError naming the file when it is not Parquet (a text file
-    named .parquet, a truncated or corrupt file) or cannot be opened."""
-    try:
-        return pq.ParquetFile(path, filesystem=fs).metadata
-    except (pa.ArrowException, OSError) as e:
-        raise InputError(f"cannot read the input file {redact(path)} as Parquet: {_reason(e)}; "
-                         "remove or replace it (or move it out of the input folder)") from None
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
-def _check_column_types(source: "ParquetSource", config: PipelineConfig) -> None:
-    """InputError naming both files when a column the run reads has another type in a later
-    file (string and large_string count as one): refused now, not as a failing shard."""
-    first = source.schemas[0]
-    for path, other in zip(source.paths[1:], source.schemas[1:]):
-        for name in config.input_columns:
-            want, got = first.field(name).type, other.field(name).type
-            if want != got and not (want in _TEXT_TYPES and got in _TEXT_TYPES):
-                raise InputError(f"column {name!r} is {got} in Parquet file {redact(path)} but "
-                                 f"{want} in {redact(source.paths[0])}; all input files must "
-                                 "share one schema")
 
 
 def _expand(spec: str):
