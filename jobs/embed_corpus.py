@@ -37,7 +37,9 @@ its code is `pipeline/errors.py::EXIT_CODES`):
        bad rows with --on-bad-row error)
     3  --output holds a different run (another model, settings or input); --overwrite or a new folder
     4  done, but some rows are reported in --output/_errors.parquet (id, shard, row, reason):
-       null, empty or whitespace-only texts (not embedded) and repeated ids (embedded)
+       null, empty or whitespace-only texts (not embedded), rows that failed alone (each killed
+       or failed its worker: not embedded, the rest of their shard is) and repeated ids (embedded)
+  130  interrupted (Ctrl-C; 143 on SIGTERM): committed shards are kept, rerun to resume
 """
 from __future__ import annotations
 
