@@ -59,8 +59,10 @@ def check_address(address: str | None = None) -> None:
         check_reachable(target, origin)
 
 
-def connect(address: str | None = None) -> bool:
+def connect(address: str | None = None, quiet: bool = False) -> bool:
     """Connect to the run's cluster or start a local one; True when this call started Ray.
+    `quiet`: a local Ray started here logs warnings and errors only, not Ray's INFO lines
+    ("Started a local Ray instance"): a notebook call prints one line (issue 24).
 
     Raises ClusterUnreachableError within CONNECT_TIMEOUT_S when the address answers nothing.
     """
@@ -71,7 +73,8 @@ def connect(address: str | None = None) -> bool:
         # No dashboard: 1 GB less memory and ~1 s faster (FACTS.md); jobs use `ray start`'s.
         with _worker_niceness(), _keep_sigterm_handler():
             _token_auth_explicitly()
-            ray.init(address=LOCAL, include_dashboard=False)
+            ray.init(address=LOCAL, include_dashboard=False,
+                     **({"logging_level": logging.WARNING} if quiet else {}))
         return True
     check_reachable(target, origin)
     with _keep_sigterm_handler():

@@ -57,7 +57,8 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
     cluster.check_address(config.address)  # a dead address fails in seconds, before the model loads
     _check_model_here(engine_options, config.address)
     local = _runs_in_process(data, config, engine_options)  # small, in memory, no Ray here: local.py
-    ours = not local and warm.connected(cluster.connect(config.address))  # a Ray this pipeline started
+    # A Ray this pipeline started; quiet unless progress was asked for (a notebook's one line).
+    ours = not local and warm.connected(cluster.connect(config.address, quiet=config.progress is not True))
     pool = manifest = plan = None
     finished = False
     try:

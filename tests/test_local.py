@@ -130,9 +130,13 @@ def test_a_notebook_call_prints_one_line_unless_asked(texts, capfd):
     assert capfd.readouterr() == ("", "")
 
 
-def test_ray_is_used_over_the_row_limit_or_when_asked(texts, engine_vectors):
-    result = pipeline.run(texts, **RUN, in_process_rows=N - 1, num_workers=1)
+def test_ray_is_used_over_the_row_limit_or_when_asked(texts, engine_vectors, capfd):
+    capfd.readouterr()
+    quiet = {k: v for k, v in RUN.items() if k != "progress"}
+    result = pipeline.run(texts, **quiet, in_process_rows=N - 1, num_workers=1)
     assert ray.is_initialized()  # started by the pipeline for this run, kept with its warm actor
+    out, err = capfd.readouterr()  # issue 24: no Ray INFO line (nor token-auth warning) either
+    assert len((out + err).strip().splitlines()) == 1 and out.startswith("embedded 30 rows"), out + err
     assert warm.warm_pool() is not None and local_engine() is None
     np.testing.assert_allclose(result.embeddings, engine_vectors, atol=1e-5, rtol=0)
     pipeline.shutdown()
