@@ -130,17 +130,42 @@ def test_a_notebook_call_prints_one_line_unless_asked(texts, capfd):
     assert capfd.readouterr() == ("", "")
 
 
-def test_ray_is_used_over_the_row_limit_or_when_asked(texts, engine_vectors, capfd):
-    capfd.readouterr()
-    quiet = {k: v for k, v in RUN.items() if k != "progress"}
-    result = pipeline.run(texts, **quiet, in_process_rows=N - 1, num_workers=1)
+def test_ray_is_used_over_the_row_limit_or_when_asked(texts, engine_vectors):
+    result = pipeline.run(texts, **RUN, in_process_rows=N - 1, num_workers=1)
     assert ray.is_initialized()  # started by the pipeline for this run, kept with its warm actor
-    out, err = capfd.readouterr()  # issue 24: no Ray INFO line (nor token-auth warning) either
-    assert len((out + err).strip().splitlines()) == 1 and out.startswith("embedded 30 rows"), out + err
     assert warm.warm_pool() is not None and local_engine() is None
     np.testing.assert_allclose(result.embeddings, engine_vectors, atol=1e-5, rtol=0)
     pipeline.shutdown()
     assert not ray.is_initialized()
+
+
+_NOTEBOOK_CELL = """
+import pipeline
+result = pipeline.run(["a passage", "", "another"], in_process_rows=0)  # through a new local Ray
+assert result.embeddings.shape == (3, 384)
+"""
+
+
+@pytest.mark.slow
+def test_a_notebook_call_that_starts_ray_still_prints_one_line():
+    """Issue 24: the first call that starts a local Ray also printed Ray's INFO line and its
+    token-authentication warning. A fresh process (as a new notebook), no Ray configured."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    import shutil
+    import tempfile
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
+    env["RAY_TMPDIR"] = ray_tmp  # and no `ray start` cluster file from elsewhere is found
+    try:
+        done = subprocess.run([sys.executable, "-c", _NOTEBOOK_CELL], env=env, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("embedded 2 rows in "), lines
 
 
 def test_what_runs_in_process():
