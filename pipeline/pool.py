@@ -225,9 +225,11 @@ class Pool(Growth):
             if isinstance(cause, BadRowsError):  # retrying cannot help: the input's fault
                 raise BadRowsError(str(cause)) from None
             error = cause
-        if job.probe:  # cut the piece again, or it is one row: a bad row
+        if job.probe and narrowable(error):  # cut the piece again, or it is one row: a bad row
             queue.extendleft(reversed(self.narrowing.failed(job, error)))
             return None
+        if job.probe:  # a read error while narrowing: it names its file, no row is to blame
+            raise ShardFailedError(f"{shard.describe()}: {type(error).__name__}: {error}") from None
         key = (shard.index, bool(job.bad))  # a narrowed shard's last run has retries of its own
         attempts[key] = attempts.get(key, 0) + 1
         if attempts[key] > self.max_retries:
