@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cli_help import HelpFormatter, examples, in_flags  # noqa: E402  (the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -21,9 +23,7 @@ if str(ROOT) not in sys.path:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="build_index.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="examples:\n" + "\n".join(
-                                    ln for ln in __doc__.splitlines() if ln.strip().startswith("python")))
+                                formatter_class=HelpFormatter, epilog=examples(__doc__))
     p.add_argument("--embeddings", required=True, help="output folder of pipeline.run (holds _manifest.json)")
     p.add_argument("--index", required=True, help="index file to write (outside the embeddings folder)")
     p.add_argument("--kind", default="flat", choices=["flat", "hnsw", "ivfpq"],
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
                       hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search,
                       threads=args.threads)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {in_flags(str(e), parse_args.parser)}", file=sys.stderr)
         return 2
     params = "".join(f" {k}={v}" for k, v in stats["params"].items())
     print(f"built {stats['kind']} index ({stats['metric']}{params}) over {stats['vectors']:,} x "

@@ -37,7 +37,9 @@ its code is `pipeline/errors.py::EXIT_CODES`):
        bad rows with --on-bad-row error)
     3  --output holds a different run (another model, settings or input); --overwrite or a new folder
     4  done, but some rows are reported in --output/_errors.parquet (id, shard, row, reason):
-       null, empty or whitespace-only texts (not embedded) and repeated ids (embedded)
+       null, empty or whitespace-only texts (not embedded), rows that failed alone (each killed
+       or failed its worker: not embedded, the rest of their shard is) and repeated ids (embedded)
+  130  interrupted (Ctrl-C; 143 on SIGTERM): committed shards are kept, rerun to resume
 """
 from __future__ import annotations
 
@@ -48,11 +50,16 @@ import sys
 import time
 from pathlib import Path
 
+from cli_help import HelpFormatter, examples, in_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout or a job's working dir
     sys.path.insert(0, str(ROOT))
 
 DEMO_DIR = ROOT / "out" / "demo"
+# pipeline.run's argument names whose flag is spelled otherwise (errors are put in flags)
+FLAG_ALIASES = {"cast_text": "--cast", "max_num_batched_tokens": "--batch-tokens",
+                "passthrough_columns": "--passthrough", "restart_timeout_s": "--restart-timeout"}
 
 
 def _workers(value: str):
@@ -68,12 +75,10 @@ def _workers(value: str):
     return n
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="embed_corpus.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n" + "\n".join(
-            line for line in __doc__.splitlines() if line.strip().startswith(("python", "RAY_AUTH", "--")))
+        prog="embed_corpus.py", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+        epilog=examples(__doc__, ("python", "RAY_AUTH"))
         + "\n\nexit codes:\n" + __doc__[__doc__.index("    0  done"):])
     p.add_argument("--input", help="Parquet file, folder or glob (local or s3://, gs://...), "
                                    "or a datasets save_to_disk folder")
@@ -112,10 +117,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "cores at most, and nodes that join mid-run get workers too; a number is fixed")
     p.add_argument("--threads-per-worker", type=int, default=None,
                    help="torch threads / reserved CPUs per CPU actor (default: an even split)")
-    p.add_argument("--dtype", default="auto", help="engine compute dtype: auto, float32, bfloat16, float16")
+    p.add_argument("--dtype", default="auto", help="engine compute dtype: auto (bfloat16 where the CPU or "
+                   "GPU computes it fast, else float32), float32, bfloat16, float16")
     p.add_argument("--quantization", default=None, choices=["int8"],
                    help="int8 weights on CPU (SmoothQuant-calibrated; default: none)")
-    p.add_argument("--batch-tokens", type=int, default=None, help="engine token budget per packed batch")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="engine token budget per packed batch; lower it if a worker is killed for "
+                        "memory (default: 4096 on CPU; on a GPU the largest that fits its memory)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's)")
     p.add_argument("--truncation", default="truncate", choices=["truncate", "error", "chunk"],
                    help="texts over --max-length: truncate (default, counted), error, or chunk "
@@ -152,6 +160,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--demo", action="store_true",
                    help="embed a sample corpus of Python docstrings into out/demo/ (the README's main job)")
     p.add_argument("--demo-rows", type=int, default=2000, help="passages in the --demo corpus (default: 2000)")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.demo and not (args.input and args.output):
         p.error("--input and --output are required (or pass --demo)")
@@ -187,9 +200,25 @@ def build_demo_corpus(rows: int) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # `ray job stop` and schedulers send SIGTERM: exit through the driver's cleanup, which saves
-    # the manifest (every finished shard stays committed) and stops the actors.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    # Ctrl-C, and the SIGTERM of `ray job stop` and schedulers: exit through the driver's
+    # cleanup, which saves the manifest (every finished shard stays committed) and stops the
+    # actors, then print one line (no traceback) and exit 128 + the signal.
+    received = []
+    def interrupt(signum, _frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        return _main(args)
+    except KeyboardInterrupt as e:
+        from pipeline.redact import redact
+        print(redact(e) if str(e) else "interrupted before any shard was committed; rerun to start",
+              file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)  # 130 (ExitCode.INTERRUPTED) or 143
+
+
+def _main(args: argparse.Namespace) -> int:
     import pipeline
     from pipeline.errors import ExitCode, exit_code
     from pipeline.redact import redact
@@ -220,16 +249,22 @@ def main(argv=None) -> int:
         code = exit_code(e)
         if code is None:  # not a failure the pipeline names: a bug, keep its traceback
             raise
+        message = in_flags(redact(e), build_parser(), FLAG_ALIASES)  # the CLI's words, not Python's
         if code == ExitCode.FAILED:
-            print(f"error: the run failed: {redact(e)}\nCommitted shards are kept; rerun the same command "
+            print(f"error: the run failed: {message}\nCommitted shards are kept; rerun the same command "
                   "to resume.", file=sys.stderr)
         else:
-            print(f"error: {redact(e)}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
         return code
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(result.stats.to_dict(), indent=1))
     if args.demo:
         show_demo(result.output)
+    if result.stats.isolated_rows:  # issue 24: a row that killed its worker is named
+        rows = ", ".join(str(r) for r in result.stats.isolated_rows)
+        print(f"warning: input row(s) {rows} failed alone (the worker died or raised on each) and "
+              f"are not embedded; the rest of their shards is. Each error is in "
+              f"{redact(result.output)}/_errors.parquet", file=sys.stderr)
     if result.stats.reported_rows:
         print(f"warning: {result.stats.bad_rows_total:,} row(s) not processed (bad text) and "
               f"{result.stats.duplicate_ids:,} row(s) with a repeated id are listed in "

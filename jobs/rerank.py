@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cli_help import HelpFormatter, examples, in_flags  # noqa: E402  (the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout or a job's working dir
     sys.path.insert(0, str(ROOT))
@@ -30,10 +32,7 @@ from search import open_index, passages, query_engine  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="rerank.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="examples:\n" + "\n".join(
-                                    ln for ln in __doc__.splitlines()
-                                    if ln.strip().startswith(("python", "--"))))
+                                formatter_class=HelpFormatter, epilog=examples(__doc__))
     p.add_argument("--index", required=True, help="index file written by jobs/build_index.py")
     p.add_argument("--embeddings", default=None, help="embeddings folder (default: the one in PATH.json)")
     p.add_argument("--query", action="append", default=[], help="query text (repeat for several)")
@@ -57,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nprobe", type=int, default=None, help="ivfpq lists to search (default: the index's)")
     p.add_argument("--ef-search", type=int, default=None, help="hnsw beam width (default: the index's)")
     p.add_argument("--chars", type=int, default=100, help="characters of each passage to print (default: 100)")
+    parse_args.parser = p  # errors are put in its flags (cli_help.in_flags)
     args = p.parse_args(argv)
     if bool(args.query) == bool(args.queries):
         p.error("pass --query (one or more) or --queries FILE.parquet, not both")
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         index, manifest = open_index(args.index, args.embeddings)
         embedder = query_engine(manifest, args.prompt)
     except (ValueError, FileNotFoundError, ImportError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {in_flags(str(e), parse_args.parser)}", file=sys.stderr)
         return 2
     hits = index.search(embedder.embed(queries), args.k, args.nprobe, args.ef_search)
     texts, note = passages(manifest, sorted({h[0] for row in hits for h in row}, key=str))

@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cli_help import HelpFormatter, examples, in_flags  # noqa: E402  (the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -30,7 +32,8 @@ MUST_MATCH = ("model_hash", "pooling", "normalize", "dimensions", "workflow")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="search.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="search.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter, epilog=examples(__doc__))
     p.add_argument("--index", default=None,
                    help="index file written by jobs/build_index.py (dense embeddings); omit it to "
                         "search a tokens / sparse / bge-m3 output given by --embeddings")
@@ -49,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nprobe", type=int, default=None, help="ivfpq lists to search (default: the index's)")
     p.add_argument("--ef-search", type=int, default=None, help="hnsw beam width (default: the index's)")
     p.add_argument("--chars", type=int, default=100, help="characters of each passage to print (default: 100)")
+    parse_args.parser = p  # errors are put in its flags (cli_help.in_flags)
     args = p.parse_args(argv)
     if args.index is None and args.embeddings is None:
         p.error("pass --index (a FAISS index) or --embeddings (a tokens / sparse / bge-m3 output)")
@@ -135,7 +139,7 @@ def late_search(args) -> int:
         _, manifest, task = late.open_output(args.embeddings)
         hits = late.search(args.embeddings, args.query, args.k, args.weights)
     except (InputError, FileNotFoundError, ImportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {in_flags(str(e), parse_args.parser)}", file=sys.stderr)
         return 2
     texts, note = passages(manifest.data, sorted({h.id for row in hits for h in row}, key=str))
     mode = late.MODES[task] + (f" {','.join(map(str, args.weights))}" if task == "bge-m3" else "")
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
         index, manifest = open_index(args.index, args.embeddings)
         engine = query_engine(manifest, args.prompt)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {in_flags(str(e), parse_args.parser)}", file=sys.stderr)
         return 2
     hits = index.search(engine.embed(args.query), args.k, args.nprobe, args.ef_search)
     texts, note = passages(manifest, sorted({h[0] for row in hits for h in row}, key=str))

@@ -31,7 +31,7 @@ from .driver import engine_option_names, execute
 from .embedder import Embedder
 from .errors import (BadRowsError, ClusterUnreachableError, FingerprintMismatch, InputError,
                      InputNotFoundError, OutputWriteError, PipelineError, RunFailedError,
-                     ShardFailedError, WorkersLostError)
+                     RunInterrupted, ShardFailedError, WorkersLostError)
 from .finish import RunResult
 from .manifest import Manifest
 from .output_folder import OutputFolder
@@ -48,7 +48,7 @@ from .writer import embedding_array, ragged_rows, to_numpy
 __all__ = ["run", "shutdown", "model_spec", "read_embeddings", "read_scores", "read_tokens", "read_sparse", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
            "PipelineConfig", "OutputFolder", "PipelineError", "InputError", "FingerprintMismatch",
            "RunFailedError", "ShardFailedError", "BadRowsError", "OutputWriteError",
-           "WorkersLostError", "ClusterUnreachableError", "redact"]
+           "WorkersLostError", "ClusterUnreachableError", "RunInterrupted", "redact"]
 
 
 def run(data, *, output=None, model=None, text_column="text", id_column=None, num_workers=None,
@@ -102,6 +102,13 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
         truncated, bad_rows, duplicate_ids), `.manifest`, and for in-memory runs `.errors`
         and `.embeddings` (embed), `.scores` (score), `.logits` and `.labels` (classify),
         `.tokens` (tokens), `.sparse` (sparse), or `.embeddings`, `.sparse`, `.tokens` (bge-m3).
+
+    `progress`: None (default) prints the progress bar and summary table for a run with an
+    `output` folder and one line for an in-memory run; True both, False nothing. Ctrl-C raises
+    `RunInterrupted` (a KeyboardInterrupt) saying how many shards are committed; rerun with the
+    same output to resume. A str `data` must name a file, folder, glob match or URI (texts go in
+    a list). A row that kills its worker is isolated and reported as a bad row
+    (`stats.isolated_rows`), the rest of its shard embedded.
 
     Every input row is embedded or reported: a null, empty or whitespace-only text (in either
     column of a pair) is not embedded and, with on_bad_row="record" (default), listed with its id, shard, row and reason

@@ -36,7 +36,7 @@ from .output_folder import OutputFolder
 from .shards import Shard, read_shard
 from .sources import text_as_string
 from .tasks import TASKS
-from .validate import embeddable_texts, split_bad_rows
+from .validate import embeddable_texts, errors_table, split_bad_rows
 from .writer import task_part
 
 
@@ -123,17 +123,23 @@ class EmbedWorker:
         with self.lock:
             return self._on_engine_thread(self.engine.embed, texts)
 
-    def process(self, run_box: list, shard: Shard) -> dict:
+    def process(self, run_box: list, shard: Shard, probe: bool = False, bad: tuple = ()) -> dict:
         """Run the task on one shard; write its part (or return its outputs when there is no output folder).
 
         `run_box` is `[ObjectRef(RunContext)]`: boxed so Ray passes the reference, fetched once
-        per run (and again after a restart) instead of being a constructor argument.
+        per run (and again after a restart) instead of being a constructor argument. While a
+        failing shard is narrowed down (`pipeline/narrow.py`), `probe` runs the task on a piece
+        of it and returns only that it ran; `bad` lists (global row, reason) pairs that failed
+        alone: recorded as bad rows, not run.
         """
         t0 = time.perf_counter()
         run = self._context(run_box)
         config = run.config
         table = text_as_string(read_shard(run.source, shard, config.input_columns), config)
         good, errors, keep = split_bad_rows(shard, table, config)
+        if bad:
+            good, errors, keep = _leave_out(shard, table, good, errors, keep, dict(bad), config)
+        _crash_on_row(shard, bad)
         texts = [good.column(c).to_pylist() for c in config.text_columns]
         t1 = time.perf_counter()
         with self.lock:
@@ -148,6 +154,8 @@ class EmbedWorker:
                 raise self._too_long(config, shard, good, keep, e) from None
             seconds = time.perf_counter() - start
             stages = {k: v - stages0[k] for k, v in stats.stage_seconds().items()}
+        if probe:
+            return {"probe": True, "rows": good.num_rows}
         _crash_point(shard, "mid_shard")
         record = {"rows": good.num_rows, "tokens": stats.tokens - tokens0,
                   "truncated": stats.truncated - truncated0, "chunked": stats.chunked - chunked0,
@@ -195,6 +203,39 @@ class EmbedWorker:
             return good.column(config.id_column).combine_chunks()
         rows = np.arange(shard.row_offset, shard.row_offset + shard.num_rows, dtype=np.int64)
         return pa.array(rows if keep is None else rows[keep])
+
+
+def _leave_out(shard: Shard, table: pa.Table, good: pa.Table, errors: pa.Table, keep, bad: dict,
+               config: PipelineConfig):
+    """(good, errors, keep) of `split_bad_rows` with the rows of `bad` (global row -> reason:
+    they failed alone, `narrow.py`) moved from the rows to run to the error records."""
+    keep = np.ones(table.num_rows, dtype=bool) if keep is None else keep.copy()
+    local = np.array([r - shard.row_offset for r in sorted(bad)], dtype=np.int64)
+    local = local[keep[local]]  # a row already bad (say, empty) keeps its first reason
+    if not len(local):
+        return good, errors, (None if keep.all() else keep)
+    keep[local] = False
+    rows = shard.row_offset + local
+    ids = table.column(config.id_column).take(pa.array(local)).combine_chunks() \
+        if config.id_column else pa.array(rows, pa.int64())
+    more = errors_table(ids.cast(errors.schema.field("id").type), [shard.id] * len(local), rows,
+                        [bad[int(r)] for r in rows])
+    errors = pa.concat_tables([errors, more]).sort_by("row")
+    return table.filter(pa.array(keep)), errors, keep
+
+
+def _crash_on_row(shard: Shard, bad: tuple) -> None:
+    """TEST-ONLY fault injection (tests/test_pipeline_crash.py): when $PIPELINE_CRASH_FILE holds
+    "row <N>", every call whose rows include global row N (and do not leave it out) SIGKILLs
+    this actor: a row that kills its worker whenever it is run. Never set it outside tests."""
+    path = os.environ.get(CRASH_FILE_ENV)
+    if not path or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        armed = f.read().split()
+    if len(armed) == 2 and armed[0] == "row" and int(armed[1]) not in {r for r, _ in bad} \
+            and shard.row_offset <= int(armed[1]) < shard.row_offset + shard.num_rows:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS", "KMP_AFFINITY",

@@ -51,8 +51,9 @@ class PipelineConfig:
             in-memory run returns float32. None: the task's default (float32; float16 for the
             token vectors of task="tokens" / "bge-m3", which take float16 or float32); scores,
             logits and sparse values are float32 only.
-        max_retries: times one shard is redone after its actor died or it raised, before the run
-            fails naming the shard.
+        max_retries: times one shard is redone after its actor died or it raised; then (when
+            > 0) it is narrowed down to the rows that fail alone, reported as bad rows, and the
+            rest is embedded (`pipeline/narrow.py`); with 0 the run fails at once naming the shard.
         max_restarts: times Ray restarts one dead actor.
         restart_timeout_s: seconds a dead worker's restart may take before the worker is given
             up (e.g. its node left the cluster and no other node has room for it): its shards go
@@ -72,7 +73,9 @@ class PipelineConfig:
         cast_text: cast a non-string text column (integers, floats, booleans, binary UTF-8)
             to string with pyarrow instead of refusing it.
         overwrite: delete a previous run's parts and manifest in `output` and start over.
-        progress: print a live progress bar and the final summary (to stderr / stdout).
+        progress: True: a live progress bar (stderr) and the final summary table (stdout);
+            False: nothing; None (default): both for a run with an `output` folder, and one
+            summary line for an in-memory run (a notebook call stays quiet).
         in_process_rows: an in-memory input (list, table, DataFrame, in-memory HF dataset) of
             at most this many rows, when no Ray is running here and none is configured
             (`address`, RAY_ADDRESS, `ray start`), runs on one engine in this process instead
@@ -98,7 +101,7 @@ class PipelineConfig:
     skip_bad_rows: bool | None = None
     cast_text: bool = False
     overwrite: bool = False
-    progress: bool = True
+    progress: bool | None = None
     task: str = "embed"
     pair_column: str | None = None
     max_part_bytes: int = 256 * 2**20
@@ -132,6 +135,8 @@ class PipelineConfig:
         if isinstance(self.restart_timeout_s, bool) or not isinstance(self.restart_timeout_s, (int, float)) \
                 or not self.restart_timeout_s > 0:
             raise InputError(f"restart_timeout_s={self.restart_timeout_s!r} must be a number of seconds > 0")
+        if self.progress not in (None, True, False):
+            raise InputError(f"progress={self.progress!r} must be True, False or None (automatic)")
         if self.address is not None and (not isinstance(self.address, str) or not self.address):
             raise InputError(f"address={self.address!r} must be 'host:port', 'local' or None (automatic)")
         if self.skip_bad_rows is not None:

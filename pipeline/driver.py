@@ -16,7 +16,7 @@ import ray
 
 from . import cluster, part_size, quantize, warm
 from .config import PipelineConfig
-from .errors import InputError
+from .errors import InputError, RunInterrupted
 from .finish import RunResult, finish, kept_rows
 from .local import LocalPool
 from .manifest import MANIFEST_NAME, Manifest, check_resumable
@@ -25,6 +25,7 @@ from .output_folder import OutputFolder, absolute, is_uri, redact
 from .pool import Pool
 from .progress import Progress, RunStats, WorkerStats
 from .shards import default_shard_rows, plan_record, plan_shards
+from .source_checks import check_input_string
 from .sources import check_schema, open_source, peek_schema
 from .tasks import TASKS, memory_results
 from .validate import check_model
@@ -43,6 +44,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
     t0 = time.perf_counter()
     # File inputs are planned before Ray starts, so a wrong path fails at once; in-memory ones
     # after, so they go to the object store.
+    check_input_string(data)  # a text passed alone is no path: say so, not "output= is required"
     if output is None and _is_path(data):
         raise InputError("output= is required for file inputs (the corpus may not fit in "
                          "memory); pass a folder, e.g. output='embeddings/'")
@@ -55,8 +57,9 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
     cluster.check_address(config.address)  # a dead address fails in seconds, before the model loads
     _check_model_here(engine_options, config.address)
     local = _runs_in_process(data, config, engine_options)  # small, in memory, no Ray here: local.py
-    ours = not local and warm.connected(cluster.connect(config.address))  # a Ray this pipeline started
-    pool = manifest = None
+    # A Ray this pipeline started; quiet unless progress was asked for (a notebook's one line).
+    ours = not local and warm.connected(cluster.connect(config.address, quiet=config.progress is not True))
+    pool = manifest = plan = None
     finished = False
     try:
         if source is None and type(data).__module__.startswith("ray.data"):
@@ -91,7 +94,8 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
             todo = _pending(shards, manifest)
             _crash_point("plan", 0)
         progress = Progress(source.num_rows, source.num_rows - sum(s.num_rows for s in todo),
-                            enabled=config.progress, task=config.task)
+                            enabled=config.progress or (config.progress is None and folder is not None),
+                            task=config.task)
         collector = _Collector(manifest, progress, source.num_rows, pool.dim, config.task)
         startup = time.perf_counter() - t0
         pool.run(todo, collector.done, progress.tick)
@@ -100,12 +104,24 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
         result = finish(stats, collector, manifest, folder, config)
         finished = True
         return result
+    except KeyboardInterrupt:  # Ctrl-C (or the CLI's SIGTERM): one line, not Ray's frames
+        raise _interrupted(manifest, folder, plan) from None
     finally:
         if manifest is not None:
             manifest.save(force=True)
         # A clean run leaves its actors warm for the next call (pipeline/warm.py); a failed one
         # stops them (and a Ray the pipeline started, when no actor is left warm).
         warm.release(pool, keep=finished and keep_warm)
+
+
+def _interrupted(manifest: Manifest | None, folder: OutputFolder | None, plan: dict | None):
+    """The RunInterrupted of a run stopped by Ctrl-C: what is kept and how to go on."""
+    if folder is None:
+        return RunInterrupted("interrupted: an in-memory run keeps nothing; call it again")
+    done = len(manifest.shards) if manifest is not None else 0
+    of = f" of {plan['num_shards']}" if plan else ""
+    return RunInterrupted(f"interrupted: {done}{of} shards committed in {folder}; "
+                          "rerun with the same output to resume")
 
 
 def _plan(source, config: PipelineConfig, manifest: Manifest | None, n_workers: int,
@@ -206,6 +222,10 @@ def _record_run(manifest: Manifest, pool: Pool | LocalPool, source, config: Pipe
     manifest.save(force=True)
 
 
+class _NONE:  # a pool that narrows nothing down (the in-process one): no isolated rows
+    isolated = ()
+
+
 class _Collector:
     """Receives finished shards: commits them to the manifest, or keeps in-memory outputs."""
 
@@ -255,7 +275,9 @@ class _Collector:
         return RunStats(rows=self.rows, rows_total=committed, tokens=self.tokens, seconds=seconds,
                         startup_seconds=startup, truncated=self.truncated, bad_rows=self.bad_rows,
                         shards=self.shards, resumed_shards=resumed, retries=pool.retries,
-                        workers=workers, chunked=self.chunked, stages=dict(self.stages), **self.io)
+                        workers=workers, chunked=self.chunked, stages=dict(self.stages),
+                        isolated_rows=tuple(r for r, _ in getattr(pool, "narrowing", _NONE).isolated),
+                        **self.io)
 
 
 def _runs_in_process(data, config: PipelineConfig, engine_options: dict) -> bool:

@@ -78,6 +78,14 @@ class BadRowsError(InputError, ShardFailedError):
     as is: it names the shard, row, id and fix. Retrying cannot help, so it never is."""
 
 
+# -- 130: interrupted (Ctrl-C, SIGTERM); committed shards are kept -----------------------------------
+
+class RunInterrupted(KeyboardInterrupt):
+    """The run was interrupted (Ctrl-C in `pipeline.run`, SIGINT / SIGTERM in the CLI). A
+    KeyboardInterrupt, so `except Exception` does not swallow it; its one-line message says how
+    many shards are committed and that a rerun resumes. Raised without Ray's frames."""
+
+
 class ExitCode(IntEnum):
     """Exit codes of jobs/embed_corpus.py (its docstring and the README give the meanings)."""
 
@@ -86,6 +94,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     MISMATCH = 3
     REPORTED = 4
+    INTERRUPTED = 130  # 128 + SIGINT, the shell's code for Ctrl-C (SIGTERM exits 143)
 
 
 # The one table. Builtins at the end catch what code outside pipeline/ raises before any work
@@ -93,6 +102,7 @@ class ExitCode(IntEnum):
 # an error of a type not listed here is a bug and is re-raised with its traceback.
 EXIT_CODES: dict[type[BaseException], ExitCode] = {
     BadRowsError: ExitCode.USAGE,
+    KeyboardInterrupt: ExitCode.INTERRUPTED,
     FingerprintMismatch: ExitCode.MISMATCH,
     InputError: ExitCode.USAGE,
     RunFailedError: ExitCode.FAILED,

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from . import writer
 from .output_folder import ERRORS_FILE, OutputFolder
-from .progress import RunStats, summary_table
+from .progress import RunStats, summary_line, summary_table
 from .validate import errors_table
 
 DUPLICATE_ID = "duplicate id"
@@ -74,9 +74,11 @@ def finish(stats: RunStats, collector, manifest, folder: OutputFolder | None, co
     else:
         errors, duplicates = memory_errors(collector.parts, config.id_column is not None)
         stats = dataclasses.replace(stats, bad_rows_total=stats.bad_rows, duplicate_ids=duplicates)
-    if config.progress:
+    if config.progress or (config.progress is None and folder is not None):
         print(summary_table(stats, str(folder) if folder else None, config.output_format, config.task),
               flush=True)
+    elif config.progress is None:  # in memory, by default: a notebook cell gets one line
+        print(summary_line(stats, config.task), flush=True)
     return RunResult(output=folder.location if folder else None, stats=stats,
                      manifest=manifest.data if manifest else None, errors=tuple(errors),
                      **(collector.results() if folder is None else {}))

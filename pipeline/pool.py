@@ -19,7 +19,11 @@ actors are built from (engine settings, resources, restart budget); `begin` give
 (its retry policy and the boxed `RunContext` passed with every call) and clears the per-run
 bookkeeping, so each run's stats and restarts count that run only.
 
-Elastic workers (`num_workers="auto"`, `follow`): every ELASTIC_PERIOD_S while shards wait, the
+A shard that keeps failing on what may be one row's fault (its actor died, the task raised) is
+narrowed down to the rows that fail alone, which become bad rows (`narrow.py`, issue 24); a
+worker that runs out of restarts meanwhile is replaced (`pool_growth.py`).
+
+Elastic workers (`num_workers="auto"`, `follow`, in `pool_growth.py`): every ELASTIC_PERIOD_S while shards wait, the
 pool looks for nodes that joined after it started and starts as many workers on each as its
 total resources hold (the same per-actor resources as at start, pinned to that node, so a worker
 never straddles nodes). A new worker is "starting" until its engine reports a fingerprint equal
@@ -28,44 +32,29 @@ shards like the others.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import (ActorUnavailableError, GetTimeoutError, OutOfMemoryError, RayActorError,
+                            RayTaskError)
 
 from .actor import EmbedWorker, RunContext
 from .errors import BadRowsError, ShardFailedError, WorkersLostError, WorkerStartTimeout
+from .memory_kill import describe, explain
+from .narrow import Job, Narrowing, narrowable
+from .pool_growth import DEPTH, Growth, Worker
 from .shards import Shard
 
 log = logging.getLogger("pipeline")
-DEPTH = 2  # shards per worker in flight: one embedding, one prefetched
 START_TIMEOUT_S = 900
-ELASTIC_PERIOD_S = 2.0  # how often a pool that follows the cluster looks for new nodes
 
 
 @dataclass
-class Worker:
-    """Driver-side bookkeeping of one actor."""
-
-    index: int
-    handle: object
-    state: str = "alive"  # alive | probing | dead | lost, or starting (joined mid-run)
-    inflight: int = 0
-    restarts: int = 0
-    shards: int = 0
-    rows: int = 0
-    tokens: int = 0
-    busy: float = 0.0
-    last_error: str = ""
-    node: str = ""  # Ray node id of the actor's last start
-    probing_since: float = 0.0  # monotonic time its actor was found dead
-
-
-@dataclass
-class Pool:
+class Pool(Growth):
     """Actors plus the in-flight task table; `run` drives every shard to a committed record."""
 
     workers: list[Worker]
@@ -77,6 +66,8 @@ class Pool:
     tasks: dict = field(default_factory=dict)  # ref -> (worker, shard or None for a probe)
     engine_fingerprint: dict = field(default_factory=dict)
     elastic: dict | None = None  # set by `follow`: how to start workers on nodes that join
+    spawn: tuple | None = None  # (resources, max_restarts, args) of `start`: to replace a worker
+    narrowing: Narrowing = field(default_factory=Narrowing)  # shards narrowed down to bad rows
 
     @classmethod
     def start(cls, n: int, resources: dict, max_restarts: int, args: tuple) -> "Pool":
@@ -86,7 +77,7 @@ class Pool:
         remote = ray.remote(EmbedWorker).options(
             max_restarts=max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
         handles = [remote.remote(*args) for _ in range(n)]
-        pool = cls([Worker(i, h) for i, h in enumerate(handles)])
+        pool = cls([Worker(i, h) for i, h in enumerate(handles)], spawn=(resources, max_restarts, args))
         pool._wait_started(resources)
         pool.engine_fingerprint = pool._engine_fingerprint()
         return pool
@@ -98,6 +89,7 @@ class Pool:
         self.run_box = [ray.put(RunContext(config, folder, source))]
         self.workers = [Worker(w.index, w.handle, node=w.node) for w in self.workers]
         self.retries, self.tasks, self.elastic = 0, {}, None  # `follow` again to grow this run
+        self.narrowing = Narrowing()
 
     @property
     def healthy(self) -> bool:
@@ -117,10 +109,12 @@ class Pool:
                 f"{len(self.workers)} engine actor(s) needing {resources} each did not start in "
                 f"{START_TIMEOUT_S} s; the cluster may not have enough resources "
                 f"({ray.cluster_resources()}): lower num_workers or threads_per_worker") from None
-        except RayActorError as e:
-            # The last line of Ray's report is the engine's own exception, e.g. a missing model.
+        except (RayActorError, OutOfMemoryError) as e:
+            # The last line of Ray's report is the engine's own exception, e.g. a missing model;
+            # a worker Ray killed for memory is said so, with Ray's figures.
             lines = [line for line in str(e).splitlines() if line.strip()]
-            raise WorkersLostError(f"an engine actor failed to start: {lines[-1] if lines else e!r}") from None
+            detail = explain(str(e)) or (lines[-1] if lines else repr(e))
+            raise WorkersLostError(f"an engine actor failed to start: {detail}") from None
 
     def sample(self, shards: list[Shard]):
         """The int8 calibration sample, embedded by the first actor (`EmbedWorker.sample`)."""
@@ -136,62 +130,13 @@ class Pool:
         """The run fingerprint: the engines' (every one agrees) and `config`'s part."""
         return {"engine": self.engine_fingerprint, **config.fingerprint()}
 
-    def follow(self, resources: dict, max_restarts: int, args: tuple) -> None:
-        """Start workers on nodes that join the cluster during `run` (num_workers="auto"):
-        `resources` per actor and constructor `args` as at `start`."""
-        known = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        self.elastic = {"resources": resources, "args": args, "known": known, "next": 0.0,
-                        "max_restarts": max_restarts}
-
-    def _grow(self, queue: deque) -> None:
-        """Every ELASTIC_PERIOD_S while shards wait: start workers on nodes that joined."""
-        e = self.elastic
-        if e is None or not queue or time.monotonic() < e["next"]:
-            return
-        e["next"] = time.monotonic() + ELASTIC_PERIOD_S
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        for node in ray.nodes():
-            if not node.get("Alive") or node["NodeID"] in e["known"]:
-                continue
-            e["known"].add(node["NodeID"])
-            fits = _workers_that_fit(node.get("Resources", {}), e["resources"])
-            remote = ray.remote(EmbedWorker).options(
-                max_restarts=e["max_restarts"], max_task_retries=0, max_concurrency=DEPTH,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-                **e["resources"])
-            for _ in range(fits):
-                w = Worker(len(self.workers), remote.remote(*e["args"]), state="starting",
-                           node=node["NodeID"])
-                self.workers.append(w)
-                self.tasks[w.handle.engine_fingerprint.remote()] = (w, None)
-            log.info("node %s joined the cluster: %d new worker(s) starting there",
-                     node["NodeID"][:12], fits)
-
-    def _joined(self, worker: Worker, ref) -> None:
-        """A worker started by `_grow` answered: it takes shards if its engine agrees."""
-        try:
-            fingerprint = ray.get(ref)
-        except RayActorError as e:
-            worker.state, worker.last_error = "lost", f"worker {worker.index} did not start: {_first_line(e)}"
-            log.warning("%s", worker.last_error)
-            return
-        if fingerprint != self.engine_fingerprint:
-            ray.kill(worker.handle, no_restart=True)
-            worker.state = "lost"
-            worker.last_error = (f"worker {worker.index} (node {worker.node[:12]}) refused: its engine's "
-                                 f"fingerprint {fingerprint} differs from the run's; pin dtype= so "
-                                 "every node computes alike")
-            log.warning("%s", worker.last_error)
-            return
-        worker.state = "alive"
-
     def stop(self) -> None:
         for w in self.workers:
             ray.kill(w.handle, no_restart=True)
 
     def run(self, shards: list[Shard], on_done, on_tick) -> None:
         """Dispatch `shards` until each one's record went to `on_done(shard, worker, record)`."""
-        queue, attempts = deque(shards), {}
+        queue, attempts = deque(Job(s) for s in shards), {}
         while queue or self._busy():
             self._dispatch(queue)
             if not self.tasks:
@@ -201,14 +146,14 @@ class Pool:
                     + "; ".join(w.last_error for w in self.workers if w.last_error))
             ready, _ = ray.wait(list(self.tasks), num_returns=1, timeout=0.5)
             for ref in ready:
-                worker, shard = self.tasks.pop(ref)
-                if shard is None:
+                worker, job = self.tasks.pop(ref)
+                if job is None:
                     (self._joined if worker.state == "starting" else self._probed)(worker, ref)
                     continue
-                worker.inflight -= 1
-                record = self._result(ref, worker, shard, queue, attempts)
+                worker.inflight, worker.alone = worker.inflight - 1, False
+                record = self._result(ref, worker, job, queue, attempts)
                 if record is not None:
-                    on_done(shard, worker, record)
+                    on_done(job.shard, worker, record)
             self._give_up_stuck()
             self._grow(queue)
             on_tick()
@@ -237,9 +182,10 @@ class Pool:
         now = time.monotonic()
         for w in self.workers:
             if w.state == "probing" and now - w.probing_since > self.restart_timeout_s:
+                why = f"its last death: {w.memory}" if w.memory else \
+                    "its node left the cluster, or no node has room for it"
                 self._give_up(w, f"Ray could not restart it within restart_timeout_s="
-                                 f"{self.restart_timeout_s:g} s (its node left the cluster, or no "
-                                 "node has room for it)")
+                                 f"{self.restart_timeout_s:g} s ({why})")
 
     def _give_up(self, worker: Worker, reason: str) -> None:
         """Stop waiting for `worker`: drop its probe, kill its actor for good, name it lost."""
@@ -252,16 +198,24 @@ class Pool:
 
     def _dispatch(self, queue: deque) -> None:
         for w in self.workers:
-            while w.state == "alive" and w.inflight < DEPTH and queue:
-                shard = queue.popleft()
-                self.tasks[w.handle.process.remote(self.run_box, shard)] = (w, shard)
-                w.inflight += 1
+            while w.state == "alive" and w.inflight < DEPTH and queue and not w.alone:
+                if queue[0].runs_alone and w.inflight:
+                    break
+                job = queue.popleft()
+                self.tasks[w.handle.process.remote(self.run_box, job.shard, job.probe, job.bad)] = (w, job)
+                w.inflight, w.alone = w.inflight + 1, job.runs_alone
 
-    def _result(self, ref, worker: Worker, shard: Shard, queue: deque, attempts: dict):
+    def _result(self, ref, worker: Worker, job: Job, queue: deque, attempts: dict):
+        shard = job.shard
         try:
-            return ray.get(ref)
-        except RayActorError as e:
-            worker.last_error = f"worker {worker.index}: {type(e).__name__}: {_first_line(e)}"
+            record = ray.get(ref)
+            if job.probe:  # a piece of a shard being narrowed down ran through
+                queue.extendleft(reversed(self.narrowing.passed(job)))
+                return None
+            return record
+        except (RayActorError, OutOfMemoryError) as e:  # it died (OutOfMemoryError: Ray killed it)
+            worker.last_error = f"worker {worker.index}: {describe(e)}"
+            worker.memory = explain(str(e)) or ""
             if worker.state == "alive":  # the first of its shards to fail: probe until restarted
                 worker.state, worker.probing_since = "probing", time.monotonic()
                 self.tasks[worker.handle.info.remote()] = (worker, None)
@@ -271,13 +225,26 @@ class Pool:
             if isinstance(cause, BadRowsError):  # retrying cannot help: the input's fault
                 raise BadRowsError(str(cause)) from None
             error = cause
-        attempts[shard.index] = attempts.get(shard.index, 0) + 1
-        if attempts[shard.index] > self.max_retries:
+        if job.probe and narrowable(error):  # cut the piece again, or it is one row: a bad row
+            queue.extendleft(reversed(self.narrowing.failed(job, error)))
+            return None
+        if job.probe:  # a read error while narrowing: it names its file, no row is to blame
+            raise ShardFailedError(f"{shard.describe()}: {type(error).__name__}: {error}") from None
+        key = (shard.index, bool(job.bad))  # a narrowed shard's last run has retries of its own
+        attempts[key] = attempts.get(key, 0) + 1
+        if attempts[key] > self.max_retries:
+            # Maybe one row kills the worker: find it (max_retries=0 asks to fail at once).
+            if narrowable(error) and not job.bad and self.max_retries > 0:
+                queue.extendleft(reversed(self.narrowing.start(shard, error)))
+                return None
+            without = f" without the rows that fail alone ({', '.join(str(r) for r, _ in job.bad)})" \
+                if job.bad else ""
             raise ShardFailedError(
-                f"{shard.describe()} failed {attempts[shard.index]} times; last error: "
-                f"{type(error).__name__}: {error}") from None
+                f"{shard.describe()} failed {attempts[key]} times{without}; last error: "
+                f"{explain(str(error)) or f'{type(error).__name__}: {error}'}") from None
         self.retries += 1
-        queue.appendleft(shard)
+        # After a worker died its other shard failed too: retried alone, a crash is its own.
+        queue.appendleft(dataclasses.replace(job, alone=job.alone or isinstance(error, RayActorError)))
         return None
 
     def _probed(self, worker: Worker, ref) -> None:
@@ -286,21 +253,10 @@ class Pool:
         except ActorUnavailableError:  # still restarting (loading its engine): ask again
             self.tasks[worker.handle.info.remote()] = (worker, None)
             return
-        except RayActorError as e:  # ActorDiedError: out of restarts
-            worker.state, worker.last_error = "dead", f"worker {worker.index}: {_first_line(e)}"
+        except (RayActorError, OutOfMemoryError) as e:  # ActorDiedError: out of restarts
+            worker.state, worker.last_error = "dead", f"worker {worker.index}: {describe(e)}"
+            if self.narrowing.active and self.spawn is not None:  # each failing piece costs a
+                self._replace(worker)  # crash: a new worker goes on
             return
         worker.state, worker.restarts = "alive", worker.restarts + 1
         worker.node = info.get("node_id", worker.node)
-
-
-def _workers_that_fit(total: dict, per_worker: dict) -> int:
-    """How many actors asking `per_worker` (num_cpus / num_gpus) a node with `total` holds."""
-    counts = [int(total.get(key, 0) / need + 1e-9) for key, need in
-              (("CPU", per_worker.get("num_cpus", 1)), ("GPU", per_worker.get("num_gpus", 0))) if need]
-    return max(0, min(counts)) if counts else 0
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else repr(e)
-

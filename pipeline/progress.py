@@ -60,6 +60,7 @@ class RunStats:
     stages: dict = field(default_factory=dict)
     read_seconds: float = 0.0
     write_seconds: float = 0.0
+    isolated_rows: tuple[int, ...] = ()  # rows that failed alone (killed their worker): bad rows
 
     @property
     def tokens_per_s(self) -> float:
@@ -133,6 +134,14 @@ def done_verb(task: str) -> str:
     return {"score": "scored", "classify": "classified"}.get(task, "embedded")
 
 
+def summary_line(stats: RunStats, task: str = "embed") -> str:
+    """The one line an in-memory run prints by default (`progress=None`)."""
+    bad = (f"; {stats.bad_rows:,} bad row(s) not {done_verb(task)} (NaN / None rows in the result, "
+           "listed in result.errors)") if stats.bad_rows else ""
+    return (f"{done_verb(task)} {stats.rows:,} rows in {stats.seconds:.1f} s "
+            f"({stats.tokens_per_s:,.0f} tokens/s){bad}; progress=True shows the full summary")
+
+
 def summary_table(stats: RunStats, output: str | None, fmt: str, task: str = "embed") -> str:
     """The final summary printed by the driver (and `jobs/embed_corpus.py`)."""
     verb = done_verb(task)
@@ -147,6 +156,8 @@ def summary_table(stats: RunStats, output: str | None, fmt: str, task: str = "em
         f"{stats.duplicate_ids:,} row(s) with a repeated id"
         + (" (listed in _errors.parquet)" if stats.reported_rows and output else ""),
         f"shard retries   {stats.retries}",
+        *([f"isolated rows   {_rows(stats.isolated_rows)}: each failed alone (see _errors.parquet), "
+           "the rest of their shards was embedded"] if stats.isolated_rows else []),
         *[f"lost worker     {w.lost}" for w in stats.workers if w.lost],
         *_stage_lines(stats),
         "",
@@ -158,6 +169,11 @@ def summary_table(stats: RunStats, output: str | None, fmt: str, task: str = "em
     if output:
         lines += ["", f"output          {output} ({fmt} parts; manifest {output.rstrip('/')}/_manifest.json)"]
     return "\n".join(lines)
+
+
+def _rows(rows: tuple[int, ...], most: int = 10) -> str:
+    shown = ", ".join(str(r) for r in rows[:most])
+    return shown + (f" and {len(rows) - most} more" if len(rows) > most else "")
 
 
 def _stage_lines(stats: RunStats) -> list[str]:

@@ -70,6 +70,19 @@ def plan_shards(fragments: tuple[Fragment, ...] | list[Fragment], shard_rows: in
     return shards
 
 
+def sub_shard(shard: Shard, start: int, stop: int) -> Shard:
+    """Rows [start, stop) of `shard` (offsets within it) as a shard of the same index: a piece
+    probed while narrowing a failing shard down (`narrow.py`); it is never committed."""
+    pieces, offset = [], 0
+    for p in shard.pieces:
+        n = p.stop - p.start
+        lo, hi = max(start, offset), min(stop, offset + n)
+        if lo < hi:
+            pieces.append(Piece(p.fragment, p.start + lo - offset, p.start + hi - offset))
+        offset += n
+    return Shard(shard.index, shard.row_offset + start, stop - start, tuple(pieces))
+
+
 def plan_record(source: Source, shard_rows: int, num_shards: int) -> dict:
     """What the manifest keeps about the plan, to recognise the same input on resume."""
     digest = hashlib.sha256(json.dumps([[f.key, f.num_rows] for f in source.fragments]).encode())

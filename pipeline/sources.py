@@ -21,6 +21,8 @@ import ray
 from .config import PipelineConfig
 from .errors import InputError, InputNotFoundError, InputTypeError
 from .output_folder import resolve
+from .redact import redact
+from .source_checks import check_column_types, footer, reason
 
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 _GLOB_CHARS = set("*?[")
@@ -59,7 +61,19 @@ class ParquetSource(Source):
         self.paths = list(paths)
         self.fragments = tuple(Fragment(f"{p}#{s}", n) for p, n, s in zip(paths, counts, sizes))
 
+    schemas: list = ()  # each file's Arrow schema, as planned (the driver's copy only)
+
+    def __getstate__(self):
+        return {**self.__dict__, "schemas": ()}  # actors need no schemas: keep the shipped source small
+
     def read(self, index, start, stop, columns):
+        try:
+            return self._read(index, start, stop, columns)
+        except (pa.ArrowException, OSError) as e:  # corrupt pages, or the file changed since planned
+            raise InputError(f"reading rows {start}..{stop - 1} of the input file "
+                             f"{redact(self.paths[index])} failed: {reason(e)}") from None
+
+    def _read(self, index, start, stop, columns):
         # Only the row groups that overlap [start, stop) are read, and only the asked columns.
         pf = pq.ParquetFile(self.paths[index], filesystem=self.filesystem)
         groups, first, offset = [], None, 0
@@ -137,8 +151,10 @@ def open_source(data, config: PipelineConfig) -> Source:
     where = source.kind
     if isinstance(source, ParquetSource):
         more = len(source.paths) - 1
-        where = f"Parquet file {source.paths[0]}" + (f" (and {more} more)" if more else "")
+        where = f"Parquet file {redact(source.paths[0])}" + (f" (and {more} more)" if more else "")
     check_schema(schema, config, where=where)
+    if isinstance(source, ParquetSource):
+        check_column_types(source, config)
     return source
 
 
@@ -256,15 +272,18 @@ def _open_paths(data):
     if not paths:
         raise InputNotFoundError(f"no Parquet files match {data!r}")
     with ThreadPoolExecutor(8) as pool:  # footers only; many small files are common
-        metas = list(pool.map(lambda p: pq.ParquetFile(p, filesystem=fs).metadata, paths))
+        metas = list(pool.map(lambda p: footer(fs, p), paths))
     sizes = [info.size for info in fs.get_file_info(paths)]
     schema = metas[0].schema.to_arrow_schema()
     for path, meta in zip(paths[1:], metas[1:]):
         other = meta.schema.to_arrow_schema()
         if other.names != schema.names:
-            raise InputError(f"Parquet file {path} has columns {other.names}, but {paths[0]} has "
-                             f"{schema.names}; all input files must share one schema")
-    return ParquetSource(fs, paths, [m.num_rows for m in metas], sizes), schema
+            raise InputError(f"Parquet file {redact(path)} has columns {other.names}, but "
+                             f"{redact(paths[0])} has {schema.names}; all input files must share "
+                             "one schema")
+    source = ParquetSource(fs, paths, [m.num_rows for m in metas], sizes)
+    source.schemas = [m.schema.to_arrow_schema() for m in metas]
+    return source, schema
 
 
 def _expand(spec: str):

@@ -51,7 +51,15 @@ def test_every_pipeline_error_class_is_covered_and_every_failure_code_is_in_the_
     defined = {c for c in vars(errors).values()
                if isinstance(c, type) and issubclass(c, errors.PipelineError) and c is not errors.PipelineError}
     assert defined == {c for c, _, _ in EXPECTED}
-    assert set(EXIT_CODES.values()) == {ExitCode.FAILED, ExitCode.USAGE, ExitCode.MISMATCH}
+    assert set(EXIT_CODES.values()) == {ExitCode.FAILED, ExitCode.USAGE, ExitCode.MISMATCH,
+                                        ExitCode.INTERRUPTED}
+
+
+def test_an_interrupted_run_exits_130_and_is_no_exception():
+    """A KeyboardInterrupt: `except Exception` around pipeline.run does not swallow Ctrl-C."""
+    error = errors.RunInterrupted("interrupted: 2 of 9 shards committed in out")
+    assert exit_code(error) == ExitCode.INTERRUPTED == 130
+    assert isinstance(error, KeyboardInterrupt) and not isinstance(error, Exception)
 
 
 def test_a_bad_row_is_a_shard_failure_that_exits_2_not_1():
@@ -95,7 +103,7 @@ def corpus(tmp_path):
 
 def test_cli_exit_2_before_ray_for_a_bad_option_and_a_foreign_output(corpus, tmp_path):
     bad = cli("--input", str(corpus), "--output", str(tmp_path / "o"), "--shard-rows", "0")
-    assert bad.returncode == 2 and "shard_rows=0 must be a positive integer" in bad.stderr
+    assert bad.returncode == 2 and "--shard-rows 0 must be a positive integer" in bad.stderr
     user = tmp_path / "mine"
     user.mkdir()
     (user / "thesis.docx").write_text("x")

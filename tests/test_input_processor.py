@@ -94,6 +94,24 @@ def test_huge_pairs_are_cut_by_characters_with_the_same_ids():
         assert got.ids[i].tolist() == want["input_ids"], i
 
 
+@pytest.mark.parametrize("max_length", [48, 49])  # a budget of 45 (odd: the odd token counts) and 46
+def test_pairs_long_on_both_sides_match_hf_on_the_whole_pair(max_length):
+    """Both sides over max_length: half the budget each, the odd token to the side with more
+    tokens (the second on a tie), as longest_first on the whole pair gives it."""
+    proc = PairInputProcessor(MINILM, max_length)
+    short_words, long_words = "data index text ", "retrieval passage document "
+    a, b = short_words * 300, long_words * 150          # 4,800 characters: 900 and 450 tokens
+    tie = "query model " * 300                           # 600 tokens, as many as ...
+    pairs = [(a, b), (b, a), (tie, "vector search " * 300), (a, a)]
+    got = proc(pairs)
+    for i, want in enumerate(_hf_pairs(MINILM, pairs, max_length)):
+        assert got.ids[i].tolist() == want["input_ids"], i
+        assert got.type_ids[i].tolist() == want["token_type_ids"], i
+    assert got.truncated == len(pairs)
+    with pytest.raises(TextTooLongError, match="pair at index 0"):
+        PairInputProcessor(MINILM, max_length, truncation="error")([(a, b)])
+
+
 def test_pair_errors_name_the_index():
     proc = PairInputProcessor(MINILM, 16, truncation="error")
     with pytest.raises(TextTooLongError, match="pair at index 6 is longer than max_length=16"):
@@ -134,3 +152,16 @@ def test_reranker_prompt_needs_yes_and_no_tokens_and_room(roberta, qwen_like):
         RerankerPromptProcessor(roberta, 512)
     with pytest.raises(ValueError, match="leaves no room for the query and document"):
         RerankerPromptProcessor(qwen_like, 8)
+
+
+def test_reranker_prompt_with_a_huge_query_is_cut_by_characters(qwen_like):
+    """Issue 24: the query side was tokenized whole (memory linear in a 2 MB query)."""
+    proc = RerankerPromptProcessor(qwen_like, 96)
+    huge = WORDS * (2_000_000 // len(WORDS))
+    seen = []
+    original = proc._encode
+    proc._encode = lambda items: seen.extend(len(t) for t in items) or original(items)
+    got = proc([(huge, "a passage")])
+    assert max(seen) < 20_000  # the 2 MB query never reached the tokenizer whole
+    want = RerankerPromptProcessor(qwen_like, 96)([(huge[:20_000], "a passage")])
+    assert got.ids[0].tolist() == want.ids[0].tolist() and got.truncated == 1

@@ -111,6 +111,25 @@ def test_a_failing_shard_is_retried_in_place_then_named(texts, engine_vectors, m
     assert local_engine() is None  # a failed run does not keep its engine
 
 
+def test_a_notebook_call_prints_one_line_unless_asked(texts, capfd):
+    """Issue 24: every in-memory call printed a 12-line summary table. By default one line
+    (rows, time, the bad rows that come back as NaN); progress=True the bar and the table;
+    progress=False nothing."""
+    quiet = {k: v for k, v in RUN.items() if k != "progress"}
+    capfd.readouterr()
+    result = pipeline.run([*texts[:3], None], **quiet)
+    out, err = capfd.readouterr()
+    lines = (out + err).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("embedded 3 rows in "), lines
+    assert "1 bad row(s) not embedded (NaN / None rows in the result" in lines[0]
+    assert np.isnan(result.embeddings[3]).all() and result.errors[0]["row"] == 3
+    pipeline.run(texts[:3], **quiet, progress=True)
+    out, err = capfd.readouterr()
+    assert "rows embedded" in out and "throughput" in out and "3/3 rows" in err
+    pipeline.run(texts[:3], **quiet, progress=False)
+    assert capfd.readouterr() == ("", "")
+
+
 def test_ray_is_used_over_the_row_limit_or_when_asked(texts, engine_vectors):
     result = pipeline.run(texts, **RUN, in_process_rows=N - 1, num_workers=1)
     assert ray.is_initialized()  # started by the pipeline for this run, kept with its warm actor
@@ -118,6 +137,35 @@ def test_ray_is_used_over_the_row_limit_or_when_asked(texts, engine_vectors):
     np.testing.assert_allclose(result.embeddings, engine_vectors, atol=1e-5, rtol=0)
     pipeline.shutdown()
     assert not ray.is_initialized()
+
+
+_NOTEBOOK_CELL = """
+import pipeline
+result = pipeline.run(["a passage", "", "another"], in_process_rows=0)  # through a new local Ray
+assert result.embeddings.shape == (3, 384)
+"""
+
+
+@pytest.mark.slow
+def test_a_notebook_call_that_starts_ray_still_prints_one_line():
+    """Issue 24: the first call that starts a local Ray also printed Ray's INFO line and its
+    token-authentication warning. A fresh process (as a new notebook), no Ray configured."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    import shutil
+    import tempfile
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
+    env["RAY_TMPDIR"] = ray_tmp  # and no `ray start` cluster file from elsewhere is found
+    try:
+        done = subprocess.run([sys.executable, "-c", _NOTEBOOK_CELL], env=env, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("embedded 2 rows in "), lines
 
 
 def test_what_runs_in_process():

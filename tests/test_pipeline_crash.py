@@ -15,10 +15,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -118,3 +120,107 @@ def test_actor_killed_then_replaced(cluster, corpus, reference, tmp_path, point)
     assert not cluster[1].exists(), "the crash point was never reached"
     assert result.stats.retries >= 1 and [w.restarts for w in result.stats.workers] == [1]
     assert_same_as_reference(out, reference)
+
+
+_RUN_IN_SCRIPT = """
+import sys
+import pipeline
+pipeline.run(sys.argv[1], output=sys.argv[2], num_workers=1, shard_rows=10, dtype="float32",
+             progress=False)
+"""
+
+
+def _interrupt_after_first_commit(command: list[str], out: Path, cluster,
+                                  sig=signal.SIGINT) -> subprocess.CompletedProcess:
+    """Start `command` (a driver joining the module's Ray), send `sig` to its process group (as
+    a terminal's Ctrl-C does) once a shard is committed, and wait for it."""
+    pipeline.shutdown()  # this process's warm actors hold the CPUs the driver's actor needs
+    env = {**os.environ, "RAY_ADDRESS": cluster[0]}
+    driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    manifest = out / "_manifest.json"
+    try:
+        while driver.poll() is None:  # the CLI's own timeout guards the wait
+            if manifest.exists() and json.loads(manifest.read_text() or "{}").get("shards"):
+                break
+            time.sleep(0.05)
+        assert driver.poll() is None, "the run ended before it could be interrupted"
+        os.killpg(driver.pid, sig)
+        stdout, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    return subprocess.CompletedProcess(command, driver.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory):
+    """200 shards of 10 rows: still running when the first shard is committed."""
+    path = tmp_path_factory.mktemp("long") / "long.parquet"
+    pq.write_table(pa.table({"text": sample_passages(2000, seed=5, max_chars=200)}), path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_in_the_cli_prints_one_line_and_exits_130(cluster, long_corpus, tmp_path, sig, code):
+    """Issue 24: Ctrl-C printed a 31-line traceback from inside Ray. SIGTERM (`ray job stop`)
+    gives the same line; it exited 15 silently (ray.init replaced the CLI's handler)."""
+    out = tmp_path / "out"
+    done = _interrupt_after_first_commit(
+        [sys.executable, "jobs/embed_corpus.py", "--input", str(long_corpus), "--output", str(out),
+         "--num-workers", "1", "--shard-rows", "10", "--dtype", "float32", "--no-progress"],
+        out, cluster, sig)
+    assert done.returncode == code, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    committed = len(json.loads((out / "_manifest.json").read_text())["shards"])
+    assert line == (f"interrupted: {committed} of 200 shards committed in {out}; rerun with the "
+                    "same output to resume") and committed >= 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_pipeline_run_is_a_clean_keyboard_interrupt(cluster, long_corpus, tmp_path):
+    out = tmp_path / "out"
+    done = _interrupt_after_first_commit(
+        [sys.executable, "-c", _RUN_IN_SCRIPT, str(long_corpus), str(out)], out, cluster)
+    assert done.returncode == 1, done.stderr[-3000:]  # an uncaught KeyboardInterrupt subclass
+    assert "pipeline.errors.RunInterrupted: interrupted: " in done.stderr
+    assert "site-packages/ray" not in done.stderr, done.stderr[-3000:]  # no frame of Ray's
+
+
+POISON = 45  # in shard 2 (rows 40..59), neither a bad text nor a repeated id
+
+
+@pytest.mark.slow
+def test_a_row_that_kills_its_worker_is_isolated_and_the_rest_embedded(cluster, corpus, reference, tmp_path):
+    """Issue 24: one row killed its worker on every try, the shard failed 3 times and so did
+    every rerun. Now the shard is narrowed down to that row, which is reported as a bad row
+    (the error as its reason), and everything else is embedded; a rerun finds the run done."""
+    pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
+    cluster[1].write_text(f"row {POISON}")  # every actor call that runs row 45 SIGKILLs itself
+    out, stats = tmp_path / "out", tmp_path / "stats.json"
+    command = [sys.executable, "jobs/embed_corpus.py", "--input", corpus[0], "--output", str(out),
+               *CLI_ARGS, "--summary-json", str(stats)]
+    env = {**os.environ, "RAY_ADDRESS": cluster[0]}
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        cluster[1].unlink()
+    assert done.returncode == 4, done.stderr[-3000:]  # done, rows reported
+    assert f"warning: input row(s) {POISON} failed alone" in done.stderr
+    summary = json.loads(stats.read_text())
+    assert summary["isolated_rows"] == [POISON] and summary["bad_rows_total"] == len(BAD) + 1
+    table, errors = reference
+    keep = np.array(table.column("id").to_pylist()) != f"d{POISON:04d}"
+    got = pipeline.read_embeddings(out)
+    assert got.column("id").to_pylist() == table.filter(pa.array(keep)).column("id").to_pylist()
+    np.testing.assert_allclose(pipeline.to_numpy(got), pipeline.to_numpy(table)[keep], atol=1e-5, rtol=0)
+    written = pq.read_table(out / "_errors.parquet")
+    isolated = written.filter(pc.equal(written.column("row"), POISON)).to_pylist()
+    assert len(isolated) == 1 and isolated[0]["id"] == f"d{POISON:04d}" and isolated[0]["shard"] == "000002"
+    assert isolated[0]["reason"].startswith("the row fails alone (") and "Actor" in isolated[0]["reason"]
+    others = written.filter(pc.not_equal(written.column("row"), POISON))
+    assert others.equals(errors)  # every other report as in the uninterrupted run
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 4 and json.loads(stats.read_text())["resumed_shards"] == N // SHARD_ROWS

@@ -305,12 +305,21 @@ def test_cli_refuses_bad_input_with_exit_code_2(tmp_path):
     pq.write_table(pa.table({"doc": ["a", "b"], "body": ["x", "y"], "n": [1, 2]}), corpus)
     missing = cli("--input", str(corpus), "--output", str(tmp_path / "o1"))
     assert missing.returncode == 2 and "column 'text' not found" in missing.stderr
+    assert "(set --text-column / --id-column to one of them)" in missing.stderr  # the CLI's words
+    assert "text_column=" not in missing.stderr
     assert "['doc', 'body', 'n']" in missing.stderr
     (tmp_path / "model").mkdir()
     model = cli("--input", str(corpus), "--output", str(tmp_path / "o4"), "--text-column", "body",
                 "--model", str(tmp_path / "model"))
     assert model.returncode == 2 and "has no config.json" in model.stderr
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o4").exists()
+    folder = tmp_path / "corpus"  # issue 24: one file of a folder is not Parquet: named
+    folder.mkdir()
+    pq.write_table(pa.table({"text": ["x"]}), folder / "a.parquet")
+    (folder / "b.parquet").write_text("not parquet")
+    bad = cli("--input", str(folder), "--output", str(tmp_path / "o5"))
+    assert bad.returncode == 2 and f"input file {folder / 'b.parquet'} as Parquet" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow

@@ -64,6 +64,45 @@ def test_help_and_usage_errors(tmp_path):
     assert zero.returncode == 2 and "'0': give a positive integer or 'auto'" in zero.stderr
 
 
+@pytest.mark.parametrize("script, defaults", [
+    ("embed_corpus.py", ["--dtype DTYPE", "(default: auto)", "--output-format", "(default: parquet)",
+                         "--batch-tokens", "(default: 4096 on CPU"]),
+    ("build_index.py", ["--kind", "(default: flat)"]),
+    ("rerank.py", ["--dtype", "(default: auto)"]),
+    ("search.py", ["--weights", "(default: 0.4,0.2,0.4"]),
+])
+def test_every_cli_help_states_defaults_and_an_example(script, defaults):
+    """Issue 24: --dtype, --batch-tokens, --output-format stated no default; search.py had no example."""
+    helped = subprocess.run([sys.executable, f"jobs/{script}", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    text = " ".join(helped.stdout.split())  # argparse wraps lines
+    assert helped.returncode == 0 and "examples: " in text and f" python jobs/{script} --" in text
+    for needle in defaults:
+        assert needle in text, needle
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_pipeline_errors_are_put_in_the_cli_flags():
+    sys.path.insert(0, str(ROOT / "jobs"))
+    try:
+        from embed_corpus import FLAG_ALIASES, build_parser
+        from cli_help import in_flags
+    finally:
+        sys.path.remove(str(ROOT / "jobs"))
+    parser = build_parser()
+    cases = {
+        "(set text_column= / id_column= to one of them)": "(set --text-column / --id-column to one of them)",
+        "point text_column= (--text-column) at the text, or pass cast_text=True (--cast) to convert":
+            "point --text-column at the text, or pass --cast to convert",
+        "or pass on_bad_row='record' (--on-bad-row record) to list": "or pass --on-bad-row record to list",
+        "max_length=1000 is over 512; lower max_num_batched_tokens=": "--max-length 1000 is over 512; "
+                                                                       "lower --batch-tokens",
+        "run fewer workers (num_workers= / --num-workers)": "run fewer workers (--num-workers)",
+    }
+    for python, cli_words in cases.items():
+        assert in_flags(python, parser, FLAG_ALIASES) == cli_words
+
+
 def test_num_workers_option_is_a_count_or_auto():
     sys.path.insert(0, str(ROOT / "jobs"))
     try:
@@ -102,8 +141,11 @@ def test_driver_sigkilled_mid_run_then_resumed(corpus, tmp_path):
     partial = pipeline.read_embeddings(out, allow_partial=True)
     assert partial.num_rows == 20 * len(committed["shards"])
 
-    resumed = cli(*args, "--summary-json", str(tmp_path / "stats.json"))
+    # The resume starts its own local Ray, as `make demo` does: no token-auth warning (issue 24).
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    resumed = cli(*args, "--summary-json", str(tmp_path / "stats.json"), env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Token authentication" not in resumed.stderr and "RAY_AUTH_MODE" not in resumed.stderr
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["resumed_shards"] == len(committed["shards"])
     assert stats["rows"] == N - 20 * len(committed["shards"]) and stats["rows_total"] == N

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import PipelineConfig
+from pipeline.errors import InputError, exit_code
 from pipeline.shards import plan_shards, read_shard
 from pipeline.sources import open_source
 
@@ -138,3 +139,66 @@ def test_files_with_different_columns_refused(tmp_path):
     pq.write_table(pa.table({"body": ["b"]}), tmp_path / "2.parquet")
     with pytest.raises(ValueError, match="share one schema"):
         open_source(str(tmp_path), PipelineConfig())
+
+
+def _corrupt_inputs(tmp_path: pathlib.Path) -> dict:
+    """Issue 24: a truncated file, a text file named .parquet, a folder with one bad file."""
+    good = tmp_path / "good.parquet"
+    pq.write_table(_table(), good)
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(good.read_bytes()[:-20])
+    text = tmp_path / "notes.parquet"
+    text.write_text("id,text\n1,hello\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for k in range(3):
+        pq.write_table(_table(), folder / f"part-{k}.parquet")
+    (folder / "part-1.parquet").write_bytes(b"PAR1 not really")
+    return {"truncated": (truncated, truncated), "text": (text, text),
+            "folder": (folder, folder / "part-1.parquet")}
+
+
+@pytest.mark.parametrize("case", ["truncated", "text", "folder"])
+def test_unreadable_parquet_names_the_file(tmp_path, case):
+    given, bad = _corrupt_inputs(tmp_path)[case]
+    with pytest.raises(InputError) as info:
+        open_source(str(given), PipelineConfig())
+    message = str(info.value)
+    assert f"input file {bad} as Parquet" in message and "remove or replace it" in message
+    assert exit_code(info.value) == 2
+
+
+def test_column_type_differing_between_files_names_both(tmp_path):
+    pq.write_table(pa.table({"text": ["a"], "doc": ["x"]}), tmp_path / "1.parquet")
+    pq.write_table(pa.table({"text": pa.array(["b"], pa.large_string()), "doc": [7]}),
+                   tmp_path / "2.parquet")
+    open_source(str(tmp_path), PipelineConfig())  # string and large_string are one text type
+    with pytest.raises(InputError, match=r"column 'doc' is int64 in Parquet file .*2.parquet but "
+                                         r"string in .*1.parquet"):
+        open_source(str(tmp_path), PipelineConfig(id_column="doc"))
+
+
+def test_a_file_broken_after_planning_is_named_by_the_reader(tmp_path):
+    path = tmp_path / "c.parquet"
+    pq.write_table(_table(), path)
+    source = open_source(str(path), PipelineConfig())
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(InputError, match=f"rows 0..1 of the input file {path} failed"):
+        source.read(0, 0, 2, ["text"])
+
+
+def test_a_text_passed_alone_is_answered_as_such(tmp_path, monkeypatch):
+    """Issue 24: pipeline.run("a passage") asked for output= (the str was taken as a path)."""
+    import pipeline
+    from pipeline.errors import InputNotFoundError
+    with pytest.raises(InputNotFoundError) as info:
+        pipeline.run("a passage", progress=False)  # refused before any model or Ray starts
+    message = str(info.value)
+    assert "input 'a passage' does not exist" in message and "output=" not in message
+    assert "pass a list of strings, e.g. pipeline.run(['a passage'])" in message
+    with pytest.raises(InputNotFoundError, match=r"'corpus/missing.parquet' does not exist$"):
+        pipeline.run("corpus/missing.parquet", progress=False)
+    monkeypatch.chdir(tmp_path)
+    pq.write_table(_table(), tmp_path / "c.parquet")
+    with pytest.raises(InputError, match="output= is required for file inputs"):
+        pipeline.run("c.parquet", progress=False)  # an existing file: the old answer stands

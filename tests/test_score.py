@@ -127,6 +127,41 @@ def test_bert_token_type_ids_reach_the_embeddings(tmp_path):
     assert abs(engine.score(PAIRS[:1])[0] - ours) > 1e-4
 
 
+_HUGE_PAIRS = '''
+import json, resource, sys
+from workers import Engine, EngineConfig
+a = "data index text " * 37_500                  # 600,000 characters, 112,500 tokens
+b = "retrieval passage document " * 22_223        # 600,021 characters, 66,669 tokens
+engine = Engine(EngineConfig(model=sys.argv[1], task="score", max_length=48, dtype="float32"))
+engine.score([("warm", "up")])
+before = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() // 1024  # RSS now
+scores = engine.score([(a, b), (b, a)]).tolist()
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # KiB on Linux
+print(json.dumps({"scores": scores, "grown": grown, "truncated": engine.stats.truncated}))
+'''
+
+
+@pytest.mark.slow
+def test_a_600k_character_pair_scores_in_bounded_memory(tmp_path):
+    """Issue 24: a (600k, 600k)-character pair once took tens of GB (the tokenizer's pair
+    overflow); now its peak memory is bounded and its score is CrossEncoder's on the truncated
+    pair (prefixes that keep the same side longer: longest_first keeps only the first tokens)."""
+    import subprocess
+    import sys
+    folder = tmp_path / "bert"
+    make_tiny_classifier(folder, "BertForSequenceClassification")
+    done = subprocess.run([sys.executable, "-c", _HUGE_PAIRS, str(folder)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"peak RSS rose {got['grown'] / 2**20:.0f} MiB over the RSS before the call")
+    assert got["grown"] < 2 * 2**30 and got["truncated"] == 2
+    a, b = "data index text " * 200, "retrieval passage document " * 100  # 600 and 300 tokens
+    want = _cross_encoder(folder).predict([(a, b), (b, a)])
+    np.testing.assert_allclose(got["scores"], want, atol=1e-5, rtol=0)
+    assert abs(want[0] - want[1]) > 1e-3  # the two orders differ, so the comparison can fail
+
+
 def test_fingerprint_and_wrong_method(tiny):
     engine = _engine(tiny)
     fp = engine.fingerprint()

@@ -73,7 +73,7 @@ def test_stale_cluster_file_fails_fast_naming_the_file(corpus, tmp_path, dead_ad
         assert done.returncode == 2, done.stderr[-2000:]
         assert seconds < LIMIT_S
         assert dead_address in done.stderr and str(stale) in done.stderr
-        assert "remove the stale file" in done.stderr and "address='local'" in done.stderr
+        assert "remove the stale file" in done.stderr and "--address local" in done.stderr  # CLI words
     finally:
         subprocess.run(["rm", "-rf", ray_tmp], check=False)
 
@@ -103,3 +103,40 @@ def test_address_resolution_order(tmp_path, monkeypatch):
     assert cluster.resolve("10.0.0.7:6379")[0] == "10.0.0.7:6379"
     with pytest.raises(pipeline.ClusterUnreachableError, match="not host:port"):
         cluster.check_reachable("nonsense", "address=")
+
+
+@pytest.fixture
+def http_address():
+    """host:port of a tiny HTTP server on 127.0.0.1 (something that answers, but not Ray)."""
+    import http.server
+    import threading
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_address_where_an_http_server_listens_fails_fast_naming_what_answered(
+        corpus, tmp_path, http_address, monkeypatch):
+    """Issue 24: Ray retried "Timed out while waiting for GCS" for over 10 minutes."""
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(pipeline.ClusterUnreachableError) as e:
+        pipeline.run(str(corpus), output=str(tmp_path / "out"), address=http_address, progress=False)
+    assert time.monotonic() - t0 < LIMIT_S  # a hang guard; the probe answers in milliseconds
+    message = str(e.value)
+    assert f"something answers at {http_address} (from address=), but not a Ray cluster" in message
+    assert "it replied '" in message and "(an HTTP server)" in message
+    assert not ray.is_initialized() and not (tmp_path / "out" / "_manifest.json").exists()
+
+
+def test_cli_address_where_an_http_server_listens_exits_2(corpus, tmp_path, http_address):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done, seconds = run_cli(corpus, tmp_path / "out", env, "--address", http_address)
+    assert done.returncode == 2 and seconds < LIMIT_S, done.stderr[-2000:]
+    assert http_address in done.stderr and "not a Ray cluster" in done.stderr

@@ -73,12 +73,23 @@ class RerankerPromptProcessor(InputProcessor):
 
     def _encode_cut(self, query: str, doc: str, limit: int):
         """Encode with the document cut by characters; cut longer while the cut changed the result."""
+        query = self._query_prefix(query, limit)
         while True:
             cut = self._cut(doc, limit)
             enc = self._encode([self.format(query, cut)])[0]
             if enc.overflowing or len(cut) == len(doc):
                 return enc, bool(enc.overflowing)
             limit *= 4
+
+    def _query_prefix(self, query: str, limit: int) -> str:
+        """The query, or a whitespace-cut prefix of it holding more tokens than the budget: the
+        truncated prompt is then the same, and a huge query is never tokenized whole (memory)."""
+        while len(query) > limit:
+            cut = self._cut(query, limit)
+            if self._tok.encode(cut, add_special_tokens=False).overflowing:
+                return cut  # more tokens than the middle's budget: the rest is cut off anyway
+            limit *= 4
+        return query
 
     def _plain(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
