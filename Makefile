@@ -38,7 +38,7 @@ bench: setup
 # Tokenizer files for benchmarks/gpu.sh on a GPU machine that lacks this project's packages.
 bench-assets: setup
 	mkdir -p .bench_assets/tokenizer
-	$(VPY) -c "import shutil; from workers.model_folder import default_model_path as p; \
+	$(VPY) -c "import shutil; from workers.loading.model_folder import default_model_path as p; \
 	[shutil.copy(p() / f, '.bench_assets/tokenizer/') for f in \
 	 ('tokenizer.json', 'tokenizer_config.json', 'vocab.txt', 'special_tokens_map.json')]"
 

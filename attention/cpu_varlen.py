@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from .base import AttentionBackend, AttentionMetadata, Window
+from .sdpa import SdpaAttention
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,6 @@ class CpuVarlenAttention(AttentionBackend):
 
     def _per_sequence(self, q, k, v, meta, scale, window):
         if self._sdpa is None:
-            from .sdpa import SdpaAttention
             logger.warning("attention backend cpu_varlen takes head dims that are multiples of 16 "
                            "up to 256 in float32/bfloat16 with contiguous heads, and a score bias "
                            "only as one shared table (AttentionMetadata.bias_table); this model's "

@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating timed rounds (best kept)")
     args = parser.parse_args()
     if args.dtype == "auto":
-        from workers.platform import cpu_has_fast_bf16
+        from workers.engine.platform import cpu_has_fast_bf16
         args.dtype = "bfloat16" if cpu_has_fast_bf16() else "float32"
     args.short = {"bfloat16": "bf16", "float32": "fp32"}[args.dtype]
     torch.set_num_threads(args.threads)

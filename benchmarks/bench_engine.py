@@ -23,7 +23,7 @@ import torch
 
 from benchlib import write_random_folder, DTYPES, flops_per_token, linear_shapes, machine, matmul_ceiling, min_cosine, sample_passages
 from workers import Engine, EngineConfig
-from workers.model_folder import default_model_path
+from workers.loading.model_folder import default_model_path
 
 
 def run_engine(texts, dtype: str, args, attention: str | None = None):

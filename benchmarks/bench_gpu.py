@@ -72,7 +72,7 @@ def engine_embed(folder: Path, device, dtype_name: str, backend: str | None, max
     engine = Engine(EngineConfig(model=str(folder), device=str(device), dtype=dtype_name,
                                  attention_backend=backend, pooling="cls", normalize=False,
                                  max_length=max_length))
-    # No max_num_batched_tokens: on CUDA the budget comes from the memory profile (workers/memory.py).
+    # No max_num_batched_tokens: on CUDA the budget comes from the memory profile (workers/engine/memory.py).
     print(f"  engine {dtype_name} {engine.backend.name}: token budget "
           f"{engine.resolved.max_num_batched_tokens:,}"
           + (" (profiled at gpu_memory_utilization=0.9)" if engine.resolved.device.type == "cuda" else ""),
@@ -137,7 +137,7 @@ def main() -> None:
     args.dtypes = args.dtypes.split(",")
     args.backends = [None if b == "auto" else b for b in args.backends.split(",")]
     if args.tokenizer is None:
-        from workers.model_folder import default_model_path
+        from workers.loading.model_folder import default_model_path
         args.tokenizer = default_model_path()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {machine()}; torch.nn.attention.varlen: "

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from benchlib import DTYPES, alternating_rounds, cosines, flops_per_token, linear_shapes, machine, matmul_ceiling, sample_passages
-from workers import Engine, EngineConfig, int8
+from workers import Engine, EngineConfig
+from workers.quant import int8
 from workers.models import packed_linear
 
 SYSTEMS = {  # name -> (dtype, quantization, packed linears)

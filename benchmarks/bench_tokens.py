@@ -41,7 +41,7 @@ import torch
 
 from benchlib import DTYPES, alternating_rounds, cosines, machine, parser, sample_passages
 from workers import Engine, EngineConfig
-from workers.model_folder import default_model_path
+from workers.loading.model_folder import default_model_path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 COLBERT_DIM = 128

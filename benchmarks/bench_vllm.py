@@ -135,7 +135,7 @@ def main_parent(args) -> None:
 
     from benchlib import machine, min_cosine, sample_passages
     from workers import Engine, EngineConfig
-    from workers.model_folder import default_model_path
+    from workers.loading.model_folder import default_model_path
 
     model = args.model or str(default_model_path())
     texts = sample_passages(args.passages, seed=args.seed)

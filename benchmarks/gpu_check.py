@@ -220,7 +220,7 @@ def main() -> int:
     args.max_length = args.max_length or (64 if tiny else 512)
     args.dtypes = (args.dtypes or ("bf16" if device.type == "cuda" else "fp32,bf16")).split(",")
     if args.tokenizer is None:
-        from workers.model_folder import default_model_path
+        from workers.loading.model_folder import default_model_path
         args.tokenizer = default_model_path()
     print(f"gpu check on {machine()}")
     print(f"torch.nn.attention.varlen: {importlib.util.find_spec('torch.nn.attention.varlen') is not None}; "

@@ -69,8 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def query_engine(manifest: dict, prompt: str | None = None):
     """An engine giving queries the corpus's vector space (same model, pooling, dims, dtype)."""
-    from workers import Engine, EngineConfig
-    from workers.model_folder import open_model_folder
+    from workers import Engine, EngineConfig, query_prompt_name
     recorded = manifest.get("engine_options")
     if recorded is None:
         raise ValueError("the embeddings' _manifest.json records no engine_options (written by an "
@@ -78,7 +77,7 @@ def query_engine(manifest: dict, prompt: str | None = None):
     options = {k: v for k, v in recorded.items() if k in VECTOR_OPTIONS}
     if prompt is not None:
         options["prompt"] = prompt
-    elif "query" in open_model_folder(options.get("model")).st_prompts:
+    elif query_prompt_name(options.get("model")):
         options["prompt_name"] = "query"
     engine = Engine(EngineConfig(**options))
     want, got = manifest["fingerprint"]["engine"], engine.fingerprint()

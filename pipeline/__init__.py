@@ -15,7 +15,7 @@
     pipeline.run("corpus.parquet", output="splade/", model="splade-folder/", task="sparse")
     pairs = pipeline.read_sparse("splade/", as_numpy=True)     # [(indices, values)]
 
-The data flow (plan, resume, dispatch, embed, write, commit, finish) is in DESIGN.md; each step
+The data flow (plan, resume, dispatch, embed, write, commit, finish) is in docs/DESIGN.md; each step
 has its own module here. The actor class lives in `pipeline/actor.py`.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Ray actor that hosts one engine: reads its shard's rows, runs the task on them, writes the part.
 
-DESIGN.md places the actor class in `workers/actor.py`; it lives here because `workers/` is the
+The actor class lives here, not in `workers/`, because `workers/` is the
 engine's package and this class is the pipeline's side of the contract (it only calls the
 task's engine method, `Engine.embed` / `.score` / `.classify` as `pipeline/tasks.py` says, and
 `.stats`, `.fingerprint()`, `.dim`, `.labels`).
@@ -29,9 +29,12 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from workers import Engine, TextTooLongError
+
 from .config import PipelineConfig
 from .errors import BadRowsError
 from .manifest import Manifest
+from .model_sync import ensure_local_model
 from .output_folder import OutputFolder
 from .shards import Shard, read_shard
 from .sources import text_as_string
@@ -87,13 +90,11 @@ class EmbedWorker:
     def __init__(self, engine_config, threads: int | None, model_spec=None, inline: bool = False):
         if threads:
             # The tokenizer's Rust pool would otherwise start one thread per core of the node,
-            # oversubscribing the cores reserved for this actor (FACTS.md: deadly with torch).
+            # oversubscribing the cores reserved for this actor (docs/DESIGN.md: deadly with torch).
             os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = str(threads)
         if model_spec is not None:  # this node's copy of the model (pipeline/model_sync.py)
-            from .model_sync import ensure_local_model
             engine_config = dataclasses.replace(engine_config, model=ensure_local_model(model_spec))
         self.model_path = engine_config.model
-        from workers import Engine
         # `inline`: engine calls run on the caller's thread (the driver's own process, local.py).
         self._on_engine_thread = EngineThread(inline)
         self.engine = self._on_engine_thread(Engine, engine_config)
@@ -147,7 +148,6 @@ class EmbedWorker:
             tokens0, truncated0, chunked0 = stats.tokens, stats.truncated, stats.chunked
             stages0 = stats.stage_seconds()
             start = time.perf_counter()
-            from workers.input_processor import TextTooLongError  # loaded with the engine already
             try:
                 outputs = self._on_engine_thread(run.task.compute, self.engine, texts)
             except TextTooLongError as e:

@@ -3,7 +3,7 @@
 Ray's own `ray.init()` takes the address from RAY_ADDRESS, else from the file
 `<ray temp dir>/ray_current_cluster` that the last `ray start` (or `ray.cluster_utils.Cluster`)
 wrote, else starts a local cluster; an address that nothing answers (a dead cluster's file,
-a wrong RAY_ADDRESS) makes it retry for ever (FACTS.md). `connect` resolves the address the same
+a wrong RAY_ADDRESS) makes it retry for ever (docs/DESIGN.md). `connect` resolves the address the same
 way, then checks that something listens there (a TCP connect, bounded by CONNECT_TIMEOUT_S)
 and answers as Ray's GCS does (HTTP/2, bounded by PROBE_TIMEOUT_S) before handing it to Ray,
 and fails with `ClusterUnreachableError` naming the address, where it came from, what answered
@@ -70,7 +70,7 @@ def connect(address: str | None = None, quiet: bool = False) -> bool:
         return False
     target, origin = resolve(address)
     if target == LOCAL:
-        # No dashboard: 1 GB less memory and ~1 s faster (FACTS.md); jobs use `ray start`'s.
+        # No dashboard: 1 GB less memory and ~1 s faster (docs/DESIGN.md); jobs use `ray start`'s.
         with _worker_niceness(), _keep_sigterm_handler():
             _token_auth_explicitly()
             ray.init(address=LOCAL, include_dashboard=False,

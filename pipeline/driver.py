@@ -1,4 +1,4 @@
-"""The driver: plan, resume, dispatch to the actor pool, commit (DESIGN.md steps 1-6; 7 is finish.py).
+"""The driver: plan, resume, dispatch to the actor pool, commit (docs/DESIGN.md steps 1-6; 7 is finish.py).
 
 The driver never reads rows: it plans over row counts from metadata, ships the source to the
 actors, and receives back only small per-shard records (or, with no output folder, the vectors
@@ -14,6 +14,8 @@ import time
 
 import ray
 
+from workers import EngineConfig
+
 from . import cluster, part_size, quantize, warm
 from .config import PipelineConfig
 from .errors import InputError, RunInterrupted
@@ -24,7 +26,7 @@ from .model_sync import model_spec
 from .output_folder import OutputFolder, absolute, is_uri, redact
 from .pool import Pool
 from .progress import Progress, RunStats, WorkerStats
-from .shards import default_shard_rows, plan_record, plan_shards
+from .shards import calibration_shards, default_shard_rows, plan_record, plan_shards
 from .source_checks import check_input_string
 from .sources import check_schema, open_source, peek_schema
 from .tasks import TASKS, memory_results
@@ -36,8 +38,7 @@ MAX_CPU_THREADS = 8
 
 def execute(data, output, config: PipelineConfig, engine_options: dict, keep_warm: bool = True) -> RunResult:
     """Run the pipeline with validated configs (see `pipeline.run` for the documented entry)."""
-    from workers import EngineConfig  # validates the engine options before anything starts
-    EngineConfig(**engine_options)
+    EngineConfig(**engine_options)  # validates the engine options before anything starts
     if engine_options.get("profile_dir"):
         # Actors may run in another working directory: a relative trace folder is the driver's.
         engine_options = {**engine_options, "profile_dir": absolute(engine_options["profile_dir"])}
@@ -63,8 +64,8 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
     finished = False
     try:
         if source is None and type(data).__module__.startswith("ray.data"):
-            # Executing a Ray Dataset needs CPUs that warm actors may hold all of (FACTS.md:
-            # Ray Data deadlocks when actors reserve every CPU): stop them first.
+            # Executing a Ray Dataset needs CPUs that warm actors may hold all of (Ray Data
+            # deadlocks when actors reserve every CPU: docs/DESIGN.md): stop them first.
             warm.stop_actors()
         source = source or open_source(data, config)
         spec = None if local else _model_spec(engine_options, joined=not ours)
@@ -165,7 +166,7 @@ def _worker_plan(config: PipelineConfig, engine_options: dict) -> tuple[int, int
         n = max(1, cpus // threads)
     if n * threads > cpus:
         log.warning("%d workers x %d threads exceed the cluster's %d CPUs: the workers will "
-                    "compete for cores (FACTS.md: oversubscription is slow)", n, threads, cpus)
+                    "compete for cores (oversubscription is slow: docs/DESIGN.md)", n, threads, cpus)
     # Never reserve more than the cluster has, or the extra actors would wait forever.
     return n, threads, {"num_cpus": min(float(threads), cpus / n)}
 
@@ -206,7 +207,7 @@ def _record_run(manifest: Manifest, pool: Pool | LocalPool, source, config: Pipe
     if "quantization" not in manifest.data:
         calibration = None
         if config.output_dtype == "int8":
-            windows = quantize.calibration_shards(source.fragments)
+            windows = calibration_shards(source.fragments)
             sample = pool.sample(windows)
             calibration = quantize.calibrate(sample)
         # It describes the `embedding` column: bge-m3's is float32 whatever its tokens' dtype.
@@ -345,6 +346,5 @@ def _crash_point(name: str, count: int, manifest: Manifest | None = None) -> Non
 
 def engine_option_names() -> set[str]:
     """Keyword arguments of `pipeline.run` that go to the engine (`workers.EngineConfig`)."""
-    from workers import EngineConfig
     return {f.name for f in dataclasses.fields(EngineConfig)}
 

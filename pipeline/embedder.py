@@ -14,7 +14,10 @@ import os
 import numpy as np
 import pyarrow as pa
 
+from workers import Engine, EngineConfig
+
 from .actor import EngineThread
+from .model_sync import ModelSpec, ensure_local_model, is_uri, model_spec
 from .validate import bad_text_mask
 from .writer import embedding_array
 
@@ -51,7 +54,6 @@ class Embedder:
         if num_threads:
             # As in the pipeline's actors: the tokenizer's pool must not take every core.
             os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = str(num_threads)
-        from workers import Engine, EngineConfig
         if model is not None:
             engine_options["model"] = _local_model(model)
         self._on_engine_thread = EngineThread()  # built and called on one thread (see EngineThread)
@@ -80,7 +82,6 @@ class Embedder:
 def _local_model(model) -> str:
     """The folder this actor's engine loads: a ModelSpec's or a URI's copy in this node's cache
     (`pipeline/model_sync.py`: copied once per node), a local path as given."""
-    from .model_sync import ModelSpec, ensure_local_model, is_uri, model_spec
     if isinstance(model, ModelSpec):
         return ensure_local_model(model)
     model = os.fspath(model)

@@ -1,4 +1,4 @@
-"""The finish step (DESIGN.md step 7): the reported rows, the final statistics, the summary.
+"""The finish step (docs/DESIGN.md step 7): the reported rows, the final statistics, the summary.
 
 With an output folder it removes what no committed shard owns, builds `_errors.parquet` (each
 shard's bad rows plus one pass over the parts' id columns listing every row whose id is not

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from workers import Engine, EngineConfig
+
 from .errors import InputError, InputNotFoundError
 from .manifest import Manifest
 from .output_folder import OutputFolder
@@ -63,7 +65,6 @@ def open_output(path) -> tuple[OutputFolder, Manifest, str]:
 
 def query_engine(manifest: Manifest):
     """An engine that embeds queries as the output's passages were (model, task, options)."""
-    from workers import Engine, EngineConfig
     recorded = manifest.data.get("engine_options")
     if recorded is None:
         raise InputError("the output's _manifest.json records no engine_options (written by an "

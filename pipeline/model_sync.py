@@ -40,7 +40,7 @@ import pyarrow.fs as pafs
 import ray
 
 from .errors import InputNotFoundError, RunFailedError
-from .output_folder import is_uri, resolve
+from .fs import filesystem, is_uri
 from .redact import redact
 
 CACHE_ENV = "PREFILL_EMBED_CACHE"
@@ -76,7 +76,7 @@ class ModelSpec:
     @property
     def name(self) -> str:
         """The folder's own name (kept in the cache, so the engine's fingerprint is unchanged)."""
-        path = resolve(self.source)[1] if is_uri(self.source) else self.source
+        path = filesystem(self.source)[1] if is_uri(self.source) else self.source
         return os.path.basename(path.rstrip("/")) or "model"
 
     @property
@@ -97,7 +97,7 @@ def model_spec(model: str) -> ModelSpec:
     """Describe the model folder at `model` (local path or URI), reading every file once to hash
     it; a local folder's bytes also go into the object store (so call it once Ray is up)."""
     uri = is_uri(model)
-    fs, root = resolve(model)
+    fs, root = filesystem(model)
     root = root.rstrip("/")
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     rels = sorted(i.path[len(root):].lstrip("/") for i in infos if i.is_file)
@@ -207,7 +207,7 @@ def _chunks(spec: ModelSpec, f: ModelFile):
         for ref in f.blobs:
             yield ray.get(ref)
         return
-    fs, root = resolve(spec.source)
+    fs, root = filesystem(spec.source)
     with fs.open_input_stream(f"{root.rstrip('/')}/{f.rel}") as stream:
         while chunk := stream.read(CHUNK):
             yield chunk

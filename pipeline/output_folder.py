@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from . import writer
+from .fs import absolute, filesystem, is_uri  # noqa: F401 (absolute, is_uri re-exported)
 from .errors import OutputFolderError, OutputWriteError
 from .redact import redact  # noqa: F401 (re-exported: the driver and tests import it from here)
 
@@ -33,25 +34,6 @@ RENAME_IS_ATOMIC = {"local"}
 _OURS = re.compile(r"^(part-\d+-[0-9a-f]+\.(parquet|arrow)|\.part-.*\.tmp|_manifest\.json(\.[0-9a-f]+\.tmp)?"
                    r"|_errors\.parquet|_errors/\d+-[0-9a-f]+\.(jsonl|parquet))$")
 _SHOW = 8  # file names listed in an error message
-
-
-def is_uri(location) -> bool:
-    """Whether `location` is a filesystem URI (`s3://bucket/x`, `file:///x`), not a local path."""
-    return "://" in os.fspath(location)
-
-
-def absolute(location) -> str:
-    """`location` as a string that means the same from any working directory (a URI as given)."""
-    location = os.fspath(location)
-    return location if is_uri(location) else os.path.abspath(location)
-
-
-def resolve(location) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) of a local path or a pyarrow filesystem URI such as s3://bucket/run."""
-    location = os.fspath(location)
-    if is_uri(location):
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), os.path.abspath(location)
 
 
 def is_ours(rel: str) -> bool:
@@ -70,7 +52,7 @@ class OutputFolder:
     @classmethod
     def open(cls, location) -> "OutputFolder":
         """The folder at a local path or URI (nothing is created or read)."""
-        fs, path = resolve(location)
+        fs, path = filesystem(location)
         return cls(fs, path.rstrip("/") or "/", absolute(location))
 
     def __str__(self) -> str:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import os
 
+from workers import token_row_shape
+
 from .quantize import STORED_DTYPES
 from .tasks import TASKS
 
@@ -52,20 +54,8 @@ def bounded_rows(rows: int, max_part_bytes: int | None, per_row: int | None) -> 
 
 def _row_shape(engine_options: dict) -> tuple[int, int, int]:
     """(max_length, token vector width, hidden size) of the folder as the engine will run it."""
-    from workers.model_folder import open_model_folder
-    from workers.multi_vector_folder import read_multi_vector_layout
-    from workers.resolve import default_max_length
     model = engine_options.get("model")
     if model and not os.path.exists(os.path.expanduser(model)):
         length = engine_options.get("max_length") or FALLBACK_LENGTH
         return length, FALLBACK_WIDTH, FALLBACK_WIDTH
-    folder = open_model_folder(model, allow_pickle=bool(engine_options.get("allow_pickle")))
-    cfg = folder.hf_config
-    limit = getattr(cfg, "max_position_embeddings", None) or FALLBACK_LENGTH
-    max_length = engine_options.get("max_length") or default_max_length(folder, limit)
-    width = cfg.hidden_size
-    layout = read_multi_vector_layout(folder.path)
-    if layout is not None:
-        max_length = layout.max_length("document", max_length)
-        width = layout.projection.out_features if layout.projection else width
-    return max_length, width, cfg.hidden_size
+    return token_row_shape(model, engine_options.get("max_length"), bool(engine_options.get("allow_pickle")))

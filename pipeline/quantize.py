@@ -5,7 +5,7 @@ per-dimension min/max of a calibration sample of the corpus's own embeddings, wi
 width on each side (values outside are clipped): a sample's extremes fall short of the corpus's,
 and clipping costs far more than the coarser step (on MiniLM vectors calibrated on 200 rows the
 worst held-out row's cosine is 0.9916 unwidened, 0.9999 widened; the mean stays 0.9999). The
-sample is up to CALIBRATION_ROWS rows read as CALIBRATION_WINDOWS runs of consecutive rows
+sample is up to shards.CALIBRATION_ROWS rows read as CALIBRATION_WINDOWS runs of consecutive rows
 spread evenly over the corpus (few row-group reads, every region represented).
 ubinary keeps the sign bit of each dimension, packed 8 per byte with `np.packbits` (big-endian
 bit order; a dimension count that is not a multiple of 8 is zero-padded in the last byte).
@@ -19,11 +19,8 @@ import json
 
 import numpy as np
 
-from .shards import Piece, Shard
 
 QUANT_KEY = b"pipeline.quantization"
-CALIBRATION_ROWS = 1000
-CALIBRATION_WINDOWS = 20
 STORED_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "ubinary": np.uint8}
 
 
@@ -109,26 +106,3 @@ def from_metadata(metadata: dict | None) -> dict | None:
     return json.loads(metadata[QUANT_KEY])
 
 
-def calibration_shards(fragments, sample_rows: int = CALIBRATION_ROWS,
-                       windows: int = CALIBRATION_WINDOWS) -> list[Shard]:
-    """Up to `sample_rows` rows as `windows` runs of consecutive rows spread evenly over the
-    fragments, each run a `Shard` (index -1-k, so it can never be mistaken for a real shard)."""
-    total = sum(f.num_rows for f in fragments)
-    if total <= sample_rows:
-        starts, width = [0], total
-    else:
-        width = max(1, sample_rows // windows)
-        starts = [int(s) for s in np.linspace(0, total - width, windows).round()]
-    bounds = np.cumsum([0] + [f.num_rows for f in fragments])
-    return [Shard(-1 - k, g, min(width, total - g), _pieces(bounds, g, min(width, total - g)))
-            for k, g in enumerate(starts) if width > 0]
-
-
-def _pieces(bounds: np.ndarray, start: int, rows: int) -> tuple[Piece, ...]:
-    """Rows [start, start + rows) of the concatenated fragments as per-fragment pieces."""
-    pieces, stop = [], start + rows
-    for f in range(len(bounds) - 1):
-        lo, hi = max(start, bounds[f]), min(stop, bounds[f + 1])
-        if lo < hi:
-            pieces.append(Piece(f, int(lo - bounds[f]), int(hi - bounds[f])))
-    return tuple(pieces)

@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from .sources import Fragment, Source
@@ -104,3 +105,33 @@ def read_shard(source: Source, shard: Shard, columns: list[str]) -> pa.Table:
         raise RuntimeError(f"{shard.describe()}: read {table.num_rows} rows, the plan says "
                            f"{shard.num_rows}; the input changed since it was planned")
     return table
+
+
+# The int8 calibration sample (pipeline/quantize.py): rows read as runs spread over the input.
+CALIBRATION_ROWS = 1000
+CALIBRATION_WINDOWS = 20
+
+
+def calibration_shards(fragments, sample_rows: int = CALIBRATION_ROWS,
+                       windows: int = CALIBRATION_WINDOWS) -> list[Shard]:
+    """Up to `sample_rows` rows as `windows` runs of consecutive rows spread evenly over the
+    fragments, each run a `Shard` (index -1-k, so it can never be mistaken for a real shard)."""
+    total = sum(f.num_rows for f in fragments)
+    if total <= sample_rows:
+        starts, width = [0], total
+    else:
+        width = max(1, sample_rows // windows)
+        starts = [int(s) for s in np.linspace(0, total - width, windows).round()]
+    bounds = np.cumsum([0] + [f.num_rows for f in fragments])
+    return [Shard(-1 - k, g, min(width, total - g), _pieces(bounds, g, min(width, total - g)))
+            for k, g in enumerate(starts) if width > 0]
+
+
+def _pieces(bounds: np.ndarray, start: int, rows: int) -> tuple[Piece, ...]:
+    """Rows [start, start + rows) of the concatenated fragments as per-fragment pieces."""
+    pieces, stop = [], start + rows
+    for f in range(len(bounds) - 1):
+        lo, hi = max(start, bounds[f]), min(stop, bounds[f + 1])
+        if lo < hi:
+            pieces.append(Piece(f, int(lo - bounds[f]), int(hi - bounds[f])))
+    return tuple(pieces)

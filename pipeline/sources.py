@@ -20,7 +20,7 @@ import ray
 
 from .config import PipelineConfig
 from .errors import InputError, InputNotFoundError, InputTypeError
-from .output_folder import resolve
+from .fs import filesystem
 from .redact import redact
 from .source_checks import check_column_types, footer, reason
 
@@ -288,7 +288,7 @@ def _open_paths(data):
 
 def _expand(spec: str):
     """(filesystem, sorted Parquet paths) for a file, folder or glob; or (source, schema) for an HF folder."""
-    fs, path = resolve(spec)
+    fs, path = filesystem(spec)
     if _GLOB_CHARS.intersection(path):
         parts = path.split("/")
         cut = next(i for i, part in enumerate(parts) if _GLOB_CHARS.intersection(part))

@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from . import quantize, writer
 from .errors import InputError
 
 NAN_FILL, NONE_FILL = "nan", "none"
@@ -113,7 +114,6 @@ def _bge_m3(engine, texts):
 
 
 def _embedding_arrays(values, dtype, quant):
-    from . import quantize, writer  # writer -> quantize -> shards -> sources -> config -> here
     vectors = values["embedding"]
     stored = quantize.encode(vectors, quant) if quant else vectors
     return {"embedding": writer.embedding_array(stored, dtype)}
@@ -124,24 +124,20 @@ def _score_arrays(values, dtype, quant):
 
 
 def _classify_arrays(values, dtype, quant):
-    from .writer import embedding_array
-    return {"logits": embedding_array(values["logits"], "float32"),
+    return {"logits": writer.embedding_array(values["logits"], "float32"),
             "label": pa.array(list(values["label"]), pa.string())}
 
 
 def _token_arrays(values, dtype, quant):
-    from .writer import token_arrays
-    return token_arrays(values["tokens"], values["token_width"], dtype)
+    return writer.token_arrays(values["tokens"], values["token_width"], dtype)
 
 
 def _sparse_arrays(values, dtype, quant):
-    from .writer import sparse_arrays
-    return sparse_arrays(values["sparse"])
+    return writer.sparse_arrays(values["sparse"])
 
 
 def _bge_m3_arrays(values, dtype, quant):
-    from .writer import embedding_array
-    return {"embedding": embedding_array(values["embedding"], "float32"),
+    return {"embedding": writer.embedding_array(values["embedding"], "float32"),
             **_sparse_arrays(values, dtype, quant), **_token_arrays(values, dtype, quant)}
 
 

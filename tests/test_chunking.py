@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-import workers.chunked_input as chunked_input
+import workers.inputs.chunked_input as chunked_input
 from workers import Engine, EngineConfig
-from workers.model_folder import default_model_path
+from workers.loading.model_folder import default_model_path
 
 LONG = " ".join(f"Sentence {i} says something about dense retrieval and vector indexes." for i in range(60))
 SHORT = ["a short passage", "", "x", "another one about embeddings"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from workers import Engine, EngineConfig
-from workers.model_folder import default_model_path
+from workers.loading.model_folder import default_model_path
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -171,7 +171,7 @@ def test_max_length_beyond_positions_and_dims_beyond_hidden():
 
 
 def test_chunked_tokenizing_keeps_vectors_and_fills_batches(monkeypatch):
-    import workers.engine as engine_module
+    import workers.engine.engine as engine_module
     texts = [f"passage number {i} " * (i % 7 + 1) for i in range(50)]
     cfg = EngineConfig(dtype="float32", max_length=64, max_num_batched_tokens=64)
     whole = Engine(cfg)

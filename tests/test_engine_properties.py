@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workers import Engine, EngineConfig
-from workers.model_folder import default_model_path
+from workers.loading.model_folder import default_model_path
 
 # Small max_length so that generated text often overflows it and chunk mode splits it.
 ENGINES = {mode: Engine(EngineConfig(dtype="float32", max_length=24, truncation=mode))

@@ -69,7 +69,7 @@ def test_a_bad_row_is_a_shard_failure_that_exits_2_not_1():
 
 
 def test_builtins_from_outside_the_pipeline_and_unknown_errors():
-    from workers.input_processor import TextTooLongError
+    from workers.inputs.input_processor import TextTooLongError
     assert exit_code(TextTooLongError(3, 512)) == ExitCode.USAGE  # the engine's, a ValueError
     assert exit_code(FileNotFoundError("model folder")) == ExitCode.USAGE
     assert exit_code(PermissionError("output")) == ExitCode.FAILED  # an OSError after work began

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from workers import Engine, EngineConfig
-from workers.execute_loop import DEPTH
+from workers.engine.execute_loop import DEPTH
 
 TEXTS = [f"passage {i}: " + "some words about retrieval " * (i % 13 + 1) for i in range(200)]
 

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 
 from workers import Engine, EngineConfig
-from workers.engine import EngineStats
-from workers.feeder import feed_batches
+from workers.engine.engine import EngineStats
+from workers.engine.feeder import feed_batches
 
 TEXTS = [f"text {i} " + "word " * (i % 17) for i in range(60)]
 

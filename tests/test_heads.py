@@ -6,11 +6,11 @@ import torch
 from transformers import BertConfig, RobertaConfig
 
 from attention import select_backend
-from workers.activation import ACTIVATIONS, cross_encoder_activation
-from workers.classifier_head import BertClassifierHead, RobertaClassifierHead, labels_of
-from workers.input_builder import InputBuilder
-from workers.scheduler import Request
-from workers.yes_no_head import YesNoHead
+from workers.heads.activation import ACTIVATIONS, cross_encoder_activation
+from workers.heads.classifier_head import BertClassifierHead, RobertaClassifierHead, labels_of
+from workers.engine.input_builder import InputBuilder
+from workers.engine.scheduler import Request
+from workers.heads.yes_no_head import YesNoHead
 
 LENS = [3, 1, 4]
 

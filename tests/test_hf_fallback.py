@@ -1,4 +1,4 @@
-"""The transformers fallback (workers/fallback.py, workers/hf_model.py): architectures we do not
+"""The transformers fallback (workers/loading/fallback.py, workers/loading/hf_model.py): architectures we do not
 implement run padded and length-sorted behind the same Engine API, equal to transformers itself;
 BERT forced through it equals the native packed body."""
 import json

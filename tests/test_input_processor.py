@@ -5,12 +5,12 @@ from transformers import AutoTokenizer
 
 from tiny_decoders import write_bpe_tokenizer
 from tiny_models import ROBERTA_CORPUS, write_roberta_tokenizer
-from workers.chunked_input import ChunkedInputProcessor
-from workers.chunking import combine_windows
-from workers.input_processor import TextInputProcessor, TextTooLongError
-from workers.model_folder import default_model_path
-from workers.pair_input import PairInputProcessor
-from workers.reranker_input import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, RerankerPromptProcessor
+from workers.inputs.chunked_input import ChunkedInputProcessor
+from workers.inputs.chunking import combine_windows
+from workers.inputs.input_processor import TextInputProcessor, TextTooLongError
+from workers.loading.model_folder import default_model_path
+from workers.inputs.pair_input import PairInputProcessor
+from workers.inputs.reranker_input import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, RerankerPromptProcessor
 
 MINILM = default_model_path()
 WORDS = "retrieval augmented generation needs good passage embeddings "

@@ -1,4 +1,4 @@
-"""int8 weights (workers/int8.py) on the bundled MiniLM against its float32 vectors on real text
+"""int8 weights (workers/quant/int8.py) on the bundled MiniLM against its float32 vectors on real text
 the calibration never saw; the kernel against naive int8 math; fingerprint and refusals."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 from pipeline.samples import sample_passages
 from tiny_models import cosines
-from workers import Engine, EngineConfig, int8
+from workers import Engine, EngineConfig
+from workers.quant import int8
 from workers.models.layers import LinearAct
 
 pytestmark = pytest.mark.skipif(not int8.available(), reason="torch has no oneDNN int8 ops")

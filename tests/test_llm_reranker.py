@@ -6,7 +6,7 @@ import torch
 
 from tiny_decoders import make_tiny_decoder, write_bpe_tokenizer
 from workers import Engine, EngineConfig
-from workers.reranker_input import DEFAULT_INSTRUCTION, PREFIX, SUFFIX
+from workers.inputs.reranker_input import DEFAULT_INSTRUCTION, PREFIX, SUFFIX
 
 PAIRS = [
     ("what is a vector index", "a vector index stores embeddings for dense retrieval"),

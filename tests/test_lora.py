@@ -1,4 +1,4 @@
-"""LoRA adapters (workers/lora.py): a random PEFT adapter merged at load equals PEFT's own
+"""LoRA adapters (workers/loading/lora.py): a random PEFT adapter merged at load equals PEFT's own
 `merge_and_unload()` model, on a tiny Qwen3 (q/k/v and gate/up fused here) and a tiny BERT
 (query/key/value fused into qkv), natively and through the transformers fallback."""
 import json

@@ -3,7 +3,7 @@ smaller than the batch that just failed, and the floor is never crossed."""
 import pytest
 import torch
 
-from workers.memory import largest_that_runs
+from workers.engine.memory import largest_that_runs
 
 
 def _card(fits_up_to: int, tried: list):

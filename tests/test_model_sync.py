@@ -47,7 +47,7 @@ def nodes(cache):
 
 @pytest.fixture(scope="module")
 def minilm() -> Path:
-    from workers.model_folder import default_model_path
+    from workers.loading.model_folder import default_model_path
     return default_model_path()
 
 

@@ -40,7 +40,7 @@ def test_hidden_states_match_transformers_on_a_packed_batch(tiny):
     arch, folder, hf_model = tiny
     engine = Engine(EngineConfig(model=str(folder), dtype="float32", attention_backend="sdpa"))
     requests = engine.processor(TEXTS).ids
-    from workers.scheduler import Request
+    from workers.engine.scheduler import Request
     batch = engine.builder.build([Request(i, ids) for i, ids in enumerate(requests)])
     with torch.inference_mode():
         hidden = engine.model(batch.input_ids, batch.positions, batch.token_type_ids, batch.attn,

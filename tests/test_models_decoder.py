@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from tiny_decoders import CONFIGS, ROPE_SCALINGS, hf_hidden, make_tiny_decoder, write_bpe_tokenizer
 from workers import Engine, EngineConfig
-from workers.scheduler import Request
+from workers.engine.scheduler import Request
 
 TEXTS = ["hello world", "", "a much longer sentence, with punctuation; and numbers 12345!",
          "Ünïcödé — 日本語のテキスト 🙂", "x " * 90]

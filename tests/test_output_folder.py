@@ -13,7 +13,8 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import OutputFolderError, OutputWriteError
-from pipeline.output_folder import MANIFEST_NAME, OutputFolder, absolute, is_ours, is_uri, redact, resolve
+from pipeline.fs import filesystem
+from pipeline.output_folder import MANIFEST_NAME, OutputFolder, absolute, is_ours, is_uri, redact
 from pipeline.validate import errors_table
 from pipeline.writer import part_table
 
@@ -39,7 +40,7 @@ def test_local_paths_become_absolute_and_uris_keep_their_scheme(tmp_path, monkey
 
 
 def test_s3_uri_parsed_offline_and_credentials_never_shown():
-    fs, path = resolve(S3)
+    fs, path = filesystem(S3)
     assert (fs.type_name, path) == ("s3", "bucket/runs/out")
     folder = OutputFolder.open(S3)
     assert folder.location == S3 and not folder.atomic_rename and not folder.is_local

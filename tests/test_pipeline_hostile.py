@@ -126,8 +126,8 @@ class _Payload:
 def test_pickle_weights_refused_unless_allowed_and_then_weights_only(ray_local, tmp_path):
     from safetensors.torch import load_file
     from workers import Engine, EngineConfig
-    from workers.loader import load_weights
-    from workers.model_folder import open_model_folder
+    from workers.loading.loader import load_weights
+    from workers.loading.model_folder import open_model_folder
     from workers.models import model_class
     clean, folder = tmp_path / "clean", tmp_path / "pickled"
     make_tiny_model(clean, "BertModel")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from workers.platform import cpu_has_fast_bf16, resolve_device, resolve_dtype
+from workers.engine.platform import cpu_has_fast_bf16, resolve_device, resolve_dtype
 
 
 def test_cpu_device_and_explicit_dtypes():

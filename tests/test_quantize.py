@@ -12,6 +12,7 @@ import pytest
 
 import pipeline
 from pipeline import quantize
+from pipeline.shards import calibration_shards
 from pipeline.sources import Fragment
 from pipeline.writer import part_table, to_numpy
 
@@ -58,14 +59,14 @@ def test_ubinary_pack_unpack_is_sign_cosine():
 
 def test_calibration_windows_spread_over_fragments():
     fragments = [Fragment("a", 700), Fragment("b", 50), Fragment("c", 2250)]
-    shards = quantize.calibration_shards(fragments, sample_rows=100, windows=10)
+    shards = calibration_shards(fragments, sample_rows=100, windows=10)
     assert len(shards) == 10 and sum(s.num_rows for s in shards) == 100
     assert shards[0].row_offset == 0 and shards[-1].row_offset + shards[-1].num_rows == 3000
     for s in shards:  # pieces cover exactly the window, in fragment-local rows
         bounds = np.cumsum([0, 700, 50, 2250])
         rows = [r for p in s.pieces for r in range(bounds[p.fragment] + p.start, bounds[p.fragment] + p.stop)]
         assert rows == list(range(s.row_offset, s.row_offset + s.num_rows))
-    small = quantize.calibration_shards([Fragment("a", 30)], sample_rows=100)
+    small = calibration_shards([Fragment("a", 30)], sample_rows=100)
     assert [(s.row_offset, s.num_rows) for s in small] == [(0, 30)]
 
 

@@ -112,11 +112,11 @@ def test_queries_file_to_ranked_parquet(corpus, reranker, rerank_main, tmp_path)
 
 
 def test_refusals_exit_2(corpus, rerank_main, tmp_path, capsys):
-    from workers.model_folder import default_model_path
+    from workers.loading.model_folder import default_model_path
     index, _, _, ce = corpus
     # An embedding model is no reranker: the engine names the architecture and the task.
     assert rerank_main(["--index", str(index), "--query", "x", "--reranker", str(default_model_path())]) == 2
-    assert "'BertModel' with task='score' is not supported" in capsys.readouterr().err
+    assert "SentenceTransformer folder, which serves task 'embed'" in capsys.readouterr().err
     pq.write_table(pa.table({"text": ["q"]}), tmp_path / "q.parquet")
     assert rerank_main(["--index", str(index), "--queries", str(tmp_path / "q.parquet"),
                         "--reranker", str(ce)]) == 2

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from attention import select_backend
-from workers.input_builder import InputBuilder
-from workers.pooling import Pooler
-from workers.scheduler import Request, Scheduler
+from workers.engine.input_builder import InputBuilder
+from workers.heads.pooling import Pooler
+from workers.engine.scheduler import Request, Scheduler
 
 
 def _reqs(lens):

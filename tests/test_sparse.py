@@ -5,7 +5,7 @@ import pytest
 
 from tiny_models import make_tiny_splade
 from workers import Engine, EngineConfig
-from workers.ragged import top_k_sparse
+from workers.heads.ragged import top_k_sparse
 
 TEXTS = [
     "what is a sparse lexical representation",

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from workers import Engine, EngineConfig
-from workers.engine import STAGES
-from workers.memory import budget_from_profile
+from workers.engine.engine import STAGES
+from workers.engine.memory import budget_from_profile
 
 TEXTS = [f"passage {i}: " + "words about retrieval and ranking " * (i % 9 + 1) for i in range(300)]
 GIB = 1 << 30

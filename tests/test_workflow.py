@@ -1,14 +1,14 @@
 """The workflow table: every workflow's modules, and the choice per (architecture, task)."""
 import pytest
 
-from workers.chunked_input import ChunkedInputProcessor
-from workers.execute_loop import EXECUTE_LOOPS
-from workers.input_processor import TextInputProcessor
-from workers.pair_input import PairInputProcessor
-from workers.reranker_input import RerankerPromptProcessor
-from workers.scheduler import Scheduler
-from workers import bge_m3_head, splade_head, token_head
-from workers.token_input import TokenInputProcessor
+from workers.inputs.chunked_input import ChunkedInputProcessor
+from workers.engine.execute_loop import EXECUTE_LOOPS
+from workers.inputs.input_processor import TextInputProcessor
+from workers.inputs.pair_input import PairInputProcessor
+from workers.inputs.reranker_input import RerankerPromptProcessor
+from workers.engine.scheduler import Scheduler
+from workers.heads import bge_m3_head, splade_head, token_head
+from workers.inputs.token_input import TokenInputProcessor
 from workers.workflow import (BGE_M3, BIDIRECTIONAL_ONLY, DECODERS, ENCODERS, LLM_RERANKERS, SEQUENCE_CLASSIFIERS,
                               SPLADE_MLMS, WORKFLOWS,
                               dense_pooler, input_processor, select_workflow,

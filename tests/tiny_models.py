@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModel, BertConfig, RobertaConfig, XLMRobertaConfig
 
-from workers.model_folder import default_model_path
+from workers.loading.model_folder import default_model_path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 _SHAPE = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -177,7 +177,7 @@ def hf_pooled(hf_model, ids_list, pooling: str, **kwargs) -> "numpy.ndarray":
 def assert_packed_hidden_match(engine, hf_model, texts, atol: float = 1e-5) -> None:
     """The engine's body over one packed batch of `texts` equals transformers' last hidden
     states of each text run alone (no padding), token for token."""
-    from workers.scheduler import Request
+    from workers.engine.scheduler import Request
     ids = engine.processor(texts).ids
     batch = engine.builder.build([Request(i, x) for i, x in enumerate(ids)])
     with torch.inference_mode():

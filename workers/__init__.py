@@ -1,6 +1,18 @@
-"""What runs inside one worker: the prefill-only embedding engine and its parts."""
-from .config import EngineConfig
-from .engine import Engine, EngineStats, preflight
-from .model_folder import folder_task
+"""What runs inside one worker: the prefill-only embedding engine and its parts.
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "folder_task", "preflight"]
+    config.py    EngineConfig: what one engine serves, validated on construction
+    workflow.py  the table of every task: input processor, head, output, attention
+    engine/      the step loop and the Engine API      inputs/   user items -> token ids
+    heads/       hidden states -> the task's numbers    loading/  model folders and weights
+    quant/       int8 weights                           models/   packed model bodies
+
+`pipeline/` imports only the names exported here.
+"""
+from .config import EngineConfig
+from .engine.engine import Engine, EngineStats, preflight
+from .inputs.input_processor import TextTooLongError
+from .loading.model_folder import folder_task
+from .loading.resolve import query_prompt_name, token_row_shape
+
+__all__ = ["Engine", "EngineConfig", "EngineStats", "TextTooLongError", "folder_task", "preflight",
+           "query_prompt_name", "token_row_shape"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-# Pooler names (workers/pooling.py); "a+b" concatenates (sentence-transformers' multi-mode Pooling).
+# Pooler names (workers/heads/pooling.py); "a+b" concatenates (sentence-transformers' multi-mode Pooling).
 POOLINGS = ("cls", "mean", "last", "max", "mean_sqrt_len_tokens", "weightedmean")
 EXECUTE_LOOPS = ("simple", "double_buffer")
 TRUNCATIONS = ("truncate", "error", "chunk")
@@ -55,7 +55,7 @@ class EngineConfig:
         attention_backend: None (best available) or one of attention.BACKENDS.
         max_num_batched_tokens: token budget of one packed batch. None: on CPU 4096 tokens (the
             benchmark's choice); on CUDA the largest budget whose profiled activation memory fits
-            in `gpu_memory_utilization` of the card (see `workers/memory.py`).
+            in `gpu_memory_utilization` of the card (see `workers/engine/memory.py`).
         gpu_memory_utilization: share of the GPU's memory this engine may fill (weights, the
             profiled activations of the largest batch, and what others already use). Default 0.9.
         max_num_seqs: most sequences in one batch (None: 256).
@@ -98,12 +98,12 @@ class EngineConfig:
         implementation: "auto" (this package's packed body when it has the architecture, else
             transformers), "native" (packed body only; an unknown architecture is an error) or
             "transformers" (padded, length-sorted batches through transformers' own class, even
-            for BERT; never remote code). See `workers/fallback.py`.
+            for BERT; never remote code). See `workers/loading/fallback.py`.
         lora: a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors),
             merged into the weights at load (W += B @ A * alpha / r). None: no adapter.
         quantization: None (weights in `dtype`) or "int8": CPU only, task="embed" with this
             package's own body; int8 weights with per-token int8 activations after SmoothQuant
-            calibration on fixed sample passages (see `workers/int8.py`); the rest of the model
+            calibration on fixed sample passages (see `workers/quant/int8.py`); the rest of the model
             runs in `dtype`. Changes the vectors slightly, so it is part of the fingerprint.
     """
 

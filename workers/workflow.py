@@ -29,18 +29,18 @@ from typing import Callable
 
 from torch import nn
 
-from .activation import ACTIVATIONS, cross_encoder_activation
-from .chunked_input import ChunkedInputProcessor
-from .classifier_head import CLASSIFIER_HEADS
-from .execute_loop import EXECUTE_LOOPS
-from .input_processor import InputProcessor, TextInputProcessor
-from .pair_input import PairInputProcessor
-from .pooling import DensePooler, Pooler
-from .reranker_input import RerankerPromptProcessor
-from .scheduler import Scheduler
-from .yes_no_head import YesNoHead
-from . import bge_m3_head, splade_head, token_head
-from .token_input import TokenInputProcessor
+from .engine.execute_loop import EXECUTE_LOOPS
+from .engine.scheduler import Scheduler
+from .heads import bge_m3_head, splade_head, token_head
+from .heads.activation import ACTIVATIONS, cross_encoder_activation
+from .heads.classifier_head import CLASSIFIER_HEADS
+from .heads.pooling import DensePooler, Pooler
+from .heads.yes_no_head import YesNoHead
+from .inputs.chunked_input import ChunkedInputProcessor
+from .inputs.input_processor import InputProcessor, TextInputProcessor
+from .inputs.pair_input import PairInputProcessor
+from .inputs.reranker_input import RerankerPromptProcessor
+from .inputs.token_input import TokenInputProcessor
 
 OUTPUTS = ("vector", "score", "logits")  # (n, dim) | (n,) | (n, num_labels), float32
 # Ragged outputs (heads return flat tensors + offsets, see ragged.py): (L_i, d) per text |

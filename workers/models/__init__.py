@@ -23,7 +23,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "DistilBertForMaskedLM": DistilBertModel,
     "ModernBertModel": ModernBertModel,
     "ModernBertForMaskedLM": ModernBertModel,
-    # Sequence classifiers: the body here; the head is the workflow's (workers/classifier_head.py).
+    # Sequence classifiers: the body here; the head is the workflow's (workers/heads/classifier_head.py).
     **{f"{family}ForSequenceClassification": BertModel for family in ("Bert", "Roberta", "XLMRoberta")},
     # Decoders: the *ForCausalLM checkpoints load without their LM head.
     **{f"{family}{suffix}": DecoderModel for family in ("Qwen2", "Qwen3", "Llama", "Mistral")

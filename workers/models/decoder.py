@@ -8,7 +8,7 @@ ignored). q/k/v and gate/up are fused into `qkv_proj` and `gate_up_proj`; the sh
 Attention goes through the selected backend with K/V at their own head count (GQA is resolved
 in the attention interface). Causality is not decided here: the workflow declares it and the
 input builder puts it in `meta.causal` (causal by default, bidirectional for LLM2Vec-style models).
-An LLM reranker's two LM-head rows are the workflow's head (`workers/yes_no_head.py`).
+An LLM reranker's two LM-head rows are the workflow's head (`workers/heads/yes_no_head.py`).
 
 Sliding-window attention (Mistral, Qwen2 with use_sliding_window) is handled by capping
 `max_length` at the window: every sequence then fits inside it and full causal attention is exact.

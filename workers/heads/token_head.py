@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .input_builder import PackedBatch
-from .multi_vector_folder import MultiVectorLayout
+from ..engine.input_builder import PackedBatch
+from ..loading.multi_vector_folder import MultiVectorLayout
 from .ragged import offsets_from_counts, segment_counts
 
 _ACTIVATIONS = {"identity": lambda x: x, "tanh": torch.tanh}

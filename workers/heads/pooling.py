@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .input_builder import PackedBatch
+from ..engine.input_builder import PackedBatch
 
 
 def cls_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:

@@ -15,6 +15,8 @@ import logging
 import numpy as np
 import torch
 
+from .scheduler import Request
+
 logger = logging.getLogger(__name__)
 
 PROFILE_TOKENS = 8192     # tokens in the profile batch (rounded to whole max_length sequences)
@@ -103,7 +105,6 @@ def profile_token_budget(engine) -> int:
 
 def _run_dummy(engine, seqs: int, length: int) -> None:
     """One forward over `seqs` sequences of `length` tokens (the model's first normal token id)."""
-    from .scheduler import Request
     ids = np.full(length, 1000 % engine.folder.hf_config.vocab_size, dtype=np.int64)
     batch = engine.builder.build([Request(i, ids) for i in range(seqs)])
     engine.runner.run(batch)

@@ -10,9 +10,9 @@ import itertools
 import time
 from typing import Iterable, Iterator
 
-from .chunking import WindowLedger
+from ..inputs.chunking import WindowLedger
+from ..inputs.input_processor import InputProcessor
 from .input_builder import InputBuilder, PackedBatch
-from .input_processor import InputProcessor
 from .scheduler import Request, Scheduler
 
 

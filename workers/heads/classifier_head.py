@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .input_builder import PackedBatch
+from ..engine.input_builder import PackedBatch
 
 
 class _Dense(nn.Module):

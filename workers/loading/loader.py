@@ -108,7 +108,7 @@ def _copy_into(model: nn.Module, params, name: str, tensor: torch.Tensor) -> str
 
 def destination(model: nn.Module, params, name: str) -> tuple[str, torch.Tensor] | None:
     """Where checkpoint tensor `name` would go: (canonical name, the parameter or its fused rows),
-    None when the module has no such parameter. Used to merge LoRA deltas (`workers/lora.py`)."""
+    None when the module has no such parameter. Used to merge LoRA deltas (`workers/loading/lora.py`)."""
     name = _canonical(name, model, params)
     if name in params:
         return name, params[name].data

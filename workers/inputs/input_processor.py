@@ -43,7 +43,7 @@ class Tokenized:
     owners: list[int] | None = None
     windows: dict[int, list[int]] | None = None
     type_ids: list[np.ndarray] | None = None  # per entry of `ids`: token type ids (text pairs)
-    # per entry of `ids`: uint8 token flags for token-level heads (see `workers/token_flags.py`)
+    # per entry of `ids`: uint8 token flags for token-level heads (see `workers/inputs/token_flags.py`)
     flags: list[np.ndarray] | None = None
 
 
@@ -52,7 +52,7 @@ class InputProcessor:
     prompt's layout, and the character cut. Subclasses define `__call__(items, first_index)`."""
 
     # Set on a processor whose results must be folded back after the head (chunk mode): a
-    # function (results, ledger, normalize) -> results; see `workers/chunking.py`.
+    # function (results, ledger, normalize) -> results; see `workers/inputs/chunking.py`.
     combiner = None
 
     def __init__(self, path: Path, max_length: int, truncation: str = "truncate", prompt: str = "",

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models.layers import LinearAdd
+from ..models.layers import LinearAdd
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def available() -> bool:
 
 def calibration_texts() -> list[str]:
     """The fixed calibration passages (loaded by path: the `pipeline` package imports ray)."""
-    path = Path(__file__).resolve().parents[1] / "pipeline" / "samples.py"
+    path = Path(__file__).resolve().parents[2] / "pipeline" / "samples.py"
     spec = importlib.util.spec_from_file_location("_calibration_samples", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

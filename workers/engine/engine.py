@@ -31,24 +31,25 @@ import torch
 
 from attention import select_backend
 
-from . import int8, lora
-from .chunking import WindowLedger
-from .classifier_head import labels_of
-from .config import EngineConfig
-from .fallback import fallback_body, fallback_head, fallback_workflow, implementation
+from ..config import EngineConfig
+from ..heads.classifier_head import labels_of
+from ..inputs.chunking import WindowLedger
+from ..loading import lora
+from ..loading.fallback import fallback_body, fallback_head, fallback_workflow, implementation
+from ..loading.loader import load_side_weights, load_weights, meta_modules
+from ..loading.model_folder import ModelFolder, open_model_folder
+from ..loading.resolve import Resolved, resolve
+from ..models import model_class
+from ..models.packed_linear import pack_linears
+from ..quant import int8
+from ..workflow import DECODERS, Workflow, input_processor, select_workflow
 from .feeder import feed_batches
 from .input_builder import InputBuilder
-from .loader import load_side_weights, load_weights, meta_modules
 from .memory import PROFILE_TOKENS, MemoryBudgetError, profile_token_budget
-from .model_folder import ModelFolder, open_model_folder
-from .models import model_class
-from .models.packed_linear import pack_linears
 from .platform import resolve_device, resolve_dtype
-from .resolve import Resolved, resolve
 from .runner import ModelRunner
 from .token_outputs import TokenOutputs
 from .trace import TraceWindow
-from .workflow import DECODERS, Workflow, input_processor, select_workflow
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ragged import SPLITTERS, top_k_sparse
+from ..heads.ragged import SPLITTERS, top_k_sparse
 
 
 class TokenOutputs:

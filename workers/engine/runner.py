@@ -25,7 +25,7 @@ import torch
 from attention import AttentionBackend
 
 from .input_builder import PackedBatch
-from .query_only_attention import QueryOnlyAttention
+from attention.query_only import QueryOnlyAttention
 
 
 class ModelRunner:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from transformers import AddedToken
 
+from ..loading.multi_vector_folder import MultiVectorLayout, read_multi_vector_layout
 from .input_processor import TextInputProcessor, Tokenized
-from .multi_vector_folder import MultiVectorLayout, read_multi_vector_layout
 from .token_flags import KEEP, QUERY_ONLY
 
 

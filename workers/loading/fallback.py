@@ -20,15 +20,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .activation import ACTIVATIONS, cross_encoder_activation
-from .config import EngineConfig
+from ..config import EngineConfig
+from ..engine.input_builder import PackedBatch
+from ..heads.activation import ACTIVATIONS, cross_encoder_activation
+from ..heads.pooling import cls_pool
+from ..models import MODEL_REGISTRY, model_class
+from ..workflow import _PAIR, _TEXT, DECODERS, WORKFLOWS, Workflow, dense_pooler, select_workflow
 from .hf_model import TransformersModel, native_class_name
-from .input_builder import PackedBatch
 from .loader import load_side_weights
 from .model_folder import ModelFolder
-from .models import MODEL_REGISTRY, model_class
-from .pooling import cls_pool
-from .workflow import _PAIR, _TEXT, DECODERS, WORKFLOWS, Workflow, dense_pooler, select_workflow
 
 logger = logging.getLogger(__name__)
 

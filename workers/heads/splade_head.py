@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .input_builder import PackedBatch
-from .models.layers import ACTIVATIONS
+from ..engine.input_builder import PackedBatch
+from ..models.layers import ACTIVATIONS
 from .ragged import offsets_from_counts, segment_counts
 
 # Rows of the (chunk, V) logits computed at once: 2^24 float32 entries (64 MiB) per chunk.

@@ -5,7 +5,7 @@ A text that fits is tokenized exactly as by `TextInputProcessor`. Any other text
 tokens that overlap by `chunk_overlap`, and each window gets the special tokens and the prompt
 back. Such a text is tokenized in character slices cut at whitespace (`_SLICE_CHARS` each), so
 memory stays bounded however long it is. Its windows are requests under the text's index; the
-combiner (`workers/chunking.py`, this processor's `combiner`) folds their vectors back into one.
+combiner (`workers/inputs/chunking.py`, this processor's `combiner`) folds their vectors back into one.
 """
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-from .input_builder import PackedBatch
-from .model_folder import SIDE_WEIGHTS
+from ..engine.input_builder import PackedBatch
+from ..loading.model_folder import SIDE_WEIGHTS
 from .ragged import offsets_from_counts, segment_counts
 
 HEADS = SIDE_WEIGHTS  # colbert_linear, sparse_linear

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import DEFAULT_CPU_BATCHED_TOKENS, DEFAULT_GPU_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, EngineConfig
-from .model_folder import ModelFolder
-from .pooling import POOLERS
-from .workflow import Workflow
+from ..config import DEFAULT_CPU_BATCHED_TOKENS, DEFAULT_GPU_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, EngineConfig
+from ..heads.pooling import POOLERS
+from ..workflow import Workflow
+from .model_folder import ModelFolder, open_model_folder
+from .multi_vector_folder import read_multi_vector_layout
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,24 @@ def _skip_instruction(config: EngineConfig, folder: ModelFolder, pooling: str) -
     if not folder.st_include_prompt:  # sentence-transformers Pooling(include_prompt=False): any mode
         return pooling != "last"
     return bool((folder.llm2vec or {}).get("skip_instruction")) and pooling == "mean"
+
+
+def token_row_shape(model: str | None, max_length: int | None = None,
+                    allow_pickle: bool = False) -> tuple[int, int, int]:
+    """(tokens per text, token vector width, hidden size) of a local folder as task="tokens"
+    runs it (a multi-vector folder: its document side and projection), from its files only."""
+    folder = open_model_folder(model, allow_pickle=allow_pickle)
+    cfg = folder.hf_config
+    limit = getattr(cfg, "max_position_embeddings", None) or 512
+    length = max_length or default_max_length(folder, limit)
+    width = cfg.hidden_size
+    layout = read_multi_vector_layout(folder.path)
+    if layout is not None:
+        length = layout.max_length("document", length)
+        width = layout.projection.out_features if layout.projection else width
+    return length, width, cfg.hidden_size
+
+
+def query_prompt_name(model: str | None) -> str | None:
+    """"query" when the folder's sentence-transformers prompts have one (for search queries)."""
+    return "query" if "query" in open_model_folder(model).st_prompts else None

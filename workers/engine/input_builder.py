@@ -19,8 +19,8 @@ import torch
 
 from attention import AttentionBackend, AttentionMetadata
 
+from ..inputs.token_flags import KEEP, QUERY_ONLY
 from .scheduler import Request
-from .token_flags import KEEP, QUERY_ONLY
 
 
 @dataclass

@@ -9,7 +9,7 @@ The published Qwen3-Reranker format (a chat turn asking for "yes" or "no"):
 As in the reference code, prefix and suffix are tokenized once without special tokens, the
 middle is tokenized with the tokenizer's defaults and truncated from the right to
 `max_length - len(prefix) - len(suffix)` tokens, and the three are concatenated. The model's
-last token then predicts "yes" or "no" (see `workers/yes_no_head.py`).
+last token then predicts "yes" or "no" (see `workers/heads/yes_no_head.py`).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .input_builder import PackedBatch
+from ..engine.input_builder import PackedBatch
 
 
 class YesNoHead(nn.Module):
