@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli_help import HelpFormatter, examples, in_flags  # noqa: E402  (the script's folder)
+from cli_help import in_flags, parser  # noqa: E402  (the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -22,8 +22,7 @@ if str(ROOT) not in sys.path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="build_index.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter, epilog=examples(__doc__))
+    p = parser("build_index.py", __doc__)
     p.add_argument("--embeddings", required=True, help="output folder of pipeline.run (holds _manifest.json)")
     p.add_argument("--index", required=True, help="index file to write (outside the embeddings folder)")
     p.add_argument("--kind", default="flat", choices=["flat", "hnsw", "ivfpq"],

@@ -25,6 +25,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def parser(prog: str, doc: str, starts=("python",)) -> argparse.ArgumentParser:
+    """A CLI's parser: the docstring's first paragraph as description, its command lines as the
+    examples, every default stated."""
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                   formatter_class=HelpFormatter, epilog=examples(doc, starts))
+
+
 def examples(doc: str, starts=("python",)) -> str:
     """The epilog: the command lines of a script's docstring (and their continuation lines)."""
     lines = [ln for ln in doc.splitlines() if ln.strip().startswith((*starts, "--"))]

@@ -50,7 +50,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli_help import HelpFormatter, examples, in_flags
+from cli_help import in_flags, parser
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout or a job's working dir
@@ -76,10 +76,8 @@ def _workers(value: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="embed_corpus.py", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
-        epilog=examples(__doc__, ("python", "RAY_AUTH"))
-        + "\n\nexit codes:\n" + __doc__[__doc__.index("    0  done"):])
+    p = parser("embed_corpus.py", __doc__, ("python", "RAY_AUTH"))
+    p.epilog += "\n\nexit codes:\n" + __doc__[__doc__.index("    0  done"):]
     p.add_argument("--input", help="Parquet file, folder or glob (local or s3://, gs://...), "
                                    "or a datasets save_to_disk folder")
     p.add_argument("--output", help="output folder for the parts and _manifest.json; rerun to resume")
@@ -87,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["embed", "score", "classify", "tokens", "sparse", "bge-m3"],
                    help="default: what the --model folder is (a sentence-transformers "
                         "CrossEncoder: score, or classify for several labels; SparseEncoder: "
-                        "sparse; MultiVectorEncoder: tokens; else embed). embed: vectors; score: a cross-encoder's (or Qwen3 reranker's) "
+                        "sparse; MultiVectorEncoder: tokens; else embed). embed: vectors; "
+                        "score: a cross-encoder's (or Qwen3 reranker's) "
                         "relevance of each (--text-column, --pair-column) pair; classify: a "
                         "sequence classifier's logits and label; tokens: one vector per token "
                         "(a ColBERT / multi-vector folder's, else last hidden states; document "

@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli_help import HelpFormatter, examples, in_flags  # noqa: E402  (the script's folder)
+from cli_help import in_flags, parser  # noqa: E402  (the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout or a job's working dir
@@ -31,8 +31,7 @@ from search import open_index, passages, query_engine  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="rerank.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter, epilog=examples(__doc__))
+    p = parser("rerank.py", __doc__)
     p.add_argument("--index", required=True, help="index file written by jobs/build_index.py")
     p.add_argument("--embeddings", default=None, help="embeddings folder (default: the one in PATH.json)")
     p.add_argument("--query", action="append", default=[], help="query text (repeat for several)")

@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli_help import HelpFormatter, examples, in_flags  # noqa: E402  (the script's folder)
+from cli_help import in_flags, parser  # noqa: E402  (the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -32,8 +32,7 @@ MUST_MATCH = ("model_hash", "pooling", "normalize", "dimensions", "workflow")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="search.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter, epilog=examples(__doc__))
+    p = parser("search.py", __doc__)
     p.add_argument("--index", default=None,
                    help="index file written by jobs/build_index.py (dense embeddings); omit it to "
                         "search a tokens / sparse / bge-m3 output given by --embeddings")
