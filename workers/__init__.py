@@ -9,7 +9,8 @@
 `pipeline/` imports only the names exported here.
 """
 from .config import EngineConfig
-from .engine.engine import Engine, EngineStats, preflight
+from .engine.engine import Engine, EngineStats
+from .engine.startup import preflight
 from .inputs.input_processor import TextTooLongError
 from .loading.model_folder import folder_task
 from .loading.resolve import query_prompt_name, token_row_shape

@@ -37,17 +37,17 @@ from ..inputs.chunking import WindowLedger
 from ..loading import lora
 from ..loading.fallback import fallback_body, fallback_head, fallback_workflow, implementation
 from ..loading.loader import load_side_weights, load_weights, meta_modules
-from ..loading.model_folder import ModelFolder, open_model_folder
-from ..loading.resolve import Resolved, resolve
-from ..models import model_class
+from ..loading.model_folder import open_model_folder
+from ..loading.resolve import resolve
 from ..models.packed_linear import pack_linears
 from ..quant import int8
-from ..workflow import DECODERS, Workflow, input_processor, select_workflow
+from ..workflow import input_processor
 from .feeder import feed_batches
 from .input_builder import InputBuilder
 from .memory import PROFILE_TOKENS, MemoryBudgetError, profile_token_budget
 from .platform import resolve_device, resolve_dtype
 from .runner import ModelRunner
+from .startup import native_body, output_width, with_task, workflow_for
 from .token_outputs import TokenOutputs
 from .trace import TraceWindow
 
@@ -106,16 +106,16 @@ class Engine(TokenOutputs):
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.folder = open_model_folder(config.model, allow_pickle=config.allow_pickle)
-        self.config = config = _with_task(config, self.folder)
+        self.config = config = with_task(config, self.folder)
         self.implementation = implementation(config, self.folder)
         native = self.implementation == "native"
-        self.workflow = _workflow(config, self.folder) if native else fallback_workflow(config, self.folder)
+        self.workflow = workflow_for(config, self.folder) if native else fallback_workflow(config, self.folder)
         self.lora = lora.open_adapter(config.lora) if config.lora else None
         if self.lora:
             lora.check_base(self.lora, self.folder)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        body = _native_body(self.folder) if native else fallback_body(self.folder, self.workflow, device, dtype)
+        body = native_body(self.folder) if native else fallback_body(self.folder, self.workflow, device, dtype)
         self.resolved = r = resolve(config, self.folder, body.max_length, self.workflow, device, dtype)
         processor = input_processor(self.workflow, config.truncation)
         self.processor = processor.for_engine(self.folder.path, r, config)
@@ -126,7 +126,7 @@ class Engine(TokenOutputs):
         self.builder = InputBuilder(self.backend, device, self.workflow.causal, self.model.uses_token_types)
         self.runner = ModelRunner(self.model, self.backend, self.head)
         self.execute_loop = self.workflow.execute_loops[config.execute_loop]
-        self.dim = getattr(self.head, "width", None) or _width(self.workflow, self.folder, r)
+        self.dim = getattr(self.head, "width", None) or output_width(self.workflow, self.folder, r)
         self.labels = labels_of(self.folder.hf_config) if self.workflow.output == "logits" else None
         if device.type == "cuda" and config.max_num_batched_tokens is None:
             try:
@@ -319,50 +319,3 @@ class Engine(TokenOutputs):
                                   "keep_float": list(int8.KEEP_FLOAT), "calibration": self.calibration}
         fp.update(self.processor.fingerprint())
         return fp
-
-
-def preflight(config: EngineConfig) -> EngineConfig:
-    """Every check that needs only the config and the model folder's files (no weights, no
-    device): the folder reads and serves the task, the workflow exists, max_length fits the
-    positions, pooling/prompt/dimensions resolve. Raises what `Engine` would raise at start-up;
-    returns the config with its task resolved. Run by the pipeline's driver before Ray starts."""
-    folder = open_model_folder(config.model, allow_pickle=config.allow_pickle)
-    config = _with_task(config, folder)
-    if implementation(config, folder) != "native":
-        fallback_workflow(config, folder)
-        return config
-    workflow = _workflow(config, folder)
-    resolve(config, folder, _native_body(folder).max_length, workflow, torch.device("cpu"), torch.float32)
-    return config
-
-
-def _with_task(config: EngineConfig, folder: ModelFolder) -> EngineConfig:
-    """`config` with its task resolved: the folder's kind decides when the task is None (and
-    the options are validated again against it); a task the kind cannot serve is refused."""
-    task = config.task or folder.default_task()
-    folder.check_task(task)
-    if config.task is None:
-        logger.info("task=%r, from the folder %s (%s)", task, folder.path, folder.st.kind or folder.architecture)
-    return dataclasses.replace(config, task=task)
-
-
-def _native_body(folder: ModelFolder) -> torch.nn.Module:
-    """This package's packed body for the folder, on the meta device (`Engine._load` fills it)."""
-    with meta_modules():
-        return model_class(folder.architecture)(folder.hf_config)
-
-
-def _workflow(config: EngineConfig, folder: ModelFolder) -> Workflow:
-    """The workflow for (architecture, task); an embedding decoder's attention is the config's
-    enable_bidirectional, else what the folder declares, else causal."""
-    bidirectional = config.enable_bidirectional
-    if bidirectional is None and config.task == "embed" and folder.architecture in DECODERS:
-        bidirectional = folder.declared_bidirectional
-    return select_workflow(folder.architecture, config.task, bidirectional)
-
-
-def _width(workflow: Workflow, folder: ModelFolder, r: Resolved) -> int:
-    """Columns of one output row: vector dims, 1 score, or one logit per label."""
-    if workflow.output == "vector":  # no Dense (else the head's width): pooled modes x hidden
-        return r.dimensions or folder.hf_config.hidden_size * len(r.pooling.split("+"))
-    return 1 if workflow.output == "score" else folder.hf_config.num_labels
