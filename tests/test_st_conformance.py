@@ -196,5 +196,20 @@ def test_do_lower_case_is_refused_only_where_it_would_change_the_tokens(base, tm
     tok = json.loads((folder / "tokenizer.json").read_text())
     tok["normalizer"]["lowercase"] = False
     (folder / "tokenizer.json").write_text(json.dumps(tok))
+    tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())   # AutoTokenizer applies it
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tok_cfg, "do_lower_case": False}))
     with pytest.raises(ValueError, match="do_lower_case, but the tokenizer does not lowercase"):
         Engine(EngineConfig(model=str(folder)))
+
+
+def test_do_lower_case_on_a_folder_with_only_vocab_txt(base, tmp_path):
+    """No tokenizer.json: the tokenizer is built from vocab.txt and tokenizer_config.json (which
+    lowercases), as AutoTokenizer and the library build it; do_lower_case changes nothing."""
+    import json
+    import shutil
+    folder = _save(base, tmp_path / "m", "mean")
+    (folder / "tokenizer.json").unlink()
+    shutil.copy(base / "vocab.txt", folder / "vocab.txt")   # transformers 5 saves tokenizer.json only
+    cfg = json.loads((folder / "sentence_bert_config.json").read_text())
+    (folder / "sentence_bert_config.json").write_text(json.dumps({**cfg, "do_lower_case": True}))
+    _compare(folder)

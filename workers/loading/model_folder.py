@@ -13,8 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from .st_layout import Layout, UnsupportedLayoutError, read_layout
 from .versions import check_installed, warn_untested
@@ -209,10 +208,10 @@ def _tokenizer_max_length(path: Path) -> int | None:
 
 
 def _tokenizer_lowercases(path: Path) -> bool:
-    """Whether the folder's tokenizer.json already lowercases (then do_lower_case changes nothing)."""
-    if not (path / "tokenizer.json").is_file():
-        return False
-    normalizer = Tokenizer.from_file(str(path / "tokenizer.json")).normalizer
+    """Whether the folder's tokenizer, loaded as the engine loads it (AutoTokenizer, which also
+    applies tokenizer_config.json), already lowercases: then do_lower_case changes nothing."""
+    backend = getattr(AutoTokenizer.from_pretrained(str(path), trust_remote_code=False), "backend_tokenizer", None)
+    normalizer = backend.normalizer if backend is not None else None
     return normalizer is not None and normalizer.normalize_str("AbC") == "abc"
 
 
