@@ -144,3 +144,13 @@ def test_token_states_through_transformers_equal_native(bert):
                                  implementation="transformers"))
     for a, b in zip(forced.embed_tokens(TEXTS), native.embed_tokens(TEXTS)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_preflight_checks_a_fallback_folder(tiny):
+    """The driver's pre-Ray check runs on an architecture only transformers serves, and refuses
+    a task the fallback cannot run, as the engine would."""
+    from workers import preflight
+    folder, _ = tiny
+    assert preflight(EngineConfig(model=str(folder))).task == "embed"
+    with pytest.raises(ValueError, match="not supported by the transformers fallback"):
+        preflight(EngineConfig(model=str(folder), task="sparse"))

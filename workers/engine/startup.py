@@ -28,7 +28,7 @@ def preflight(config: EngineConfig) -> EngineConfig:
     folder = open_model_folder(config.model, allow_pickle=config.allow_pickle)
     config = with_task(config, folder)
     if implementation(config, folder) != "native":
-        fallbackworkflow_for(config, folder)
+        fallback_workflow(config, folder)
         return config
     workflow = workflow_for(config, folder)
     resolve(config, folder, native_body(folder).max_length, workflow, torch.device("cpu"), torch.float32)
