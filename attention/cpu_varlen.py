@@ -18,7 +18,7 @@ Building: `g++ -O3 -march=native -fopenmp -shared` (1-2 s; `CXX` picks another c
 that cannot be made), keyed by the source, the compiler, torch's version and this CPU's flags,
 so a home shared by different CPUs builds once per kind of CPU. No compiler or a failed build:
 the backend is unavailable, the selector says why and uses `sdpa`. The library is loaded after
-torch, so its OpenMP calls bind to torch's libgomp (one thread team, see pipeline/actor.py).
+torch, so its OpenMP calls bind to torch's libgomp (one thread team, see pipeline/execution/actor.py).
 
 Takes causal masks, windows and grouped-query K/V natively; head dims that are multiples of
 16 up to 256 in float32 or bfloat16 (AMX: multiples of 32 up to 128, others take the next

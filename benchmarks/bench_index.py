@@ -3,7 +3,7 @@
     python benchmarks/bench_index.py                  # 20,000 indexed + 500 held-back queries
     python benchmarks/bench_index.py --rows 5000 --queries 200
 
-Embeds `rows + queries` distinct passages from pipeline/samples.py once with the bundled model
+Embeds `rows + queries` distinct passages from pipeline/inputs/samples.py once with the bundled model
 (cached under out/bench_index/; the queries are passages not in the index), builds each index
 kind in a fresh subprocess (build seconds, peak RSS over the process's start, index bytes), and
 prints recall@k of hnsw/ivfpq against the exact flat index, and query latency.

@@ -8,14 +8,14 @@ load from other processes hits both alike:
 - bare: `Engine.embed` in this process with every core (model loaded once, one warm-up call);
 - pipeline: `pipeline.run` reading the same texts from a Parquet file, embedding them in one
   Ray actor per worker and writing Parquet parts. Round 1 starts Ray and the actors (cold);
-  later rounds reuse the warm actors (pipeline/warm.py).
+  later rounds reuse the warm actors (pipeline/execution/warm.py).
 Per round it prints tokens/s of: the bare engine (wall, and its forward stage alone), the actor's
 forward stage and its engine calls (summed over shards), and the pipeline end to end (wall, and
 without its start-up), with the ratios to the bare engine; then the torch thread settings in
 this process and inside an actor. `--notebook N` then times `pipeline.run(list of N texts)` in a
 fresh Python process: first call, later calls (warm), and the bare engine on the same texts
 (load + embed) in that process; twice: as a notebook gets it (N rows run in the process,
-pipeline/local.py) and through Ray (`in_process_rows=0`: Ray start, an actor, its model).
+pipeline/execution/local.py) and through Ray (`in_process_rows=0`: Ray start, an actor, its model).
 """
 from __future__ import annotations
 
@@ -113,11 +113,11 @@ def print_rounds(rounds: list[tuple[dict, dict]], workers: int) -> list[dict]:
 
 
 def thread_settings() -> None:
-    """torch threads and thread env here and inside a warm actor (pipeline/actor.py info())."""
+    """torch threads and thread env here and inside a warm actor (pipeline/execution/actor.py info())."""
     import torch
 
-    from pipeline import warm
-    from pipeline.actor import _THREAD_ENV
+    from pipeline.execution import warm
+    from pipeline.execution.actor import _THREAD_ENV
     here = {"torch_threads": torch.get_num_threads(),
             "torch_interop_threads": torch.get_num_interop_threads(),
             "env": {k: os.environ.get(k) for k in _THREAD_ENV}}
@@ -132,7 +132,7 @@ NOTEBOOK = r"""
 import sys, time, json
 t0 = time.perf_counter()
 import pipeline
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 texts, dtype, calls = sample_passages(int(sys.argv[1]), seed=7), sys.argv[2], []
 in_process_rows = int(sys.argv[3])
 imported = time.perf_counter() - t0
@@ -154,7 +154,7 @@ print(json.dumps({"import": imported, "calls": calls, "tokens": result.stats.tok
 
 def notebook_calls(n: int, dtype: str) -> dict:
     """`pipeline.run(list of n texts)` three times in a fresh process, then the bare engine
-    there: once as a notebook gets it (in this process: pipeline/local.py) and once through Ray
+    there: once as a notebook gets it (in this process: pipeline/execution/local.py) and once through Ray
     (`in_process_rows=0`: Ray start, one actor, its model)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     runs = {}

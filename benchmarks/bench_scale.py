@@ -43,10 +43,10 @@ def _rss_mb() -> float:
 
 
 def measure_plan_and_manifest(n: int, save: int = 1) -> dict:
-    from pipeline.manifest import Manifest
-    from pipeline.output_folder import OutputFolder
-    from pipeline.shards import plan_shards
-    from pipeline.sources import Fragment
+    from pipeline.output.manifest import Manifest
+    from pipeline.output.output_folder import OutputFolder
+    from pipeline.inputs.shards import plan_shards
+    from pipeline.inputs.sources import Fragment
     out = {"shards": n, "rss_start_mb": _rss_mb()}
     fragments = [Fragment(f"s3://bucket/corpus/part-{i:07d}.parquet", 10 * SHARD_ROWS) for i in range(n // 10)]
     tracemalloc.start()
@@ -102,9 +102,9 @@ def measure_id_pass(rows: int, buckets: int) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline import finish
-    from pipeline.manifest import Manifest
-    from pipeline.output_folder import OutputFolder
+    from pipeline.output import finish
+    from pipeline.output.manifest import Manifest
+    from pipeline.output.output_folder import OutputFolder
     with tempfile.TemporaryDirectory(prefix="bench-ids-") as tmp:
         folder = OutputFolder.open(f"{tmp}/out")
         folder.create()

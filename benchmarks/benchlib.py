@@ -55,7 +55,7 @@ def write_random_folder(cfg, folder: Path, tokenizer: Path, perturb: bool = True
 
 
 def sample_passages(n: int, seed: int = 0, **kwargs) -> list[str]:
-    """Real-text passages from the standard library's docstrings (see pipeline/samples.py).
+    """Real-text passages from the standard library's docstrings (see pipeline/inputs/samples.py).
 
     Loaded by file path so that the `pipeline` package (ray, pyarrow) is not imported."""
     spec = importlib.util.spec_from_file_location("_samples", ROOT / "pipeline" / "samples.py")

@@ -169,7 +169,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--input and --output are required (or pass --demo)")
     derived = args.task is None
     if derived:  # the folder's kind decides; an unreadable folder is reported later
-        from pipeline.validate import default_task
+        from pipeline.inputs.validate import default_task
         args.task = "embed" if args.demo else default_task(args.model, bool(args.allow_pickle))
     if args.task == "score" and not args.pair_column and not args.demo:
         p.error(("the --model folder is a cross-encoder, so the task is score: it " if derived else
@@ -188,7 +188,7 @@ def build_demo_corpus(rows: int) -> Path:
     """Write `rows` docstring passages to out/demo/corpus.parquet (id, text); returns its path."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from pipeline.samples import sample_passages
+    from pipeline.inputs.samples import sample_passages
     texts = sample_passages(rows, seed=0)
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     path = DEMO_DIR / "corpus.parquet"

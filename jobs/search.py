@@ -10,7 +10,7 @@ With --index the query is embedded with the model and engine options recorded in
 embeddings' manifest (the folder is read from PATH.json, or --embeddings), with the model
 folder's "query" prompt when it declares one. Without --index, --embeddings names a
 task="tokens" / "sparse" / "bge-m3" output, searched exactly part by part (no index:
-`pipeline/late_search.py`). Prints rank, id, score and, when the input Parquet is still
+`pipeline/index/late_search.py`). Prints rank, id, score and, when the input Parquet is still
 reachable, the passage. Exit codes: 0 done, 2 bad arguments or input.
 """
 from __future__ import annotations
@@ -92,7 +92,7 @@ def passages(manifest: dict, ids: list) -> tuple[dict, str]:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
     from pipeline.config import PipelineConfig
-    from pipeline.sources import open_source
+    from pipeline.inputs.sources import open_source
     fp, inputs = manifest["fingerprint"], manifest.get("input")
     if not inputs:
         return {}, "the input was not a file, so passages are not shown"
@@ -114,8 +114,8 @@ def open_index(index_path, embeddings=None):
     """(the loaded `pipeline.index.Index`, the manifest dict of the embeddings it was built from:
     `embeddings`, else the folder named in the index's PATH.json)."""
     from pipeline.index import Index
-    from pipeline.manifest import Manifest
-    from pipeline.output_folder import OutputFolder
+    from pipeline.output.manifest import Manifest
+    from pipeline.output.output_folder import OutputFolder
     index = Index.load(index_path)
     folder = embeddings or index.meta["embeddings"]
     loaded = Manifest.load(OutputFolder.open(folder))

@@ -16,7 +16,7 @@
     pairs = pipeline.read_sparse("splade/", as_numpy=True)     # [(indices, values)]
 
 The data flow (plan, resume, dispatch, embed, write, commit, finish) is in docs/DESIGN.md; each step
-has its own module here. The actor class lives in `pipeline/actor.py`.
+has its own module here. The actor class lives in `pipeline/execution/actor.py`.
 """
 from __future__ import annotations
 
@@ -27,23 +27,23 @@ import numpy as np
 import pyarrow as pa
 
 from .config import PipelineConfig
-from .driver import engine_option_names, execute
-from .embedder import Embedder
 from .errors import (BadRowsError, ClusterUnreachableError, FingerprintMismatch, InputError,
                      InputNotFoundError, OutputWriteError, PipelineError, RunFailedError,
                      RunInterrupted, ShardFailedError, WorkersLostError)
-from .finish import RunResult
-from .manifest import Manifest
-from .output_folder import OutputFolder
-from .progress import RunStats, WorkerStats
-from .quantize import QUANT_KEY
+from .execution.driver import engine_option_names, execute
+from .execution.embedder import Embedder
+from .execution.model_sync import model_spec
+from .execution.warm import shutdown
+from .inputs.validate import default_task
+from .output.finish import RunResult
+from .output.manifest import Manifest
+from .output.output_folder import OutputFolder
+from .output.progress import RunStats, WorkerStats
+from .output.quantize import QUANT_KEY
+from .output.quantize import decode as _decode
+from .output.writer import embedding_array, ragged_rows, to_numpy
 from .redact import redact, redact_error
-from .quantize import decode as _decode
 from .tasks import TASKS
-from .validate import default_task
-from .model_sync import model_spec
-from .warm import shutdown
-from .writer import embedding_array, ragged_rows, to_numpy
 
 __all__ = ["run", "shutdown", "model_spec", "read_embeddings", "read_scores", "read_tokens", "read_sparse", "Embedder", "to_numpy", "RunResult", "RunStats", "WorkerStats",
            "PipelineConfig", "OutputFolder", "PipelineError", "InputError", "FingerprintMismatch",
@@ -69,7 +69,7 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             (a RuntimeError; e.g. `ShardFailedError`) once work has begun: rerun to resume.
         model: a model folder: a local path (on a cluster it may exist only where the driver
             runs) or a URI (`s3://bucket/models/x`); each node loads its own copy, cached by
-            content hash (`pipeline/model_sync.py`). None is the bundled all-MiniLM-L6-v2.
+            content hash (`pipeline/execution/model_sync.py`). None is the bundled all-MiniLM-L6-v2.
         text_column: the column with the texts (the queries with task="score"). id_column: the
             column copied to `id` (None: the global row index).
         num_workers: engine actors (None or "auto": one per GPU, or one per 8 CPU cores at
@@ -119,7 +119,7 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
 
     Uses the Ray cluster already initialised (or `address`); else starts a local one, except for
     an in-memory input of at most `in_process_rows` rows (default 10,000), which one engine in
-    this process embeds without Ray (`pipeline/local.py`; kept for later calls like warm actors;
+    this process embeds without Ray (`pipeline/execution/local.py`; kept for later calls like warm actors;
     `in_process_rows=0` or `address="local"` always uses Ray). The engine
     actors stay up after a clean run (warm): a later call in this process with the same engine
     settings (EngineConfig options, model, num_workers, threads_per_worker, max_restarts) reuses

@@ -34,7 +34,7 @@ class PipelineConfig:
         passthrough_columns: extra input columns copied unchanged into every output part.
         num_workers: engine actors; None or "auto": one per GPU, or on CPU-only clusters one
             per `threads_per_worker` cores, and nodes that join the cluster during the run get
-            workers too (elastic; see `pipeline/pool.py`). A number fixes the pool.
+            workers too (elastic; see `pipeline/execution/pool.py`). A number fixes the pool.
         threads_per_worker: torch threads (and reserved CPUs) of each CPU actor; None: the
             cluster's CPUs split evenly across the workers (at most 8 each).
         shard_rows: rows per shard, the unit of dispatch, retry and resume; None: sized from the
@@ -42,18 +42,18 @@ class PipelineConfig:
             recorded in the output's manifest. Token tasks cap it by `max_part_bytes`.
         max_part_bytes: task="tokens" / "bge-m3": shards are planned with at most this many
             bytes of output (estimated per row as max_length x width x bytes per value, the
-            worst case; see `pipeline/part_size.py`), so a part stays bounded. Default 256 MiB;
+            worst case; see `pipeline/output/part_size.py`), so a part stays bounded. Default 256 MiB;
             None: no bound.
         output_format: "parquet" (default) or "arrow" (Arrow IPC file) parts.
         output_dtype: stored embedding values: "float32", "float16", "int8" (per-dimension
             ranges calibrated on a sample of the corpus, kept in the manifest) or "ubinary"
-            (sign bits packed 8 per byte); see `pipeline/quantize.py`. Files only: an
+            (sign bits packed 8 per byte); see `pipeline/output/quantize.py`. Files only: an
             in-memory run returns float32. None: the task's default (float32; float16 for the
             token vectors of task="tokens" / "bge-m3", which take float16 or float32); scores,
             logits and sparse values are float32 only.
         max_retries: times one shard is redone after its actor died or it raised; then (when
             > 0) it is narrowed down to the rows that fail alone, reported as bad rows, and the
-            rest is embedded (`pipeline/narrow.py`); with 0 the run fails at once naming the shard.
+            rest is embedded (`pipeline/execution/narrow.py`); with 0 the run fails at once naming the shard.
         max_restarts: times Ray restarts one dead actor.
         restart_timeout_s: seconds a dead worker's restart may take before the worker is given
             up (e.g. its node left the cluster and no other node has room for it): its shards go
@@ -79,7 +79,7 @@ class PipelineConfig:
         in_process_rows: an in-memory input (list, table, DataFrame, in-memory HF dataset) of
             at most this many rows, when no Ray is running here and none is configured
             (`address`, RAY_ADDRESS, `ray start`), runs on one engine in this process instead
-            of starting a local Ray and an actor (`pipeline/local.py`: same shards, outputs,
+            of starting a local Ray and an actor (`pipeline/execution/local.py`: same shards, outputs,
             bad-row reports and summary; the engine is kept for the next call like warm
             actors; `threads_per_worker` then sets this process's torch threads). Default
             10,000; 0: always Ray. num_workers > 1 and a model URI always use Ray.

@@ -22,8 +22,8 @@ score, classify and sparse float32 only. In memory every value is float32 as the
 Token vectors are the document side: the pipeline embeds passages (`embed_tokens(...,
 is_query=False)`: a multi-vector folder's document marker and skip-list), and records
 `"side": "document"` in the fingerprint of task="tokens" (its row's `fingerprint`; bge-m3 has
-one side). Queries are embedded at search time (`pipeline/late_search.py`). Parts of the token
-tasks are bounded in bytes: their shards are planned smaller (`pipeline/part_size.py`,
+one side). Queries are embedded at search time (`pipeline/index/late_search.py`). Parts of the token
+tasks are bounded in bytes: their shards are planned smaller (`pipeline/output/part_size.py`,
 `max_part_bytes`, with the row's `row_bytes` estimate).
 
 Every per-task fact lives on the Task row, so nothing else branches on a task's name: the
@@ -39,8 +39,8 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from . import quantize, writer
 from .errors import InputError
+from .output import quantize, writer
 
 NAN_FILL, NONE_FILL = "nan", "none"
 
@@ -70,7 +70,7 @@ class Task:
     stored: tuple[str, ...] = ()                      # part columns, when not the columns' names
     # Worst-case bytes of a row's output columns from (max_length, token width, hidden size,
     # bytes per token value), for tasks whose rows hold token vectors: their parts are bounded
-    # (pipeline/part_size.py). None: rows are small.
+    # (pipeline/output/part_size.py). None: rows are small.
     row_bytes: Callable[[int, int, int, int], int] | None = None
     fingerprint: tuple[tuple[str, str], ...] = ()     # (key, value) pairs the config's fingerprint adds
     # Reader name -> the part columns it reads by default (then `id` first, pass-through last).

@@ -9,10 +9,10 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _no_warm_actors_after_a_test():
-    """After each test, stop the engine actors `pipeline.run` kept warm (pipeline/warm.py): they
+    """After each test, stop the engine actors `pipeline.run` kept warm (pipeline/execution/warm.py): they
     hold CPUs of the module's Ray, which the next test's actors or CLI driver need."""
     yield
-    warm = sys.modules.get("pipeline.warm")
+    warm = sys.modules.get("pipeline.execution.warm")
     if warm is not None:
         warm.stop_actors()
 

@@ -1,4 +1,4 @@
-"""An engine actor runs every engine call on one thread (pipeline/actor.py).
+"""An engine actor runs every engine call on one thread (pipeline/execution/actor.py).
 
 Ray calls an actor's methods from DEPTH threads; OpenMP keeps a thread team per calling thread,
 and with more OpenMP threads alive than cores libgomp sleeps at barriers instead of spinning (a
@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from pipeline.actor import EmbedWorker, RunContext
+from pipeline.execution.actor import EmbedWorker, RunContext
 from pipeline.config import PipelineConfig
-from pipeline.samples import sample_passages
-from pipeline.shards import plan_shards
-from pipeline.sources import open_source
+from pipeline.inputs.samples import sample_passages
+from pipeline.inputs.shards import plan_shards
+from pipeline.inputs.sources import open_source
 from workers import Engine, EngineConfig
 
 

@@ -23,7 +23,7 @@ import pytest
 
 import pipeline
 from pipeline.errors import ExitCode, exit_code
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 from ray_nodes import multinode
 
 N, SHARD_ROWS = 240, 12

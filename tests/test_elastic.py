@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 from ray_nodes import multinode
 
 N, SHARD_ROWS = 960, 8  # long enough (≈ a minute here) for a joining worker to load its engine

@@ -1,4 +1,4 @@
-"""The finish step (pipeline/finish.py): the duplicate-id pass (one bucket, and spilled by hash
+"""The finish step (pipeline/output/finish.py): the duplicate-id pass (one bucket, and spilled by hash
 into buckets with bounded memory), `_errors.parquet`, the manifest marked complete, strays
 removed, the in-memory error records. Real parts in a real folder; no Ray, no engine."""
 from __future__ import annotations
@@ -10,14 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import PipelineConfig
-from pipeline.finish import (DUPLICATE_ID, duplicate_id_errors, finish, memory_errors, output_errors,
+from pipeline.output.finish import (DUPLICATE_ID, duplicate_id_errors, finish, memory_errors, output_errors,
                              write_errors_file)
-from pipeline.manifest import Manifest
-from pipeline.output_folder import ERRORS_FILE, OutputFolder
-from pipeline.progress import RunStats
-from pipeline.shards import Shard
-from pipeline.validate import errors_table
-from pipeline.writer import part_table
+from pipeline.output.manifest import Manifest
+from pipeline.output.output_folder import ERRORS_FILE, OutputFolder
+from pipeline.output.progress import RunStats
+from pipeline.inputs.shards import Shard
+from pipeline.inputs.validate import errors_table
+from pipeline.output.writer import part_table
 
 
 def build_output(path, ids, shard_rows=10, bad=None, id_column="doc"):

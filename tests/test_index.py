@@ -25,7 +25,7 @@ N, HELD_OUT = 150, 30
 
 @pytest.fixture(scope="module")
 def texts():
-    from pipeline.samples import sample_passages
+    from pipeline.inputs.samples import sample_passages
     return sample_passages(N + HELD_OUT, seed=11, max_chars=300)
 
 

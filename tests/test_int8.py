@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 from tiny_models import cosines
 from workers import Engine, EngineConfig
 from workers.quant import int8

@@ -16,7 +16,7 @@ from workers import Engine, EngineConfig
 from workers.models import packed_linear
 from workers.models.layers import LinearAct, LinearAdd, onednn_fusion_available
 from workers.models.packed_linear import PackedLinear, pack_linears
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 
 TEXTS = sample_passages(40, seed=3, max_chars=400)
 

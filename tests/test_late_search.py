@@ -1,4 +1,4 @@
-"""`pipeline.late_search` (and jobs/search.py without --index) over tokens / sparse / bge-m3
+"""`pipeline.index.late_search` (and jobs/search.py without --index) over tokens / sparse / bge-m3
 outputs written by `pipeline.run` on one local Ray, with tiny random folders
 (tests/tiny_models.py).
 
@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline
-from pipeline import late_search
+from pipeline.index import late_search
 from pipeline.errors import InputError
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_bge_m3, make_tiny_multi_vector, make_tiny_splade
 
 ROOT = Path(__file__).resolve().parents[1]

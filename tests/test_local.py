@@ -1,4 +1,4 @@
-"""Small in-memory inputs run in the driver's process (issue 16 item 4, `pipeline/local.py`).
+"""Small in-memory inputs run in the driver's process (issue 16 item 4, `pipeline/execution/local.py`).
 
 No Ray fixture here: these tests need a process where no Ray runs, as in a fresh notebook. Each
 result is compared with the engine alone (float32, the bundled MiniLM), and the last test checks
@@ -12,9 +12,9 @@ import pytest
 import ray
 
 import pipeline
-from pipeline import cluster, warm
-from pipeline.actor import EmbedWorker
-from pipeline.samples import sample_passages
+from pipeline.execution import cluster, warm
+from pipeline.execution.actor import EmbedWorker
+from pipeline.inputs.samples import sample_passages
 
 N = 30
 RUN = {"dtype": "float32", "shard_rows": 8, "progress": False}
@@ -170,7 +170,7 @@ def test_a_notebook_call_that_starts_ray_still_prints_one_line():
 
 def test_what_runs_in_process():
     from pipeline.config import PipelineConfig
-    from pipeline.driver import _runs_in_process
+    from pipeline.execution.driver import _runs_in_process
     small, config = ["a"] * 5, PipelineConfig()
     assert _runs_in_process(small, config, {})
     assert not _runs_in_process(small, config, {"model": "s3://bucket/models/minilm"})  # node caches: Ray

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.memory_kill import describe, explain
+from pipeline.execution.memory_kill import describe, explain
 
 ROOT = Path(__file__).resolve().parents[1]
 # As Ray 2.5x words it (ray.exceptions.OutOfMemoryError, and the actor-death text that quotes it).

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 import pipeline
-import pipeline.driver
-from pipeline import model_sync
-from pipeline.model_sync import COMPLETE, ModelSyncError, ensure_local_model, model_spec
-from pipeline.samples import sample_passages
+import pipeline.execution.driver
+from pipeline.execution import model_sync
+from pipeline.execution.model_sync import COMPLETE, ModelSyncError, ensure_local_model, model_spec
+from pipeline.inputs.samples import sample_passages
 from ray_nodes import multinode
 from s3_server import SECRET
 
@@ -79,7 +79,7 @@ def after_spec(monkeypatch, action):
         spec = model_spec(model)
         action(spec)
         return spec
-    monkeypatch.setattr(pipeline.driver, "model_spec", wrapped)
+    monkeypatch.setattr(pipeline.execution.driver, "model_spec", wrapped)
 
 
 @pytest.mark.slow
@@ -109,7 +109,7 @@ def test_a_folder_only_the_driver_has_is_copied_once_per_node(nodes, empty_cache
     # actors hold every worker CPU: stopped first).
     pipeline.shutdown()
     import ray
-    from pipeline.actor import EmbedWorker
+    from pipeline.execution.actor import EmbedWorker
     from workers import EngineConfig
     spec = model_spec(str(mine))
     actor = ray.remote(EmbedWorker).options(num_cpus=1).remote(

@@ -20,7 +20,7 @@ def test_engine_matches_sentence_transformers_on_real_passages():
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from pipeline.samples import sample_passages
+    from pipeline.inputs.samples import sample_passages
     from workers import Engine, EngineConfig
 
     texts = sample_passages(50, seed=3)

@@ -1,4 +1,4 @@
-"""Narrowing a failing shard down to its bad rows (`pipeline/narrow.py`, issue 24), driven here
+"""Narrowing a failing shard down to its bad rows (`pipeline/execution/narrow.py`, issue 24), driven here
 the way the pool drives it: each probe "fails" when its rows include a bad one. The end-to-end
 run with a real actor SIGKILLed by one row is tests/test_pipeline_crash.py::
 test_a_row_that_kills_its_worker_is_isolated_and_the_rest_embedded."""
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import ShardFailedError
-from pipeline.narrow import FANOUT, MAX_BAD_ROWS, Job, Narrowing
-from pipeline.shards import plan_shards, read_shard, sub_shard
-from pipeline.sources import Fragment
+from pipeline.execution.narrow import FANOUT, MAX_BAD_ROWS, Job, Narrowing
+from pipeline.inputs.shards import plan_shards, read_shard, sub_shard
+from pipeline.inputs.sources import Fragment
 
 
 def narrow(shard, bad_rows: set[int]):
@@ -57,7 +57,7 @@ def test_a_piece_reads_exactly_its_rows_across_files(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
     from pipeline.config import PipelineConfig
-    from pipeline.sources import open_source
+    from pipeline.inputs.sources import open_source
     for name, rows in (("a", range(0, 60)), ("b", range(60, 200))):  # the text is the global row
         pq.write_table(pa.table({"text": [str(r) for r in rows]}), tmp_path / f"{name}.parquet",
                        row_group_size=16)

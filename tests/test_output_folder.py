@@ -1,4 +1,4 @@
-"""The output folder (pipeline/output_folder.py): location parsing, atomic publish, the manifest's
+"""The output folder (pipeline/output/output_folder.py): location parsing, atomic publish, the manifest's
 bytes, stray files, the usability check, reading parts back. Real pyarrow filesystems, no Ray."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.errors import OutputFolderError, OutputWriteError
 from pipeline.fs import filesystem
-from pipeline.output_folder import MANIFEST_NAME, OutputFolder, absolute, is_ours, is_uri, redact
-from pipeline.validate import errors_table
-from pipeline.writer import part_table
+from pipeline.output.output_folder import MANIFEST_NAME, OutputFolder, absolute, is_ours, is_uri, redact
+from pipeline.inputs.validate import errors_table
+from pipeline.output.writer import part_table
 
 FP = {"engine": {"model_hash": "abc"}}
 # An S3 URI parsed without any network: the region is given, the endpoint is a closed local port.

@@ -5,8 +5,8 @@ exactly the uninterrupted run's output (same ids in the same order, same vectors
 
 One local Ray for the module; killed drivers run `jobs/embed_corpus.py` in a subprocess that
 joins it (RAY_ADDRESS), so no test starts a second cluster. Kill points are the test-only hooks
-`PIPELINE_CRASH_AT` (driver, `pipeline/driver.py`) and `PIPELINE_CRASH_FILE` (actors,
-`pipeline/actor.py`): real SIGKILLs at exact points, so no test depends on timing.
+`PIPELINE_CRASH_AT` (driver, `pipeline/execution/driver.py`) and `PIPELINE_CRASH_FILE` (actors,
+`pipeline/execution/actor.py`): real SIGKILLs at exact points, so no test depends on timing.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 
 ROOT = Path(__file__).resolve().parents[1]
 N, SHARD_ROWS = 200, 20

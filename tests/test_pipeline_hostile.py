@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import pipeline
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,8 +239,8 @@ def test_part_write_over_the_file_size_limit_publishes_nothing(tmp_path):
         import json, os, resource, signal
         import numpy as np, pyarrow as pa
         from pipeline.errors import OutputWriteError
-        from pipeline.output_folder import OutputFolder
-        from pipeline.writer import part_table
+        from pipeline.output.output_folder import OutputFolder
+        from pipeline.output.writer import part_table
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
         folder = OutputFolder.open({str(tmp_path)!r})

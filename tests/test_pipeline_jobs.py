@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "jobs/embed_corpus.py"

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.manifest import FingerprintMismatch, Manifest, check_resumable, fingerprint_diff
-from pipeline.output_folder import OutputFolder
-from pipeline.progress import Progress, RunStats, WorkerStats, summary_table
-from pipeline.writer import FINGERPRINT_KEY, part_table, to_numpy
+from pipeline.output.manifest import FingerprintMismatch, Manifest, check_resumable, fingerprint_diff
+from pipeline.output.output_folder import OutputFolder
+from pipeline.output.progress import Progress, RunStats, WorkerStats, summary_table
+from pipeline.output.writer import FINGERPRINT_KEY, part_table, to_numpy
 
 FP = {"engine": {"model_hash": "abc", "pooling": "mean", "dimensions": 4}, "text_column": "text"}
 

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import PipelineConfig
-from pipeline.shards import MAX_SHARD_ROWS, MIN_SHARD_ROWS, default_shard_rows, plan_shards
-from pipeline.sources import Fragment
+from pipeline.inputs.shards import MAX_SHARD_ROWS, MIN_SHARD_ROWS, default_shard_rows, plan_shards
+from pipeline.inputs.sources import Fragment
 
 
 @pytest.mark.parametrize("kwargs, needle", [

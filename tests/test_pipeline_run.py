@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 
 N = 90
 F32 = {"dtype": "float32", "progress": False}

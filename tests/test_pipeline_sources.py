@@ -13,8 +13,8 @@ import pytest
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError, exit_code
-from pipeline.shards import plan_shards, read_shard
-from pipeline.sources import open_source
+from pipeline.inputs.shards import plan_shards, read_shard
+from pipeline.inputs.sources import open_source
 
 N = 53
 TEXTS = [f"passage number {i} " + "word " * (i % 7) for i in range(N)]

@@ -24,7 +24,7 @@ import ray
 
 import pipeline
 from pipeline.errors import FingerprintMismatch, InputError
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_classifier
 
 ROOT = Path(__file__).resolve().parents[1]

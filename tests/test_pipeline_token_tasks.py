@@ -25,9 +25,9 @@ import pytest
 import ray
 
 import pipeline
-from pipeline import part_size
+from pipeline.output import part_size
 from pipeline.errors import InputError
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_bge_m3, make_tiny_multi_vector, make_tiny_splade
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline
-from pipeline import quantize
-from pipeline.shards import calibration_shards
-from pipeline.sources import Fragment
-from pipeline.writer import part_table, to_numpy
+from pipeline.output import quantize
+from pipeline.inputs.shards import calibration_shards
+from pipeline.inputs.sources import Fragment
+from pipeline.output.writer import part_table, to_numpy
 
 N = 80
 RUN = {"num_workers": 1, "shard_rows": 40, "progress": False}
@@ -85,7 +85,7 @@ def test_part_metadata_decodes_and_missing_metadata_is_refused():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from pipeline.samples import sample_passages
+    from pipeline.inputs.samples import sample_passages
     texts = sample_passages(N, seed=5, max_chars=300)
     path = tmp_path_factory.mktemp("corpus") / "corpus.parquet"
     pq.write_table(pa.table({"doc": [f"d{i:03d}" for i in range(N)], "text": texts}), path, row_group_size=50)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 import pipeline
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 
 N = 40
 

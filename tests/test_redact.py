@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 
-from pipeline.output_folder import OutputFolder
+from pipeline.output.output_folder import OutputFolder
 from pipeline.redact import redact, redact_error
 
 SECRET = "wJalrXUtnFEMI7K7MDENG"

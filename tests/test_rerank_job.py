@@ -43,7 +43,7 @@ def rerank_main():
 @pytest.fixture(scope="module")
 def corpus(ray_local, tmp_path_factory):
     """(index path, ids, texts, cross-encoder folder)."""
-    from pipeline.samples import sample_passages
+    from pipeline.inputs.samples import sample_passages
     root = tmp_path_factory.mktemp("rerank")
     texts = sample_passages(N, seed=5, max_chars=200)
     ids = [f"p{i:03d}" for i in range(N)]

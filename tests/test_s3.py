@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 from s3_server import SECRET  # the moto fixture is in conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]

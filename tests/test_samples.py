@@ -1,5 +1,5 @@
 """The sample corpus: real prose, deterministic, distinct and bounded in length."""
-from pipeline.samples import sample_passages
+from pipeline.inputs.samples import sample_passages
 
 
 def test_passages_are_deterministic_distinct_and_bounded():

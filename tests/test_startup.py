@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline
-from pipeline import cluster
+from pipeline.execution import cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_S = 30

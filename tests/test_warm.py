@@ -18,8 +18,8 @@ import ray
 from ray.exceptions import RayActorError
 
 import pipeline
-from pipeline import warm
-from pipeline.samples import sample_passages
+from pipeline.execution import warm
+from pipeline.inputs.samples import sample_passages
 
 N, SHARD_ROWS = 40, 10
 RUN = {"num_workers": 1, "dtype": "float32", "shard_rows": SHARD_ROWS, "progress": False}
@@ -161,7 +161,7 @@ def test_a_new_ray_session_forgets_the_old_actors(cluster, texts, engine_vectors
 
 def test_a_ray_the_pipeline_starts_runs_its_actors_at_nice_0(cluster, texts, engine_vectors):
     """Ray starts workers at nice 15; a local Ray the pipeline starts sets them to 0
-    (pipeline/cluster.py: the actors are the work). Last in the module: it restarts Ray."""
+    (pipeline/execution/cluster.py: the actors are the work). Last in the module: it restarts Ray."""
     ray.shutdown()
     try:
         result = pipeline.run(texts, **RUN, address="local")  # the pipeline starts a Ray, keeps it

@@ -5,7 +5,7 @@ Recipe, decided by measurement on MiniLM (docs/BENCHMARKS.md): naive per-channel
 loses too much (min cosine 0.935 on 600 passages) because a few activation channels carry
 outliers. So, per linear:
   1. calibrate: run the float model over fixed calibration passages (`CALIBRATION`, the first
-     passages of pipeline/samples.py's corpus at seed 9; their hash goes in the fingerprint) and
+     passages of pipeline/inputs/samples.py's corpus at seed 9; their hash goes in the fingerprint) and
      keep each linear's per-input-channel max |x|, a (in,) vector;
   2. migrate: s_j = max|x_j|^alpha / max|W_:,j|^(1-alpha) (alpha 0.5); W' = W * s, x' = x / s,
      which flattens the activation outliers into the weights;
@@ -46,7 +46,7 @@ def available() -> bool:
 
 def calibration_texts() -> list[str]:
     """The fixed calibration passages (loaded by path: the `pipeline` package imports ray)."""
-    path = Path(__file__).resolve().parents[2] / "pipeline" / "samples.py"
+    path = Path(__file__).resolve().parents[2] / "pipeline" / "inputs" / "samples.py"
     spec = importlib.util.spec_from_file_location("_calibration_samples", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 
-from .errors import FingerprintMismatch
+from ..errors import FingerprintMismatch
 from .output_folder import MANIFEST_NAME, OutputFolder
 
 __all__ = ["Manifest", "FingerprintMismatch", "MANIFEST_NAME", "check_resumable", "fingerprint_diff"]

@@ -16,10 +16,10 @@ import pyarrow as pa
 
 from workers import Engine, EngineConfig
 
+from ..inputs.validate import bad_text_mask
+from ..output.writer import embedding_array
 from .actor import EngineThread
 from .model_sync import ModelSpec, ensure_local_model, is_uri, model_spec
-from .validate import bad_text_mask
-from .writer import embedding_array
 
 
 class Embedder:
@@ -81,7 +81,7 @@ class Embedder:
 
 def _local_model(model) -> str:
     """The folder this actor's engine loads: a ModelSpec's or a URI's copy in this node's cache
-    (`pipeline/model_sync.py`: copied once per node), a local path as given."""
+    (`pipeline/execution/model_sync.py`: copied once per node), a local path as given."""
     if isinstance(model, ModelSpec):
         return ensure_local_model(model)
     model = os.fspath(model)

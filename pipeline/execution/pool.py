@@ -14,7 +14,7 @@ survivors take them. Once every shard is committed, a worker whose node left is 
 above). Only when no worker is left with shards still waiting does the run fail
 (WorkersLostError; committed shards are kept, a rerun resumes).
 
-A pool outlives one run when it is kept warm (`pipeline/warm.py`): `start` takes only what the
+A pool outlives one run when it is kept warm (`pipeline/execution/warm.py`): `start` takes only what the
 actors are built from (engine settings, resources, restart budget); `begin` gives it one run
 (its retry policy and the boxed `RunContext` passed with every call) and clears the per-run
 bookkeeping, so each run's stats and restarts count that run only.
@@ -42,12 +42,12 @@ import ray
 from ray.exceptions import (ActorUnavailableError, GetTimeoutError, OutOfMemoryError, RayActorError,
                             RayTaskError)
 
+from ..errors import BadRowsError, ShardFailedError, WorkersLostError, WorkerStartTimeout
+from ..inputs.shards import Shard
 from .actor import EmbedWorker, RunContext
-from .errors import BadRowsError, ShardFailedError, WorkersLostError, WorkerStartTimeout
 from .memory_kill import describe, explain
 from .narrow import Job, Narrowing, narrowable
 from .pool_growth import DEPTH, Growth, Worker
-from .shards import Shard
 
 log = logging.getLogger("pipeline")
 START_TIMEOUT_S = 900

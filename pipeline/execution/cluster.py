@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import ray
 
-from .errors import ClusterUnreachableError
+from ..errors import ClusterUnreachableError
 
 log = logging.getLogger("pipeline")
 CONNECT_TIMEOUT_S = 5.0  # a refused connect is retried this long (a head still starting)

@@ -9,7 +9,7 @@ The actor runs two calls at once (`max_concurrency=2`): while one call holds the
 other reads its rows, so the engine never waits for I/O between shards (the "prefetched shard").
 Writing a part also happens outside the engine lock, overlapping the next shard's compute.
 
-An actor outlives one run (warm actors, `pipeline/warm.py`): it is built from the engine
+An actor outlives one run (warm actors, `pipeline/execution/warm.py`): it is built from the engine
 settings only, and everything that belongs to a run (the PipelineConfig, the output folder, the
 source) arrives with every call as `run_box = [ObjectRef(RunContext)]`, fetched once per run.
 So a run never sees the previous run's settings, and an actor that Ray restarts mid-run (its
@@ -31,16 +31,16 @@ import ray
 
 from workers import Engine, TextTooLongError
 
-from .config import PipelineConfig
-from .errors import BadRowsError
-from .manifest import Manifest
+from ..config import PipelineConfig
+from ..errors import BadRowsError
+from ..inputs.shards import Shard, read_shard
+from ..inputs.sources import text_as_string
+from ..inputs.validate import embeddable_texts, errors_table, split_bad_rows
+from ..output.manifest import Manifest
+from ..output.output_folder import OutputFolder
+from ..output.writer import task_part
+from ..tasks import TASKS
 from .model_sync import ensure_local_model
-from .output_folder import OutputFolder
-from .shards import Shard, read_shard
-from .sources import text_as_string
-from .tasks import TASKS
-from .validate import embeddable_texts, errors_table, split_bad_rows
-from .writer import task_part
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class RunContext:
 
     config: PipelineConfig
     folder: OutputFolder | None
-    source: object  # a pipeline.sources.Source
+    source: object  # a pipeline.inputs.sources.Source
 
 CRASH_FILE_ENV = "PIPELINE_CRASH_FILE"
 
@@ -92,7 +92,7 @@ class EmbedWorker:
             # The tokenizer's Rust pool would otherwise start one thread per core of the node,
             # oversubscribing the cores reserved for this actor (docs/DESIGN.md: deadly with torch).
             os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = str(threads)
-        if model_spec is not None:  # this node's copy of the model (pipeline/model_sync.py)
+        if model_spec is not None:  # this node's copy of the model (pipeline/execution/model_sync.py)
             engine_config = dataclasses.replace(engine_config, model=ensure_local_model(model_spec))
         self.model_path = engine_config.model
         # `inline`: engine calls run on the caller's thread (the driver's own process, local.py).
@@ -129,7 +129,7 @@ class EmbedWorker:
 
         `run_box` is `[ObjectRef(RunContext)]`: boxed so Ray passes the reference, fetched once
         per run (and again after a restart) instead of being a constructor argument. While a
-        failing shard is narrowed down (`pipeline/narrow.py`), `probe` runs the task on a piece
+        failing shard is narrowed down (`pipeline/execution/narrow.py`), `probe` runs the task on a piece
         of it and returns only that it ran; `bad` lists (global row, reason) pairs that failed
         alone: recorded as bad rows, not run.
         """

@@ -18,10 +18,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from .config import PipelineConfig
-from .errors import InputError, InputNotFoundError, InputTypeError
-from .fs import filesystem
-from .redact import redact
+from ..config import PipelineConfig
+from ..errors import InputError, InputNotFoundError, InputTypeError
+from ..fs import filesystem
+from ..redact import redact
 from .source_checks import check_column_types, footer, reason
 
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())

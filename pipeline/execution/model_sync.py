@@ -39,9 +39,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import ray
 
-from .errors import InputNotFoundError, RunFailedError
-from .fs import filesystem, is_uri
-from .redact import redact
+from ..errors import InputNotFoundError, RunFailedError
+from ..fs import filesystem, is_uri
+from ..redact import redact
 
 CACHE_ENV = "PREFILL_EMBED_CACHE"
 DEFAULT_CACHE = "~/.cache/prefill-embed/models"

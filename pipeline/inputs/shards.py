@@ -107,7 +107,7 @@ def read_shard(source: Source, shard: Shard, columns: list[str]) -> pa.Table:
     return table
 
 
-# The int8 calibration sample (pipeline/quantize.py): rows read as runs spread over the input.
+# The int8 calibration sample (pipeline/output/quantize.py): rows read as runs spread over the input.
 CALIBRATION_ROWS = 1000
 CALIBRATION_WINDOWS = 20
 

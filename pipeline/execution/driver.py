@@ -16,21 +16,22 @@ import ray
 
 from workers import EngineConfig
 
-from . import cluster, part_size, quantize, warm
-from .config import PipelineConfig
-from .errors import InputError, RunInterrupted
-from .finish import RunResult, finish, kept_rows
+from ..config import PipelineConfig
+from ..errors import InputError, RunInterrupted
+from ..inputs.shards import calibration_shards, default_shard_rows, plan_record, plan_shards
+from ..inputs.source_checks import check_input_string
+from ..inputs.sources import check_schema, open_source, peek_schema
+from ..inputs.validate import check_model
+from ..output import part_size, quantize
+from ..output.finish import RunResult, finish, kept_rows
+from ..output.manifest import MANIFEST_NAME, Manifest, check_resumable
+from ..output.output_folder import OutputFolder, absolute, is_uri, redact
+from ..output.progress import Progress, RunStats, WorkerStats
+from ..tasks import TASKS, memory_results
+from . import cluster, warm
 from .local import LocalPool
-from .manifest import MANIFEST_NAME, Manifest, check_resumable
 from .model_sync import model_spec
-from .output_folder import OutputFolder, absolute, is_uri, redact
 from .pool import Pool
-from .progress import Progress, RunStats, WorkerStats
-from .shards import calibration_shards, default_shard_rows, plan_record, plan_shards
-from .source_checks import check_input_string
-from .sources import check_schema, open_source, peek_schema
-from .tasks import TASKS, memory_results
-from .validate import check_model
 
 log = logging.getLogger("pipeline")
 MAX_CPU_THREADS = 8
@@ -110,7 +111,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
     finally:
         if manifest is not None:
             manifest.save(force=True)
-        # A clean run leaves its actors warm for the next call (pipeline/warm.py); a failed one
+        # A clean run leaves its actors warm for the next call (pipeline/execution/warm.py); a failed one
         # stops them (and a Ray the pipeline started, when no actor is left warm).
         warm.release(pool, keep=finished and keep_warm)
 
@@ -315,7 +316,7 @@ def _check_model_here(engine_options: dict, address: str | None) -> None:
 
 
 def _model_spec(engine_options: dict, joined: bool):
-    """What each node needs to make its copy of the model (`pipeline/model_sync.py`), or None
+    """What each node needs to make its copy of the model (`pipeline/execution/model_sync.py`), or None
     where the actors open the path as given: the bundled model (installed on every node), a
     local folder when this driver started Ray itself (every worker is on this machine), and one
     the driver does not have on a cluster (the actors' nodes must have it)."""

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ..redact import redact
 from . import quantize
-from .redact import redact
 
 FINGERPRINT_KEY = b"pipeline.fingerprint"
 

@@ -24,8 +24,8 @@ import os
 
 from workers import token_row_shape
 
+from ..tasks import TASKS
 from .quantize import STORED_DTYPES
-from .tasks import TASKS
 
 log = logging.getLogger("pipeline")
 ROW_OVERHEAD = 64

@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 
 from workers import EngineConfig, folder_task, preflight
 
-from .config import PipelineConfig
-from .errors import BadRowsError, InputError
+from ..config import PipelineConfig
+from ..errors import BadRowsError, InputError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ a 2-core CPU, where a notebook's `pipeline.run(300 texts)` is ~2.5 s of engine w
 in-memory input of at most `PipelineConfig.in_process_rows` rows, when no Ray runs in this
 process and none is configured (no `address=`, no RAY_ADDRESS, no cluster file of `ray start`),
 runs on an `EmbedWorker` built here instead of in an actor: the same class, so the same shards,
-bad-row checks, task outputs, output parts and summary, without Ray. `pipeline/warm.py` keeps
+bad-row checks, task outputs, output parts and summary, without Ray. `pipeline/execution/warm.py` keeps
 the engine for the next call with the same engine settings, as it keeps warm actors.
 
 What it gives up, by design: isolation (a crash of the engine is this process's) and restarts (a
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import BadRowsError, ShardFailedError
 from .actor import EmbedWorker, RunContext
-from .errors import BadRowsError, ShardFailedError
 from .pool import Worker
 
 log = logging.getLogger("pipeline")

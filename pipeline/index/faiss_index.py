@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import quantize
-from .errors import InputError, InputNotFoundError
-from .manifest import Manifest
-from .output_folder import OutputFolder
-from .writer import to_numpy
+from ..errors import InputError, InputNotFoundError
+from ..output import quantize
+from ..output.manifest import Manifest
+from ..output.output_folder import OutputFolder
+from ..output.writer import to_numpy
 
 KINDS = ("flat", "hnsw", "ivfpq")
 BINARY_KINDS = ("flat", "hnsw")

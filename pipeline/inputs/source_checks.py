@@ -9,9 +9,9 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import PipelineConfig
-from .errors import InputError, InputNotFoundError
-from .redact import redact
+from ..config import PipelineConfig
+from ..errors import InputError, InputNotFoundError
+from ..redact import redact
 
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 _GLOB_CHARS = set("*?[")

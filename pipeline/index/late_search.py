@@ -25,10 +25,10 @@ import pyarrow as pa
 
 from workers import Engine, EngineConfig
 
-from .errors import InputError, InputNotFoundError
-from .manifest import Manifest
-from .output_folder import OutputFolder
-from .writer import ragged_numpy
+from ..errors import InputError, InputNotFoundError
+from ..output.manifest import Manifest
+from ..output.output_folder import OutputFolder
+from ..output.writer import ragged_numpy
 
 MODES = {"tokens": "maxsim", "sparse": "sparse dot product", "bge-m3": "hybrid"}
 WEIGHTS = (0.4, 0.2, 0.4)   # dense, sparse, multi-vector (bge-m3 paper)

@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .errors import InputError, ShardFailedError
+from ..errors import InputError, ShardFailedError
+from ..inputs.shards import Shard, sub_shard
 from .memory_kill import describe
-from .shards import Shard, sub_shard
 
 log = logging.getLogger("pipeline")
 FANOUT = 8

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .progress import RunStats, summary_line, summary_table
+from ..inputs.validate import errors_table
 from . import writer
 from .output_folder import ERRORS_FILE, OutputFolder
-from .progress import RunStats, summary_line, summary_table
-from .validate import errors_table
 
 DUPLICATE_ID = "duplicate id"
 

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from . import writer
-from .fs import absolute, filesystem, is_uri  # noqa: F401 (absolute, is_uri re-exported)
-from .errors import OutputFolderError, OutputWriteError
-from .redact import redact  # noqa: F401 (re-exported: the driver and tests import it from here)
+from ..fs import absolute, filesystem, is_uri  # noqa: F401 (absolute, is_uri re-exported)
+from ..errors import OutputFolderError, OutputWriteError
+from ..redact import redact  # noqa: F401 (re-exported: the driver and tests import it from here)
 
 MANIFEST_NAME = "_manifest.json"
 ERRORS_FILE = "_errors.parquet"

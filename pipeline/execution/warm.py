@@ -1,5 +1,5 @@
 """Warm actors: a later `pipeline.run` in the same process reuses the running engine actors
-(and the in-process engine of small in-memory runs, `pipeline/local.py`: one warm engine at a
+(and the in-process engine of small in-memory runs, `pipeline/execution/local.py`: one warm engine at a
 time, keyed by its `EngineConfig`).
 
 A notebook calls `pipeline.run` again and again; starting Ray, the actors and their models each
@@ -9,7 +9,7 @@ driver's job id: actors die with the driver connection that owns them), the engi
 (`workers.EngineConfig`, threads included), the Ray resources of each actor and the restart
 budget. A later run with the same key and no more workers than the pool holds takes it; any
 other run stops it first (its actors are killed, so a GPU or the CPUs they reserved are free for
-the new ones). Nothing about a run lives in an actor between runs (see `pipeline/actor.py`).
+the new ones). Nothing about a run lives in an actor between runs (see `pipeline/execution/actor.py`).
 
 A run that raised, or whose actors restarted or were lost, does not keep its pool: the next run
 starts fresh actors with their whole restart budget, so a crash never carries over.

@@ -27,7 +27,7 @@ STORED_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8, 
 def record(output_dtype: str, dimensions: int, calibration: dict | None = None) -> dict:
     """The quantization record of a run: what the stored values are and how to decode them."""
     if output_dtype == "int8" and calibration is None:
-        raise ValueError("int8 output needs a calibration (see pipeline.quantize.calibrate)")
+        raise ValueError("int8 output needs a calibration (see pipeline.output.quantize.calibrate)")
     return {"output_dtype": output_dtype, "dimensions": int(dimensions), "calibration": calibration}
 
 
