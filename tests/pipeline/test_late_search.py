@@ -26,7 +26,7 @@ from pipeline.errors import InputError
 from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_bge_m3, make_tiny_multi_vector, make_tiny_splade
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N = 16
 COMMON = {"dtype": "float32", "progress": False, "num_workers": 1, "id_column": "pid"}
 

@@ -26,7 +26,7 @@ import pipeline
 from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 F32 = {"dtype": "float32", "progress": False}
 ODD_TEXTS = [
     "a", "é", "🙂", "日", "control\x00char\x07s\x1b[31m", "tab\tand\r\nnewline", "e\u0301\u0301\u0301",
@@ -325,7 +325,7 @@ def test_cli_refuses_bad_input_with_exit_code_2(tmp_path):
 @pytest.mark.slow
 def test_cli_exit_codes_for_reported_rows_and_bad_row_errors(ray_local, tmp_path):
     """Exit 4 (rows reported) and 2 (a bad row under --on-bad-row error); exit 3 (another run in
-    the output) is tests/test_pipeline_jobs.py::test_driver_sigkilled_mid_run_then_resumed."""
+    the output) is tests/jobs/test_pipeline_jobs.py::test_driver_sigkilled_mid_run_then_resumed."""
     import ray
     pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}

@@ -27,7 +27,7 @@ import pytest
 import pipeline
 from pipeline.inputs.samples import sample_passages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N, SHARD_ROWS = 200, 20
 BAD = {7: None, 33: "", 61: "  \t\n", 150: "\u3000"}  # row -> bad text
 DUPLICATE = {90: "d0010", 151: "d0010", 199: "d0005"}  # row -> id already used by another row

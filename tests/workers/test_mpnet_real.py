@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-MPNET = Path(os.environ.get("PREFILL_EMBED_MODELS", Path(__file__).resolve().parents[1] / ".models")) \
+MPNET = Path(os.environ.get("PREFILL_EMBED_MODELS", Path(__file__).resolve().parents[2] / ".models")) \
     / "all-mpnet-base-v2"
 
 pytestmark = [

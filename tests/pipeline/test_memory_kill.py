@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.execution.memory_kill import describe, explain
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # As Ray 2.5x words it (ray.exceptions.OutOfMemoryError, and the actor-death text that quotes it).
 RAY_REPORT = (
     "1 worker(s) were killed due to the node running low on memory. Memory on the node (IP: "

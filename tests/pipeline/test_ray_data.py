@@ -1,6 +1,6 @@
 """`pipeline.Embedder` in a Ray Data pipeline (issue 15 item 7): `map_batches` with an actor pool
 appends an `embedding` column equal to the engine's vectors, which are `pipeline.run`'s
-(tests/test_pipeline_run.py::test_list_in_memory_equals_engine); blank texts get a null
+(tests/pipeline/test_pipeline_run.py::test_list_in_memory_equals_engine); blank texts get a null
 embedding, where `pipeline.run` gives NaN rows. Actors take half a CPU each, so Ray Data's read tasks still get one (docs/DESIGN.md: Ray Data deadlocks otherwise)."""
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from attention import BACKENDS, AttentionMetadata
 from attention.cpu_varlen import CpuVarlenAttention, bf16_paths, load
 
 CPU = torch.device("cpu")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(load()[1] is not None, reason=f"cpu_varlen not built: {load()[1]}")
 
 

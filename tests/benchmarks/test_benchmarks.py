@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import BertConfig, Qwen2Config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the tests import the helper module the scripts use
 
 import benchlib  # noqa: E402

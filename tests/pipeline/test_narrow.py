@@ -1,6 +1,6 @@
 """Narrowing a failing shard down to its bad rows (`pipeline/execution/narrow.py`, issue 24), driven here
 the way the pool drives it: each probe "fails" when its rows include a bad one. The end-to-end
-run with a real actor SIGKILLed by one row is tests/test_pipeline_crash.py::
+run with a real actor SIGKILLed by one row is tests/pipeline/test_pipeline_crash.py::
 test_a_row_that_kills_its_worker_is_isolated_and_the_rest_embedded."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The part schema, the manifest and the progress/summary text (no Ray, no engine). The output
-folder itself (publish, strays, URIs) is tests/test_output_folder.py."""
+folder itself (publish, strays, URIs) is tests/pipeline/test_output_folder.py."""
 from __future__ import annotations
 
 import hashlib

@@ -29,7 +29,7 @@ import pipeline
 from pipeline.inputs.samples import sample_passages
 from s3_server import SECRET  # the moto fixture is in conftest.py
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N, SHARD_ROWS = 120, 20
 RUN = {"id_column": "doc", "num_workers": 1, "shard_rows": SHARD_ROWS, "dtype": "float32"}
 CLI = ["--id-column", "doc", "--num-workers", "1", "--shard-rows", str(SHARD_ROWS), "--dtype", "float32"]

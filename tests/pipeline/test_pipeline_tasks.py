@@ -2,10 +2,10 @@
 random-weight folders (tests/tiny_models.py).
 
 The reference for every score and logit is the engine in this process (`Engine.score`,
-`Engine.classify`, float32), which tests/test_score.py and tests/test_classify.py check against
+`Engine.classify`, float32), which tests/workers/test_score.py and tests/workers/test_classify.py check against
 sentence-transformers' CrossEncoder and transformers. The kill points are the test-only hooks
 `PIPELINE_CRASH_FILE` (an actor SIGKILLs itself) and `PIPELINE_CRASH_AT` (the CLI driver
-SIGKILLs itself), as in tests/test_pipeline_crash.py.
+SIGKILLs itself), as in tests/pipeline/test_pipeline_crash.py.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pipeline.errors import FingerprintMismatch, InputError
 from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_classifier
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N, SHARD_ROWS = 60, 10
 # row -> (query, passage): a null or empty/whitespace text on either side is a bad row
 BAD = {5: (None, "p"), 17: ("q", ""), 30: ("  ", None), 44: ("q", "\t\n")}

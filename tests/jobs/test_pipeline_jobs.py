@@ -24,7 +24,7 @@ import pytest
 import pipeline
 from pipeline.inputs.samples import sample_passages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "jobs/embed_corpus.py"
 N = 400  # 20 shards of 20: seconds of work, so the driver is reliably caught mid-run
 

@@ -26,8 +26,8 @@ from test_st_conformance import TEXTS, assert_rows_match
 from tiny_models import CONFIGS, make_tiny_model, save_tiny
 from workers import Engine, EngineConfig
 
-FIXTURES = Path(__file__).parent / "fixtures" / "st_layouts"
-ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "st_layouts"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _layout_folder(tmp_path: Path, name: str) -> Path:

@@ -1,8 +1,8 @@
 """Typed errors and the one exit-code table (pipeline/errors.py), and each exit code of
 jobs/embed_corpus.py reached by a real run. Codes 4, and 2 for a bad row under --on-bad-row
-error, need a full embedding run: tests/test_pipeline_hostile.py::
+error, need a full embedding run: tests/pipeline/test_pipeline_hostile.py::
 test_cli_exit_codes_for_reported_rows_and_bad_row_errors; code 3 after a real run:
-tests/test_pipeline_jobs.py::test_driver_sigkilled_mid_run_then_resumed."""
+tests/jobs/test_pipeline_jobs.py::test_driver_sigkilled_mid_run_then_resumed."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ import pytest
 from pipeline import errors
 from pipeline.errors import EXIT_CODES, ExitCode, exit_code
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "jobs"))
 import embed_corpus  # noqa: E402  (jobs/ is not a package)
 

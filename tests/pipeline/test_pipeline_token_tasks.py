@@ -3,11 +3,11 @@ tiny random folders (tests/tiny_models.py): a sentence-transformers MultiVectorE
 SPLADE SparseEncoder and a bge-m3 XLM-R with its two side heads.
 
 The reference for every stored value is the engine in this process (`Engine.embed_tokens`,
-`.embed_sparse`, `.embed_m3`, float32), which tests/test_tokens.py, test_sparse.py and
+`.embed_sparse`, `.embed_m3`, float32), which tests/workers/test_tokens.py, test_sparse.py and
 test_bge_m3.py check against sentence-transformers and a plain torch bge-m3. Token vectors are
 stored as float16 by default: they must equal the engine's float32 vectors cast to float16 (to
 one float16 step, since the actor packs other batches). The kill points are the test-only hooks
-of tests/test_pipeline_crash.py (`PIPELINE_CRASH_FILE`, `PIPELINE_CRASH_AT`).
+of tests/pipeline/test_pipeline_crash.py (`PIPELINE_CRASH_FILE`, `PIPELINE_CRASH_AT`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pipeline.errors import InputError
 from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_bge_m3, make_tiny_multi_vector, make_tiny_splade
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N = 20
 BAD = {4: None, 13: "  \t"}
 REASONS = {4: "text column 'text' is null", 13: "text column 'text' is whitespace only"}

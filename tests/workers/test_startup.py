@@ -23,7 +23,7 @@ import pytest
 import pipeline
 from pipeline.execution import cluster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LIMIT_S = 30
 
 

@@ -19,7 +19,7 @@ import pipeline
 faiss = pytest.importorskip("faiss", reason="faiss-cpu is the optional extra 'index' (make setup installs it)")
 from pipeline.index import Index, build  # noqa: E402  (needs faiss)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N, HELD_OUT = 150, 30
 
 

@@ -1,6 +1,6 @@
 """The one redaction function (pipeline/redact.py): userinfo and credential query parameters out
 of any text; exceptions and their chained causes cleaned in place; the manifest body redacted on
-save. The end-to-end search for a planted secret is tests/test_s3.py."""
+save. The end-to-end search for a planted secret is tests/pipeline/test_s3.py."""
 from __future__ import annotations
 
 import doctest
