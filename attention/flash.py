@@ -19,11 +19,29 @@ from .base import AttentionBackend, AttentionMetadata
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _cuda_half_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+def _unavailable(device: torch.device, dtype: torch.dtype, kernel) -> str | None:
+    """Why a CUDA half-precision kernel cannot run here, or None; `kernel()` imports it and
+    returns the reason it is missing (or None)."""
     if device.type != "cuda":
         return f"it needs a CUDA device (this engine runs on {device.type})"
     if dtype not in _HALF:
         return f"it needs float16 or bfloat16 (got {dtype}); set dtype='bfloat16' or pick 'sdpa'"
+    return kernel()
+
+
+def _flash_attn_missing() -> str | None:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError as e:
+        return f"the flash-attn package is not importable ({e}); pip install '.[gpu]'"
+    return None
+
+
+def _varlen_attn_missing() -> str | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn"
     return None
 
 
@@ -40,14 +58,7 @@ class FlashAttention(AttentionBackend):
 
     @classmethod
     def available(cls, device, dtype):
-        reason = _cuda_half_reason(device, dtype)
-        if reason:
-            return reason
-        try:
-            import flash_attn  # noqa: F401
-        except ImportError as e:
-            return f"the flash-attn package is not importable ({e}); pip install '.[gpu]'"
-        return None
+        return _unavailable(device, dtype, _flash_attn_missing)
 
     def _attend(self, q, k, v, meta: AttentionMetadata, scale: float, window=None) -> torch.Tensor:
         from flash_attn import flash_attn_varlen_func
@@ -72,14 +83,7 @@ class TorchVarlenAttention(AttentionBackend):
 
     @classmethod
     def available(cls, device, dtype):
-        reason = _cuda_half_reason(device, dtype)
-        if reason:
-            return reason
-        try:
-            from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-        except ImportError:
-            return f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn"
-        return None
+        return _unavailable(device, dtype, _varlen_attn_missing)
 
     def _attend(self, q, k, v, meta: AttentionMetadata, scale: float, window=None) -> torch.Tensor:
         cu = meta.cu_seqlens

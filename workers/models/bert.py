@@ -11,7 +11,7 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import LinearAct, LinearAdd
+from .layers import LayerStack, LinearAct, LinearAdd, PackedBody
 
 # RoBERTa-style models number positions from padding_idx + 1.
 _OFFSET_POSITION_TYPES = {"roberta", "xlm-roberta", "camembert"}
@@ -79,9 +79,12 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-    def __init__(self, cfg):
+    """attention (+ residual, LayerNorm) -> intermediate -> output (+ residual, LayerNorm);
+    `attention`: the attention sublayer's class (MPNet brings its own)."""
+
+    def __init__(self, cfg, attention=BertAttention):
         super().__init__()
-        self.attention = BertAttention(cfg)
+        self.attention = attention(cfg)
         self.intermediate = BertIntermediate(cfg)
         self.output = BertOutput(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps)
 
@@ -90,18 +93,7 @@ class BertLayer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
-class BertEncoder(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
-
-    def forward(self, x, meta, backend):
-        for layer in self.layer:
-            x = layer(x, meta, backend)
-        return x
-
-
-class BertModel(nn.Module):
+class BertModel(PackedBody):
     """Bidirectional encoder; returns the last hidden states of the packed batch, (T, hidden)."""
 
     packed_modules_mapping = {"query": ("qkv", 0), "key": ("qkv", 1), "value": ("qkv", 2)}
@@ -112,17 +104,15 @@ class BertModel(nn.Module):
     checkpoint_prefixes = ("bert.", "roberta.", "model.")
 
     def __init__(self, cfg):
-        super().__init__()
         if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"position_embedding_type={cfg.position_embedding_type!r} is not "
                              "supported; only 'absolute'")
-        self.config = cfg
         offset = cfg.pad_token_id + 1 if cfg.model_type in _OFFSET_POSITION_TYPES else 0
+        super().__init__(cfg, cfg.max_position_embeddings - offset)
         self.position_offset = offset
-        self.max_length = cfg.max_position_embeddings - offset
         self.uses_token_types = cfg.type_vocab_size > 1
         self.embeddings = BertEmbeddings(cfg)
-        self.encoder = BertEncoder(cfg)
+        self.encoder = LayerStack(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
     def forward(self, input_ids, positions, token_type_ids, meta: AttentionMetadata,
                 backend: AttentionBackend) -> torch.Tensor:

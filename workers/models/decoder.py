@@ -22,7 +22,7 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import RMSNorm, activation, gated_packed_modules
+from .layers import GatedMLP, PackedBody, RMSNorm, activation, gated_packed_modules
 from .rotary import Rotary
 
 
@@ -73,28 +73,14 @@ class DecoderAttention(nn.Module):
         return self.o_proj(out.reshape(T, self.num_heads * D))             # (T, hidden)
 
 
-class DecoderMLP(nn.Module):
-    """SwiGLU: down(act(gate(x)) * up(x)), gate and up fused into one projection."""
-
-    def __init__(self, cfg, spec: DecoderSpec):
-        super().__init__()
-        self.act = activation(cfg.hidden_act, "hidden_act")
-        inter = cfg.intermediate_size
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * inter, bias=spec.mlp_bias)
-        self.down_proj = nn.Linear(inter, cfg.hidden_size, bias=spec.mlp_bias)
-
-    def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)                   # (T, F) each
-        return self.down_proj(self.act(gate).mul_(up))                     # (T, hidden)
-
-
 class DecoderLayer(nn.Module):
     def __init__(self, cfg, spec: DecoderSpec):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = DecoderAttention(cfg, spec)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = DecoderMLP(cfg, spec)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size,   # SwiGLU
+                            activation(cfg.hidden_act, "hidden_act"), spec.mlp_bias)
 
     def forward(self, x, cos_sin, meta, backend):
         # In place on the residual stream: x is this forward's own tensor (embedding output).
@@ -115,19 +101,14 @@ def _sliding_window(cfg) -> int | None:
     return int(window)
 
 
-class DecoderModel(nn.Module):
+class DecoderModel(PackedBody):
     """Qwen2/Qwen3/Llama/Mistral body; returns the final-norm hidden states, (T, hidden)."""
 
     ignored_prefixes = ("lm_head.", "rotary_emb.", "score.")
-    checkpoint_prefixes = ("model.",)
-    uses_token_types = False
 
     def __init__(self, cfg):
-        super().__init__()
-        spec = _spec(cfg)
-        self.config = cfg
-        window = _sliding_window(cfg)
-        self.max_length = min(cfg.max_position_embeddings, window or cfg.max_position_embeddings)
+        spec, window = _spec(cfg), _sliding_window(cfg)
+        super().__init__(cfg, min(cfg.max_position_embeddings, window or cfg.max_position_embeddings))
         self.rotary = Rotary(cfg, _head_dim(cfg))
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, spec) for _ in range(cfg.num_hidden_layers))

@@ -14,7 +14,7 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import LinearAct, fused_qkv_attention
+from .layers import FusedQKVSelfAttention, LayerStack, LinearAct, PackedBody
 
 _EPS = 1e-12  # transformers' DistilBERT LayerNorms
 
@@ -30,18 +30,6 @@ class Embeddings(nn.Module):
         return self.LayerNorm(self.word_embeddings(input_ids) + self.position_embeddings(positions))
 
 
-class DistilBertSelfAttention(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.num_heads = cfg.n_heads
-        self.head_dim = cfg.dim // cfg.n_heads
-        self.qkv_lin = nn.Linear(cfg.dim, 3 * cfg.dim)
-        self.out_lin = nn.Linear(cfg.dim, cfg.dim)
-
-    def forward(self, x, meta: AttentionMetadata, backend: AttentionBackend):
-        return fused_qkv_attention(x, self.qkv_lin, self.out_lin, self.num_heads, self.head_dim, meta, backend)
-
-
 class FFN(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -55,7 +43,7 @@ class FFN(nn.Module):
 class TransformerBlock(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.attention = DistilBertSelfAttention(cfg)
+        self.attention = FusedQKVSelfAttention(cfg.dim, cfg.n_heads, ("qkv_lin", "out_lin"))
         self.sa_layer_norm = nn.LayerNorm(cfg.dim, eps=_EPS)
         self.ffn = FFN(cfg)
         self.output_layer_norm = nn.LayerNorm(cfg.dim, eps=_EPS)
@@ -65,18 +53,7 @@ class TransformerBlock(nn.Module):
         return self.output_layer_norm(self.ffn(x) + x)
 
 
-class Transformer(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.layer = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
-
-    def forward(self, x, meta, backend):
-        for layer in self.layer:
-            x = layer(x, meta, backend)
-        return x
-
-
-class DistilBertModel(nn.Module):
+class DistilBertModel(PackedBody):
     """Bidirectional encoder; returns the last hidden states of the packed batch, (T, dim)."""
 
     packed_modules_mapping = {"q_lin": ("qkv_lin", 0), "k_lin": ("qkv_lin", 1), "v_lin": ("qkv_lin", 2)}
@@ -84,14 +61,11 @@ class DistilBertModel(nn.Module):
     ignored_prefixes = ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.",
                         "pre_classifier.", "classifier.", "embeddings.position_ids")
     checkpoint_prefixes = ("distilbert.",)
-    uses_token_types = False
 
     def __init__(self, cfg):
-        super().__init__()
-        self.config = cfg
-        self.max_length = cfg.max_position_embeddings
+        super().__init__(cfg)
         self.embeddings = Embeddings(cfg)
-        self.transformer = Transformer(cfg)
+        self.transformer = LayerStack(TransformerBlock(cfg) for _ in range(cfg.n_layers))
 
     def forward(self, input_ids, positions, token_type_ids, meta: AttentionMetadata,
                 backend: AttentionBackend) -> torch.Tensor:

@@ -23,7 +23,7 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import RMSNorm, activation, gated_packed_modules
+from .layers import GatedMLP, PackedBody, RMSNorm, activation, gated_packed_modules
 from .modernbert import _layer_rotary
 from .rotary import Rotary
 
@@ -53,20 +53,6 @@ class Gemma3Attention(nn.Module):
         return self.o_proj(out.reshape(T, self.num_heads * D))             # (T, hidden)
 
 
-class Gemma3MLP(nn.Module):
-    """down(act(gate(x)) * up(x)), gate and up fused into one projection."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.act = activation(cfg.hidden_activation, "hidden_activation")
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)                   # (T, F) each
-        return self.down_proj(self.act(gate).mul_(up))
-
-
 class Gemma3DecoderLayer(nn.Module):
     def __init__(self, cfg, index: int):
         super().__init__()
@@ -76,7 +62,8 @@ class Gemma3DecoderLayer(nn.Module):
         self.self_attn = Gemma3Attention(cfg, self.layer_type)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps, zero_centred=True)
         self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps, zero_centred=True)
-        self.mlp = Gemma3MLP(cfg)
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size,
+                            activation(cfg.hidden_activation, "hidden_activation"), bias=False)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps, zero_centred=True)
 
     def forward(self, x, cos_sin, meta, backend):
@@ -85,15 +72,12 @@ class Gemma3DecoderLayer(nn.Module):
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
-class Gemma3TextModel(nn.Module):
+class Gemma3TextModel(PackedBody):
     """EmbeddingGemma body; returns the final-norm hidden states of the packed batch, (T, hidden)."""
 
     ignored_prefixes = ("lm_head.", "rotary_emb.")
-    checkpoint_prefixes = ("model.",)
-    uses_token_types = False
 
     def __init__(self, cfg):
-        super().__init__()
         if not getattr(cfg, "use_bidirectional_attention", False):
             raise ValueError("Gemma3TextModel is served as a bidirectional embedding model "
                              "(EmbeddingGemma), but this config.json has use_bidirectional_attention"
@@ -101,8 +85,7 @@ class Gemma3TextModel(nn.Module):
         if getattr(cfg, "attn_logit_softcapping", None) is not None:
             raise ValueError(f"attn_logit_softcapping={cfg.attn_logit_softcapping} is not supported; "
                              "only None (as Gemma3 and EmbeddingGemma ship)")
-        self.config = cfg
-        self.max_length = cfg.max_position_embeddings
+        super().__init__(cfg)
         self.embed_scale = math.sqrt(cfg.hidden_size)
         self.rotary = {t: _layer_rotary(cfg, t, cfg.head_dim) for t in sorted(set(cfg.layer_types))}
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)

@@ -103,10 +103,63 @@ class RMSNorm(nn.Module):
         return y.to(x.dtype).mul_(self.weight)
 
 
-def fused_qkv_attention(x: torch.Tensor, qkv: nn.Linear, out: nn.Linear, num_heads: int, head_dim: int,
-                        meta, backend) -> torch.Tensor:
+class PackedBody(nn.Module):
+    """Base of the model bodies: `config`, `max_length` (the longest sequence its positions take)
+    and the loader's defaults (checkpoint prefixes stripped, prefixes ignored, no token types)."""
+
+    checkpoint_prefixes: tuple[str, ...] = ("model.",)
+    ignored_prefixes: tuple[str, ...] = ()
+    uses_token_types = False
+
+    def __init__(self, cfg, max_length: int | None = None):
+        super().__init__()
+        self.config = cfg
+        self.max_length = cfg.max_position_embeddings if max_length is None else max_length
+
+
+class LayerStack(nn.Module):
+    """The encoder's layers applied in turn (HF name `layer.N`); extra forward args pass through."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layer = nn.ModuleList(layers)
+
+    def forward(self, x, *args):
+        for layer in self.layer:
+            x = layer(x, *args)
+        return x
+
+
+class FusedQKVSelfAttention(nn.Module):
     """Self-attention whose q, k, v come from one fused projection (DistilBERT, MPNet):
-    (T, hidden) -> qkv (T, 3, H, D) -> attention over the packed sequences -> out (T, hidden)."""
-    T = x.shape[0]
-    q, k, v = qkv(x).view(T, 3, num_heads, head_dim).unbind(1)          # (T, H, D) each
-    return out(backend.forward(q, k, v, meta).reshape(T, -1))
+    (T, hidden) -> qkv (T, 3, H, D) -> attention over the packed sequences -> out (T, hidden).
+    `names`: the checkpoint's names of the fused projection and the output projection."""
+
+    def __init__(self, hidden: int, num_heads: int, names: tuple[str, str]):
+        super().__init__()
+        self.num_heads, self.head_dim, self.names = num_heads, hidden // num_heads, names
+        setattr(self, names[0], nn.Linear(hidden, 3 * hidden))
+        setattr(self, names[1], nn.Linear(hidden, hidden))
+
+    def forward(self, x: torch.Tensor, meta, backend) -> torch.Tensor:
+        qkv, out = (getattr(self, name) for name in self.names)
+        T = x.shape[0]
+        q, k, v = qkv(x).view(T, 3, self.num_heads, self.head_dim).unbind(1)   # (T, H, D) each
+        return out(backend.forward(q, k, v, meta).reshape(T, -1))
+
+
+class GatedMLP(nn.Module):
+    """out(act(a) * b) with [a, b] = one fused projection of x: SwiGLU/GeGLU (Qwen, Llama, Gemma:
+    `gate_up_proj`/`down_proj`; ModernBERT: `Wi`/`Wo`). `names`: the checkpoint's (fused, out)."""
+
+    def __init__(self, hidden: int, inter: int, act, bias: bool,
+                 names: tuple[str, str] = ("gate_up_proj", "down_proj")):
+        super().__init__()
+        self.act, self.names = act, names
+        setattr(self, names[0], nn.Linear(hidden, 2 * inter, bias=bias))
+        setattr(self, names[1], nn.Linear(inter, hidden, bias=bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused, out = (getattr(self, name) for name in self.names)
+        a, b = fused(x).chunk(2, dim=-1)                                   # (T, F) each
+        return out(self.act(a).mul_(b))                                    # (T, hidden)

@@ -18,7 +18,7 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .layers import activation
+from .layers import GatedMLP, PackedBody, activation
 from .rotary import Rotary
 
 
@@ -57,20 +57,6 @@ class ModernBertAttention(nn.Module):
         return self.Wo(out.reshape(T, -1))                                 # (T, hidden)
 
 
-class ModernBertMLP(nn.Module):
-    """GeGLU: Wo(act(input) * gate) with [input, gate] = Wi(x)."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.act = activation(cfg.hidden_activation, "hidden_activation")
-        self.Wi = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.Wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
-
-    def forward(self, x):
-        inp, gate = self.Wi(x).chunk(2, dim=-1)                            # (T, F) each
-        return self.Wo(self.act(inp).mul_(gate))
-
-
 class ModernBertEncoderLayer(nn.Module):
     def __init__(self, cfg, index: int):
         super().__init__()
@@ -79,24 +65,21 @@ class ModernBertEncoderLayer(nn.Module):
             nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
         self.attn = ModernBertAttention(cfg, self.layer_type)
         self.mlp_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
-        self.mlp = ModernBertMLP(cfg)
+        act = activation(cfg.hidden_activation, "hidden_activation")
+        self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, act, cfg.mlp_bias, ("Wi", "Wo"))  # GeGLU
 
     def forward(self, x, cos_sin, meta, backend):
         x = x + self.attn(self.attn_norm(x), cos_sin, meta, backend)
         return x + self.mlp(self.mlp_norm(x))
 
 
-class ModernBertModel(nn.Module):
+class ModernBertModel(PackedBody):
     """Bidirectional encoder; returns the final-norm hidden states of the packed batch, (T, hidden)."""
 
     ignored_prefixes = ("head.", "decoder.", "classifier.")
-    checkpoint_prefixes = ("model.",)
-    uses_token_types = False
 
     def __init__(self, cfg):
-        super().__init__()
-        self.config = cfg
-        self.max_length = cfg.max_position_embeddings
+        super().__init__(cfg)
         head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.rotary = {t: _layer_rotary(cfg, t, head_dim) for t in sorted(set(cfg.layer_types))}
         self.embeddings = ModernBertEmbeddings(cfg)

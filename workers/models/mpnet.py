@@ -19,8 +19,8 @@ from torch import nn
 
 from attention import AttentionBackend, AttentionMetadata
 
-from .bert import BertIntermediate, BertOutput
-from .layers import fused_qkv_attention
+from .bert import BertLayer
+from .layers import FusedQKVSelfAttention, LayerStack, PackedBody
 
 # transformers' MPNetEncoder.compute_position_bias uses these, whatever
 # config.relative_attention_num_buckets says (its default is the same 32).
@@ -54,44 +54,19 @@ class MPNetEmbeddings(nn.Module):
         return self.LayerNorm(x)                                           # (T, hidden)
 
 
-class MPNetSelfAttention(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.num_heads = cfg.num_attention_heads
-        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
-        self.o = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-
-    def forward(self, x, meta: AttentionMetadata, backend: AttentionBackend):
-        return fused_qkv_attention(x, self.qkv, self.o, self.num_heads, self.head_dim, meta, backend)
-
-
 class MPNetAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.attn = MPNetSelfAttention(cfg)
+        self.attn = FusedQKVSelfAttention(cfg.hidden_size, cfg.num_attention_heads, ("qkv", "o"))
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, x, meta, backend):
         return self.LayerNorm(self.attn(x, meta, backend) + x)
 
 
-class MPNetLayer(nn.Module):
+class MPNetEncoder(LayerStack):
     def __init__(self, cfg):
-        super().__init__()
-        self.attention = MPNetAttention(cfg)
-        self.intermediate = BertIntermediate(cfg)
-        self.output = BertOutput(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps)
-
-    def forward(self, x, meta, backend):
-        x = self.attention(x, meta, backend)
-        return self.output(self.intermediate(x), x)
-
-
-class MPNetEncoder(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.layer = nn.ModuleList(MPNetLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        super().__init__(BertLayer(cfg, MPNetAttention) for _ in range(cfg.num_hidden_layers))
         self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets,
                                                     cfg.num_attention_heads)
 
@@ -105,23 +80,18 @@ class MPNetEncoder(nn.Module):
         table = self.position_bias(meta.max_seqlen)                        # (H, L_max, L_max)
         lens = meta.seqlens
         meta = meta.with_bias(lambda i: table[:, :lens[i], :lens[i]], table=table)
-        for layer in self.layer:
-            x = layer(x, meta, backend)
-        return x
+        return super().forward(x, meta, backend)
 
 
-class MPNetModel(nn.Module):
+class MPNetModel(PackedBody):
     """Bidirectional encoder; returns the last hidden states of the packed batch, (T, hidden)."""
 
     packed_modules_mapping = {"q": ("qkv", 0), "k": ("qkv", 1), "v": ("qkv", 2)}
     ignored_prefixes = ("pooler.", "lm_head.", "embeddings.position_ids", "classifier.")
     checkpoint_prefixes = ("mpnet.",)
-    uses_token_types = False
 
     def __init__(self, cfg):
-        super().__init__()
-        self.config = cfg
-        self.max_length = cfg.max_position_embeddings - _PADDING_IDX - 1
+        super().__init__(cfg, cfg.max_position_embeddings - _PADDING_IDX - 1)
         self.embeddings = MPNetEmbeddings(cfg)
         self.encoder = MPNetEncoder(cfg)
 
