@@ -143,6 +143,8 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
     if unknown:
         raise InputError(f"unknown option(s) {sorted(unknown)}; pipeline options are "
                          f"{sorted(pipe_names)}, engine options are {sorted(engine_names)}")
+    if "task" not in options and any(options.get(k) is not None for k in ("chunking", "chunk_tokens")):
+        options["task"] = "chunks"  # chunk vectors: late or split chunking
     if "task" not in options:  # the model folder's kind decides (a CrossEncoder folder scores)
         options["task"] = default_task(None if model is None else os.fspath(model),
                                        bool(options.get("allow_pickle")))

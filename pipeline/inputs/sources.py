@@ -190,6 +190,20 @@ def check_schema(schema: pa.Schema, config: PipelineConfig, where: str) -> None:
                              f"{schema.names} (set {setters} to one of them)")
     for column in config.text_columns:
         _check_text_type(schema.field(column).type, column, config, where)
+    if config.spans_column:
+        _check_spans_type(schema.field(config.spans_column).type, config.spans_column, where)
+
+
+def _check_spans_type(spans_type: pa.DataType, column: str, where: str) -> None:
+    """A spans column is a list of [char_start, char_end] integer lists."""
+    lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    if spans_type == pa.null() or (any(f(spans_type) for f in lists) and any(f(spans_type.value_type) for f in lists)
+                                   and pa.types.is_integer(spans_type.value_type.value_type)):
+        return
+    raise InputError(f"spans column {column!r} of the input {where} has type {spans_type}; it must "
+                     "hold each text's chunks as a list of [char_start, char_end] integer pairs "
+                     "(list<list<int64>>), or drop spans_column (--spans-column) to cut chunks by "
+                     "chunk_tokens")
 
 
 def _check_text_type(text_type: pa.DataType, column: str, config: PipelineConfig, where: str) -> None:
