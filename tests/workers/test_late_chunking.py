@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.tiny_decoders import make_tiny_decoder
 from tests.tiny_models import make_tiny_model, write_embeddinggemma_st_files
 from workers import Engine, EngineConfig
 from workers.inputs import chunk_spans
@@ -45,7 +46,7 @@ def _states(model, tok, ids):
     return out.last_hidden_state[0, 1:-1]                 # content tokens only
 
 
-def _reference(hf, text, spans, max_length=MAX_LENGTH, post=None):
+def _reference(hf, text, spans, max_length=MAX_LENGTH, post=None, normalize=True):
     """Per span, post(mean of the token states of the tokens starting inside it); documents
     over max_length: each token's state from the window giving it the most context."""
     tok, model = hf
@@ -68,7 +69,7 @@ def _reference(hf, text, spans, max_length=MAX_LENGTH, post=None):
         means.append(states[rows].mean(0))
     out = torch.stack(means)
     out = post(out) if post else out
-    return torch.nn.functional.normalize(out, dim=-1).numpy()
+    return (torch.nn.functional.normalize(out, dim=-1) if normalize else out).numpy()
 
 
 def test_late_chunks_equal_the_transformers_reference_in_fp32(engine, hf):
@@ -177,4 +178,16 @@ def test_late_chunks_run_the_folders_dense_modules(tmp_path, hf):
     spans = [(s, e) for s, e, _ in chunks]
     want = _reference((hf[0], model), LONG[:300], spans, max_length=32,
                       post=lambda x: x @ dense[0].T @ dense[1].T)
+    np.testing.assert_allclose(np.stack([v for *_, v in chunks]), want, atol=1e-5, rtol=0)
+
+
+def test_late_chunks_of_a_causal_decoder_in_macro_windows(tmp_path, hf):
+    """A tiny random Qwen3 (causal, last-token pooled, no Normalize): the span mean of its
+    causal hidden states, each token from its best macro window."""
+    model = make_tiny_decoder(tmp_path, "Qwen3Model")
+    tiny = Engine(EngineConfig(model=str(tmp_path), task="chunks", dtype="float32", max_length=32))
+    assert tiny.workflow.name == "decoder_late_chunk" and tiny.workflow.causal
+    chunks = tiny.embed_chunks([LONG[:400]], chunk_tokens=10)[0]
+    spans = [(s, e) for s, e, _ in chunks]
+    want = _reference((hf[0], model), LONG[:400], spans, max_length=32, normalize=False)
     np.testing.assert_allclose(np.stack([v for *_, v in chunks]), want, atol=1e-5, rtol=0)
