@@ -22,7 +22,7 @@ from ..config import PipelineConfig
 from ..errors import InputError, InputNotFoundError, InputTypeError
 from ..fs import filesystem
 from ..redact import redact
-from .source_checks import check_column_types, footer, reason
+from .source_checks import check_column_types, check_spans_type, footer, reason
 
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 _GLOB_CHARS = set("*?[")
@@ -191,19 +191,7 @@ def check_schema(schema: pa.Schema, config: PipelineConfig, where: str) -> None:
     for column in config.text_columns:
         _check_text_type(schema.field(column).type, column, config, where)
     if config.spans_column:
-        _check_spans_type(schema.field(config.spans_column).type, config.spans_column, where)
-
-
-def _check_spans_type(spans_type: pa.DataType, column: str, where: str) -> None:
-    """A spans column is a list of [char_start, char_end] integer lists."""
-    lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
-    if spans_type == pa.null() or (any(f(spans_type) for f in lists) and any(f(spans_type.value_type) for f in lists)
-                                   and pa.types.is_integer(spans_type.value_type.value_type)):
-        return
-    raise InputError(f"spans column {column!r} of the input {where} has type {spans_type}; it must "
-                     "hold each text's chunks as a list of [char_start, char_end] integer pairs "
-                     "(list<list<int64>>), or drop spans_column (--spans-column) to cut chunks by "
-                     "chunk_tokens")
+        check_spans_type(schema.field(config.spans_column).type, config.spans_column, where)
 
 
 def _check_text_type(text_type: pa.DataType, column: str, config: PipelineConfig, where: str) -> None:
