@@ -40,10 +40,16 @@ def _content(tok, text):
     return enc["input_ids"], np.array([s for s, _ in enc["offset_mapping"]])
 
 
+_STATES: dict = {}  # (model, window ids) -> states: the macro test reuses its windows
+
+
 def _states(model, tok, ids):
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor([[tok.cls_token_id, *ids, tok.sep_token_id]]))
-    return out.last_hidden_state[0, 1:-1]                 # content tokens only
+    key = (id(model), tuple(ids))
+    if key not in _STATES:
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([[tok.cls_token_id, *ids, tok.sep_token_id]]))
+        _STATES[key] = out.last_hidden_state[0, 1:-1]      # content tokens only
+    return _STATES[key]
 
 
 def _reference(hf, text, spans, max_length=MAX_LENGTH, post=None, normalize=True):
