@@ -25,6 +25,13 @@ all of them plus `embedding`, from one forward pass; search them with jobs/searc
     python jobs/embed_corpus.py --task sparse --model splade/ --input corpus/ --output splade-out/
     python jobs/embed_corpus.py --task bge-m3 --model bge-m3/ --allow-pickle --input corpus/ --output m3-out/
 
+Chunk vectors of long documents (one row per chunk: `id, chunk, char_start, char_end,
+embedding`; late chunking encodes each document once and pools each chunk's tokens, split
+embeds each chunk alone; --spans-column takes the chunks from a column of [start, end] pairs):
+
+    python jobs/embed_corpus.py --chunking late --chunk-tokens 256 --input docs/ --output chunks/
+    python jobs/embed_corpus.py --chunking split --chunk-tokens 256 --chunk-overlap 32 --input docs/ --output split/
+
 Rerunning with the same --output resumes. Exit codes (the table mapping each error type to
 its code is `pipeline/errors.py::EXIT_CODES`):
 
@@ -82,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or a datasets save_to_disk folder")
     p.add_argument("--output", help="output folder for the parts and _manifest.json; rerun to resume")
     p.add_argument("--task", default=None,
-                   choices=["embed", "score", "classify", "tokens", "sparse", "bge-m3"],
+                   choices=["embed", "score", "classify", "tokens", "sparse", "bge-m3", "chunks"],
                    help="default: what the --model folder is (a sentence-transformers "
                         "CrossEncoder: score, or classify for several labels; SparseEncoder: "
                         "sparse; MultiVectorEncoder: tokens; else embed). embed: vectors; "
@@ -91,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "sequence classifier's logits and label; tokens: one vector per token "
                         "(a ColBERT / multi-vector folder's, else last hidden states; document "
                         "side); sparse: SPLADE vocabulary weights; bge-m3: dense + sparse + "
-                        "multi-vector from one pass")
+                        "multi-vector from one pass; chunks: one vector per chunk (set by --chunking)")
     p.add_argument("--text-column", default="text",
                    help="column holding the texts; the queries with --task score (default: text)")
     p.add_argument("--pair-column", default=None,
@@ -128,7 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="texts over --max-length: truncate (default, counted), error, or chunk "
                         "(overlapping windows, embedded and averaged by tokens)")
     p.add_argument("--chunk-overlap", type=int, default=None,
-                   help="tokens shared by consecutive windows with --truncation chunk (default: 1/8 window)")
+                   help="tokens shared by consecutive windows with --truncation chunk (default: 1/8 "
+                        "window); with --chunking: tokens shared by consecutive chunks (default: 0)")
+    p.add_argument("--chunking", default=None, choices=["late", "split"],
+                   help="one output row per chunk of each text (--task chunks): late encodes each "
+                        "text once (long ones in macro windows of --max-length overlapping by half) "
+                        "and mean-pools each chunk's tokens; split embeds each chunk's text alone")
+    p.add_argument("--chunk-tokens", type=int, default=None,
+                   help="with --chunking: tokens per chunk (default: 256); a cut inside a word moves "
+                        "back to its start")
+    p.add_argument("--spans-column", default=None,
+                   help="with --chunking: a column of [char_start, char_end] pairs per text, the "
+                        "chunks to embed (default: cut by --chunk-tokens)")
     p.add_argument("--profile-dir", default=None,
                    help="each worker writes a torch profiler trace of a few batches here (Chrome JSON)")
     p.add_argument("--shard-rows", type=int, default=None, help="rows per shard (default: sized from the corpus)")
@@ -170,7 +188,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     derived = args.task is None
     if derived:  # the folder's kind decides; an unreadable folder is reported later
         from pipeline.inputs.validate import default_task
-        args.task = "embed" if args.demo else default_task(args.model, bool(args.allow_pickle))
+        chunks = args.chunking or args.chunk_tokens or args.spans_column
+        args.task = "embed" if args.demo else "chunks" if chunks else \
+            default_task(args.model, bool(args.allow_pickle))
+    if args.task == "chunks" and not args.chunking:
+        args.chunking = "late"
+    if args.chunking and args.task != "chunks":
+        p.error(f"--chunking embeds chunks (--task chunks); --task {args.task} does not take it")
     if args.task == "score" and not args.pair_column and not args.demo:
         p.error(("the --model folder is a cross-encoder, so the task is score: it " if derived else
                  "--task score ") + "needs --pair-column (the passages; --text-column is the query)")
@@ -231,12 +255,14 @@ def _main(args: argparse.Namespace) -> int:
               "dimensions": args.dimensions, "allow_pickle": args.allow_pickle or None,
               "truncation": args.truncation, "chunk_overlap": args.chunk_overlap,
               "profile_dir": args.profile_dir, "activation": args.activation,
-              "quantization": args.quantization}
+              "quantization": args.quantization, "chunking": args.chunking,
+              "chunk_tokens": args.chunk_tokens}
     try:
         result = pipeline.run(
             args.input, output=args.output, model=args.model, text_column=args.text_column,
             id_column=args.id_column, num_workers=args.num_workers, task=args.task,
             pair_column=args.pair_column,
+            **({"spans_column": args.spans_column} if args.spans_column else {}),
             threads_per_worker=args.threads_per_worker, shard_rows=args.shard_rows,
             passthrough_columns=tuple(args.passthrough), output_format=args.output_format,
             output_dtype=args.output_dtype, on_bad_row=args.on_bad_row, cast_text=args.cast,

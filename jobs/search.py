@@ -11,7 +11,9 @@ embeddings' manifest (the folder is read from PATH.json, or --embeddings), with 
 folder's "query" prompt when it declares one. Without --index, --embeddings names a
 task="tokens" / "sparse" / "bge-m3" output, searched exactly part by part (no index:
 `pipeline/index/late_search.py`). Prints rank, id, score and, when the input Parquet is still
-reachable, the passage. Exit codes: 0 done, 2 bad arguments or input.
+reachable, the passage. An index over a task="chunks" output (late or split chunking) finds
+chunks: each hit prints the document id, the chunk's index and character span, and the
+span's text. Exit codes: 0 done, 2 bad arguments or input.
 """
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ if str(ROOT) not in sys.path:
 VECTOR_OPTIONS = ("model", "dtype", "max_length", "pooling", "normalize", "dimensions", "truncation",
                   "skip_instruction", "enable_bidirectional")
 MUST_MATCH = ("model_hash", "pooling", "normalize", "dimensions", "workflow")
+# A chunk output's workflow -> the embedding workflow its queries are embedded with (fingerprints
+# leave out the encoder's name).
+QUERY_WORKFLOWS = {"late_chunk": None, "decoder_late_chunk": "decoder",
+                   "decoder_bidirectional_late_chunk": "decoder_bidirectional"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,7 +85,9 @@ def query_engine(manifest: dict, prompt: str | None = None):
     elif query_prompt_name(options.get("model")):
         options["prompt_name"] = "query"
     engine = Engine(EngineConfig(**options))
-    want, got = manifest["fingerprint"]["engine"], engine.fingerprint()
+    want, got = dict(manifest["fingerprint"]["engine"]), engine.fingerprint()
+    if want.get("workflow") in QUERY_WORKFLOWS:  # chunk vectors: queries are plain embeddings
+        want["workflow"] = QUERY_WORKFLOWS[want["workflow"]]
     diffs = [f"{k}: {want.get(k)!r} in the corpus, {got.get(k)!r} now" for k in MUST_MATCH if want.get(k) != got.get(k)]
     if diffs:
         raise ValueError("the query engine does not reproduce the corpus's vector space: " + "; ".join(diffs))
@@ -165,10 +173,14 @@ def main(argv=None) -> int:
     texts, note = passages(manifest, sorted({h[0] for row in hits for h in row}, key=str))
     for query, row in zip(args.query, hits):
         print(f"query: {query!r} ({index.meta['kind']} index, {index.meta['metric']}, "
-              f"{index.meta['vectors']:,} vectors)")
-        for rank, (doc_id, score, _) in enumerate(row, 1):
-            text = texts.get(doc_id)
-            print(f"{rank:>3}  {score:7.4f}  {doc_id}" + (f"  {text[:args.chars]!r}" if text else ""))
+              f"{index.meta['vectors']:,} {'chunk ' if index.spans else ''}vectors)")
+        for rank, (doc_id, score, row_id) in enumerate(row, 1):
+            text, where = texts.get(doc_id), ""
+            if index.spans:  # a chunk: its document id, index and text span
+                chunk, start, end = index.spans[row_id]
+                where = f"  chunk {chunk} [{start}:{end}]"
+                text = text[start:end] if text else text
+            print(f"{rank:>3}  {score:7.4f}  {doc_id}{where}" + (f"  {text[:args.chars]!r}" if text else ""))
     if note:
         print(note)
     return 0

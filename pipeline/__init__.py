@@ -95,13 +95,18 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             num_tokens` from one forward pass. `output_dtype`: embed float32 (default) |
             float16 | int8 | ubinary; tokens / bge-m3 float16 (default) | float32 (token
             vectors only); other tasks float32. `max_part_bytes` (default 256 MiB) bounds a
-            token task's part.
+            token task's part. `chunking="late" | "split"` (with `chunk_tokens=`, default
+            256, and `chunk_overlap=`, default 0; or `task="chunks"`) writes one row per chunk
+            of each text: `id, chunk, char_start, char_end, embedding` (any output_dtype of
+            embed), pass-through columns repeated; `spans_column=` takes each text's chunks as
+            [char_start, char_end] pairs from a column (README, "Long documents").
 
     Returns:
         RunResult with `.output`, `.stats` (rows, tokens, seconds, tokens_per_s, per worker,
         truncated, bad_rows, duplicate_ids), `.manifest`, and for in-memory runs `.errors`
         and `.embeddings` (embed), `.scores` (score), `.logits` and `.labels` (classify),
-        `.tokens` (tokens), `.sparse` (sparse), or `.embeddings`, `.sparse`, `.tokens` (bge-m3).
+        `.tokens` (tokens), `.sparse` (sparse), or `.embeddings`, `.sparse`, `.tokens` (bge-m3),
+        `.chunks` (chunks: per row its (char_start, char_end, vector) list).
 
     `progress`: None (default) prints the progress bar and summary table for a run with an
     `output` folder and one line for an in-memory run; True both, False nothing. Ctrl-C raises
@@ -143,6 +148,8 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
     if unknown:
         raise InputError(f"unknown option(s) {sorted(unknown)}; pipeline options are "
                          f"{sorted(pipe_names)}, engine options are {sorted(engine_names)}")
+    if "task" not in options and any(options.get(k) is not None for k in ("chunking", "chunk_tokens")):
+        options["task"] = "chunks"  # chunk vectors: late or split chunking
     if "task" not in options:  # the model folder's kind decides (a CrossEncoder folder scores)
         options["task"] = default_task(None if model is None else os.fspath(model),
                                        bool(options.get("allow_pickle")))

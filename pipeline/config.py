@@ -24,13 +24,19 @@ class PipelineConfig:
         task: "embed" (vectors), "score" (a cross-encoder's or LLM reranker's relevance of the
             pair (text_column, pair_column)), "classify" (logits and the argmax's label),
             "tokens" (one vector per token, document side), "sparse" (SPLADE vocabulary weights)
-            or "bge-m3" (dense + sparse + multi-vector); the part schema of each is in
+            "bge-m3" (dense + sparse + multi-vector) or "chunks" (one row per chunk of each
+            text: late or split chunking, set by the engine options `chunking=`,
+            `chunk_tokens=`, `chunk_overlap=`); the part schema of each is in
             `pipeline/tasks.py`. Passed on to the engine.
         text_column: column holding the texts (a list of strings is read as this column); the
             query with task="score".
         pair_column: task="score" only (and required there): the column holding the passage
             paired with each row's query.
         id_column: column copied to the output `id`; None: the global row index (int64).
+        spans_column: task="chunks" only: a column holding each text's chunks as a list of
+            [char_start, char_end] integer pairs (list<list<int>> or
+            list<fixed_size_list<int>[2]>), instead of chunks cut by token counts. A null or
+            empty list, or a span outside its text, makes the row a bad row.
         passthrough_columns: extra input columns copied unchanged into every output part.
         num_workers: engine actors; None or "auto": one per GPU, or on CPU-only clusters one
             per `threads_per_worker` cores, and nodes that join the cluster during the run get
@@ -106,6 +112,7 @@ class PipelineConfig:
     pair_column: str | None = None
     max_part_bytes: int = 256 * 2**20
     in_process_rows: int = 10_000
+    spans_column: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.text_column, str) or not self.text_column:
@@ -124,6 +131,11 @@ class PipelineConfig:
         if clash:
             raise InputError(f"passthrough_columns {sorted(clash)} clash with the output columns "
                              f"{sorted(reserved)}; rename them in the input first")
+        if self.spans_column is not None and (self.task != "chunks" or not isinstance(self.spans_column, str)
+                                              or not self.spans_column):
+            raise InputError(f"spans_column={self.spans_column!r} names the chunk spans of task='chunks' "
+                             f"(chunking='late' or 'split'), but task={self.task!r}: pass chunking= "
+                             "(--chunking) too, or drop spans_column")
         if self.num_workers == "auto":
             object.__setattr__(self, "num_workers", None)
         for name in ("num_workers", "threads_per_worker", "shard_rows", "max_part_bytes"):
@@ -155,7 +167,7 @@ class PipelineConfig:
     @property
     def input_columns(self) -> list[str]:
         """The input columns an actor reads: text (and pair), then id, then pass-through (no repeats)."""
-        cols = [*self.text_columns, self.id_column, *self.passthrough_columns]
+        cols = [*self.text_columns, self.spans_column, self.id_column, *self.passthrough_columns]
         return list(dict.fromkeys(c for c in cols if c is not None))
 
     def fingerprint(self) -> dict:
@@ -168,6 +180,7 @@ class PipelineConfig:
             "output_dtype": self.output_dtype,
             # Only when set, so embedding manifests written before pairs existed stay resumable.
             **({"pair_column": self.pair_column} if self.pair_column else {}),
+            **({"spans_column": self.spans_column} if self.spans_column else {}),
             # The task's own entries (tokens: "side": "document", the passages' side), last.
             **dict(TASKS[self.task].fingerprint),
         }

@@ -9,13 +9,21 @@ the output columns of a part and the in-memory result. A new task is a new row o
 | tokens   | text_column                 | `Engine.embed_tokens(texts)`     | tokens `list<fixed_size_list<float16/float32>[d]>`, num_tokens `int32` | `.tokens` [(L_i, d)]  |
 | sparse   | text_column                 | `Engine.embed_sparse(texts)`     | indices `list<int32>`, values `list<float32>`            | `.sparse` [(indices, values)] |
 | bge-m3   | text_column                 | `Engine.embed_m3(texts)`         | embedding `fixed_size_list<float32>[dim]`, indices, values, tokens, num_tokens | `.embeddings`, `.sparse`, `.tokens` |
+| chunks   | text_column (+ spans_column) | `Engine.embed_chunks(texts, spans=)` | one row per chunk: chunk `int32`, char_start `int32`, char_end `int32`, embedding as embed's | `.chunks` [[(char_start, char_end, vector)]] |
 
 Pass-through columns follow in every part. A bad row (null, empty or whitespace-only text in
 any column the task reads) gets NaN values (None labels, None tokens / sparse pairs) in memory
 and no output row on disk. `label` is the `id2label` name of the largest logit.
 
+task="chunks" writes one output row per chunk (`id` and the pass-through columns repeated
+for each chunk of a row; `chunk` counts from 0 in each text); its row's `output_rows` says
+which input row each output row comes from, and `first_rows` names the column whose 0 marks a
+text's first row (the duplicate-id pass reads those rows only). The chunking mode and sizes
+are engine options (`chunking`, `chunk_tokens`, `chunk_overlap`), so they are in the engine's
+fingerprint.
+
 Stored precision (`output_dtype`, whose default is the first of the task's choices):
-embed float32 | float16 | int8 (calibrated) | ubinary; tokens and bge-m3 float16 | float32, for
+embed and chunks float32 | float16 | int8 (calibrated) | ubinary; tokens and bge-m3 float16 | float32, for
 the token vectors only (bge-m3's dense `embedding` and every sparse `values` stay float32);
 score, classify and sparse float32 only. In memory every value is float32 as the engine returns it.
 
@@ -76,6 +84,12 @@ class Task:
     # Reader name -> the part columns it reads by default (then `id` first, pass-through last).
     # One reader: None, all columns. Several (an output holding several outputs): their groups.
     readers: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
+    # Tasks with several output rows per input row (chunks): the values -> the input row (index
+    # into the call's texts) of each output row; None: one output row per input row.
+    output_rows: Callable[[dict], np.ndarray] | None = None
+    first_rows: str | None = None                     # column whose 0 marks a row's first output row
+    # The vectors int8 calibration samples: (engine, texts) -> float32 (n, dim).
+    sample: Callable[[object, list[str]], np.ndarray] = lambda engine, texts: engine.embed(texts)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -111,6 +125,31 @@ def _bge_m3(engine, texts):
     out = engine.embed_m3(texts[0])
     return {"embedding": out["dense"], "sparse": out["sparse"], "tokens": out["colbert"],
             "token_width": engine.head.colbert_linear.out_features}
+
+
+def _chunks(engine, texts):
+    spans = texts[1] if len(texts) > 1 else None  # the spans column, when the config names one
+    # The width travels with the values: a shard whose rows are all bad still needs it.
+    return {"chunks": engine.embed_chunks(texts[0], spans=spans), "width": engine.dim}
+
+
+def _chunk_sample(engine, texts):
+    chunks = [v for per_text in engine.embed_chunks(texts) for *_, v in per_text]
+    return np.stack(chunks) if chunks else np.zeros((0, engine.dim), np.float32)
+
+
+def _chunk_rows(values):
+    counts = [len(c) for c in values["chunks"]]
+    return np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+
+
+def _chunk_arrays(values, dtype, quant):
+    chunks = [c for per_text in values["chunks"] for c in per_text]
+    spans = np.asarray([(s, e) for s, e, _ in chunks], dtype=np.int32).reshape(-1, 2)
+    index = np.concatenate([np.arange(len(c), dtype=np.int32) for c in values["chunks"]] or [np.zeros(0, np.int32)])
+    vectors = np.stack([v for *_, v in chunks]) if chunks else np.zeros((0, values["width"]), np.float32)
+    return {"chunk": pa.array(index), "char_start": pa.array(spans[:, 0]), "char_end": pa.array(spans[:, 1]),
+            **_embedding_arrays({"embedding": vectors}, dtype, quant)}
 
 
 def _embedding_arrays(values, dtype, quant):
@@ -172,6 +211,10 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          stored=("embedding", "indices", "values", "tokens", "num_tokens"), row_bytes=_bge_m3_row_bytes,
          readers=(("read_embeddings", ("embedding",)), ("read_sparse", ("indices", "values")),
                   ("read_tokens", ("tokens", "num_tokens")))),
+    Task("chunks", (Column("chunks", "chunks", "list"),), False, _chunks, _chunk_arrays, quantized=True,
+         output_dtypes=("float32", "float16", "int8", "ubinary"),
+         stored=("chunk", "char_start", "char_end", "embedding"), readers=(("read_embeddings", None),),
+         output_rows=_chunk_rows, first_rows="chunk", sample=_chunk_sample),
 )}
 
 

@@ -13,7 +13,8 @@ DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("cls", "mean", "last", "max", "mean_sqrt_len_tokens", "weightedmean")
 EXECUTE_LOOPS = ("simple", "double_buffer")
 TRUNCATIONS = ("truncate", "error", "chunk")
-TASKS = ("embed", "score", "classify", "tokens", "sparse", "bge-m3")
+TASKS = ("embed", "score", "classify", "tokens", "sparse", "bge-m3", "chunks")
+CHUNKINGS = ("late", "split")
 ACTIVATIONS = ("sigmoid", "softmax", "identity")
 IMPLEMENTATIONS = ("auto", "native", "transformers")
 QUANTIZATIONS = (None, "int8")
@@ -42,7 +43,9 @@ class EngineConfig:
             classification logits; `Engine.classify`), "tokens" (one vector per token: last
             hidden states, or a multi-vector/ColBERT folder's projected vectors;
             `Engine.embed_tokens`), "sparse" (SPLADE vocabulary weights; `Engine.embed_sparse`)
-            or "bge-m3" (bge-m3's dense, sparse and multi-vector outputs; `Engine.embed_m3`).
+            "bge-m3" (bge-m3's dense, sparse and multi-vector outputs; `Engine.embed_m3`) or
+            "chunks" (one vector per chunk of each text, late or split chunking;
+            `Engine.embed_chunks`; set by itself when `chunking` or `chunk_tokens` is given).
         activation: score/classify only: "sigmoid", "softmax" or "identity" applied to the
             head's logits. None: for score, what sentence-transformers' CrossEncoder.predict
             applies for the folder (its saved activation_fn, else sigmoid for one label); for
@@ -70,7 +73,15 @@ class EngineConfig:
             or "chunk": split into windows of max_length that overlap by `chunk_overlap` tokens,
             embed each, and return their token-weighted mean (normalized again if normalizing).
         chunk_overlap: tokens shared by consecutive windows in chunk mode (None: an eighth of
-            the window, e.g. 31 of MiniLM's 254).
+            the window, e.g. 31 of MiniLM's 254). task="chunks": tokens shared by consecutive
+            chunks (None: 0), the default of `embed_chunks(chunk_overlap=)`.
+        chunking: task="chunks" only: "late" (default: each text encoded once, up to max_length,
+            longer ones in macro windows overlapping by half a window, and each chunk's token
+            span mean-pooled from the final hidden states, then the folder's Dense/Normalize
+            modules) or "split" (each chunk's text embedded alone, as `embed` does). The
+            default of `embed_chunks(chunking=)`; see `workers/engine/chunk_outputs.py`.
+        chunk_tokens: task="chunks" only: tokens per chunk (None: 256), the default of
+            `embed_chunks(chunk_tokens=)`.
         num_threads: torch intra-op threads for CPU work (None: leave torch's setting).
         execute_loop: "simple" (build, run, collect, repeat) or "double_buffer" (a producer
             thread tokenizes and builds batch k+1 while batch k runs; same vectors).
@@ -134,8 +145,11 @@ class EngineConfig:
     implementation: str = "auto"
     lora: str | None = None
     quantization: str | None = None
+    chunking: str | None = None
+    chunk_tokens: int | None = None
 
     def __post_init__(self):
+        self._check_chunking()
         if self.task is not None:
             _choice("task", self.task, TASKS)
         if self.activation is not None:
@@ -178,10 +192,14 @@ class EngineConfig:
     def _check_task_options(self) -> None:
         if self.task is None:  # the folder's kind decides at start-up, and this runs again then
             return
-        if self.task == "embed":
+        if self.task in ("embed", "chunks"):
             if self.activation is not None:
                 raise ValueError(f"activation={self.activation!r} applies to task='score' or "
                                  "'classify'; embeddings take normalize= instead; drop activation")
+            if self.task == "chunks" and self.truncation != "truncate":
+                raise ValueError(f"truncation={self.truncation!r} does not apply to task='chunks': "
+                                 "late chunking encodes long texts in macro windows, split chunking "
+                                 "embeds chunks of chunk_tokens; drop truncation")
             return
         for name in _EMBED_ONLY:
             if getattr(self, name) is not None:
@@ -190,6 +208,25 @@ class EngineConfig:
         if self.truncation == "chunk":
             raise ValueError(f"truncation='chunk' embeds windows, which has no meaning for "
                              f"task={self.task!r}; use 'truncate' or 'error'")
+
+    def _check_chunking(self) -> None:
+        """chunking / chunk_tokens ask for task="chunks" (set here when the task is None)."""
+        if self.chunking is None and self.chunk_tokens is None:
+            return
+        if self.chunking is not None:
+            _choice("chunking", self.chunking, CHUNKINGS)
+        value = self.chunk_tokens
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"chunk_tokens={value!r} must be a positive integer or None (256)")
+        if self.task is None:
+            object.__setattr__(self, "task", "chunks")
+        elif self.task != "chunks":
+            raise ValueError(f"chunking={self.chunking!r} / chunk_tokens={value!r} embed chunks of a "
+                             f"text (task='chunks'), but task={self.task!r}; drop them or the task")
+        overlap = self.chunk_overlap or 0
+        if not isinstance(overlap, int) or overlap >= (value or 256):
+            raise ValueError(f"chunk_overlap={self.chunk_overlap!r} must be below chunk_tokens="
+                             f"{value or 256} with task='chunks'")
 
     def _check_quantization(self) -> None:
         _choice("quantization", self.quantization, QUANTIZATIONS)

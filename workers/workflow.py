@@ -19,6 +19,9 @@ new row here built from new modules, not a flag through a shared path (see docs/
 | token_embed           | tokens   | single text; multi-vector query/doc side | bidirectional | token states / ColBERT projection | tokens |
 | splade                | sparse   | single text                            | bidirectional | MLM head, SPLADE max | sparse |
 | bge_m3                | bge-m3   | single text                            | bidirectional | dense + sparse + colbert | bge_m3 |
+| late_chunk            | chunks   | late: documents (macro windows), per-token pieces; split: chunk texts | bidirectional | span sums / dense pooler | chunks |
+| decoder_late_chunk    | chunks   | same                                   | causal        | same                 | chunks |
+| decoder_bidirectional_late_chunk | chunks | same                          | bidirectional | same                 | chunks |
 
 Both execute loops (simple, double_buffer) serve every workflow.
 """
@@ -35,17 +38,19 @@ from .heads import bge_m3_head, splade_head, token_head
 from .heads.activation import ACTIVATIONS, cross_encoder_activation
 from .heads.classifier_head import CLASSIFIER_HEADS
 from .heads.pooling import DensePooler, Pooler
+from .heads.span_head import SpanHead
 from .heads.yes_no_head import YesNoHead
 from .inputs.chunked_input import ChunkedInputProcessor
 from .inputs.input_processor import InputProcessor, TextInputProcessor
+from .inputs.late_chunk_input import ChunkSpanProcessor
 from .inputs.pair_input import PairInputProcessor
 from .inputs.reranker_input import RerankerPromptProcessor
 from .inputs.token_input import TokenInputProcessor
 
 OUTPUTS = ("vector", "score", "logits")  # (n, dim) | (n,) | (n, num_labels), float32
 # Ragged outputs (heads return flat tensors + offsets, see ragged.py): (L_i, d) per text |
-# (indices, values) per text | bge-m3's dense + sparse + colbert per text
-RAGGED_OUTPUTS = ("tokens", "sparse", "bge_m3")
+# (indices, values) per text | bge-m3's dense + sparse + colbert per text | chunk vectors per text
+RAGGED_OUTPUTS = ("tokens", "sparse", "bge_m3", "chunks")
 
 
 def dense_pooler(folder, resolved, processor) -> Pooler | DensePooler:
@@ -53,6 +58,16 @@ def dense_pooler(folder, resolved, processor) -> Pooler | DensePooler:
         return DensePooler(resolved.pooling, resolved.normalize, resolved.dimensions,
                            folder.st.post, folder.hf_config.hidden_size)
     return Pooler(resolved.pooling, resolved.normalize, resolved.dimensions)
+
+
+def span_head(folder, resolved, processor) -> SpanHead:
+    """task="chunks": late chunking pools a span by its mean (H wide), so concatenated pooling
+    modes, whose split vectors would be wider, are refused."""
+    if "+" in resolved.pooling:
+        raise ValueError(f"task='chunks' pools each span by its mean, but pooling={resolved.pooling!r} "
+                         "concatenates several modes (a wider vector than a span mean); pass a single "
+                         "pooling= mode")
+    return SpanHead(dense_pooler(folder, resolved, processor))
 
 
 def sequence_classification_head(folder, resolved, processor) -> nn.Module:
@@ -95,6 +110,7 @@ _PAIR = {"truncate": PairInputProcessor, "error": PairInputProcessor}
 _PROMPT = {"truncate": RerankerPromptProcessor, "error": RerankerPromptProcessor}
 _SINGLE = {"truncate": TextInputProcessor, "error": TextInputProcessor}
 _TOKENS = {"truncate": TokenInputProcessor, "error": TokenInputProcessor}
+_CHUNKS = {"truncate": ChunkSpanProcessor}  # its for_engine builds the config's chunking mode
 SPLADE_MLMS = frozenset({"BertForMaskedLM"})
 BGE_M3 = frozenset({"XLMRobertaModel"})
 
@@ -125,6 +141,13 @@ WORKFLOWS: dict[str, Workflow] = {w.name: w for w in (
     # bge-m3: dense, sparse and multi-vector from one forward of an XLM-R body.
     Workflow("bge_m3", "bge-m3", BGE_M3, _SINGLE, bge_m3_head.build, "bge_m3", causal=False,
              default_pooling="cls"),
+    # Chunk vectors (late chunking, or each chunk alone): the embedding rows' bodies and poolers.
+    Workflow("late_chunk", "chunks", ENCODERS, _CHUNKS, span_head, "chunks", causal=False,
+             default_pooling="cls"),
+    Workflow("decoder_late_chunk", "chunks", DECODERS, _CHUNKS, span_head, "chunks", causal=True,
+             default_pooling="last"),
+    Workflow("decoder_bidirectional_late_chunk", "chunks", DECODERS | BIDIRECTIONAL_ONLY, _CHUNKS,
+             span_head, "chunks", causal=False, default_pooling="mean"),
 )}
 
 

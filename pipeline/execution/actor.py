@@ -122,7 +122,7 @@ class EmbedWorker:
         tables = [text_as_string(read_shard(run.source, s, [column]), run.config) for s in shards]
         texts = [t for table in tables for t in embeddable_texts(table, column)]
         with self.lock:
-            return self._on_engine_thread(self.engine.embed, texts)
+            return self._on_engine_thread(run.task.sample, self.engine, texts)
 
     def process(self, run_box: list, shard: Shard, probe: bool = False, bad: tuple = ()) -> dict:
         """Run the task on one shard; write its part (or return its outputs when there is no output folder).
@@ -142,6 +142,8 @@ class EmbedWorker:
             good, errors, keep = _leave_out(shard, table, good, errors, keep, dict(bad), config)
         _crash_on_row(shard, bad)
         texts = [good.column(c).to_pylist() for c in config.text_columns]
+        if config.spans_column:  # task="chunks": the caller's chunk spans, after the texts
+            texts.append(good.column(config.spans_column).to_pylist())
         t1 = time.perf_counter()
         with self.lock:
             stats = self.engine.stats  # cumulative: this shard's share is after - before
@@ -167,10 +169,15 @@ class EmbedWorker:
             record.update(ids=ids, outputs=outputs, errors_list=errors.to_pylist())
             return record
         t2 = time.perf_counter()
+        if run.task.output_rows is not None:  # several output rows per input row (chunks)
+            rows = pa.array(run.task.output_rows(outputs))
+            ids, extra = ids.take(rows), (extra.take(rows) if extra is not None else None)
         quant = run.quantization() if run.task.quantized else None
         columns = run.task.arrays(outputs, config.output_dtype, quant)
         part = task_part(ids, columns, extra, run.fingerprint, quant)
         record.update(run.folder.publish_part(shard.id, part, config.output_format))
+        if run.task.output_rows is not None:  # "rows" stays the input rows embedded
+            record.update(rows=good.num_rows, output_rows=part.num_rows)
         if errors.num_rows:
             record["errors"] = run.folder.publish_errors(shard.id, errors)
         record["write_seconds"] = time.perf_counter() - t2

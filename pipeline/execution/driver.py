@@ -103,7 +103,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
         pool.run(todo, collector.done, progress.tick)
         progress.close()
         stats = collector.stats(pool, time.perf_counter() - t0, startup, len(shards) - len(todo))
-        result = finish(stats, collector, manifest, folder, config)
+        result = finish(stats, collector, manifest, folder, config, TASKS[config.task].first_rows)
         finished = True
         return result
     except KeyboardInterrupt:  # Ctrl-C (or the CLI's SIGTERM): one line, not Ray's frames

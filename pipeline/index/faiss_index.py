@@ -1,7 +1,8 @@
 """A faiss index over a pipeline output: built part by part, searched with the corpus's engine.
 
 Files next to the index `PATH`: `PATH.ids.parquet` (row k is the input id of faiss id k; faiss
-ids are sequential, so string ids work) and `PATH.json` (the embeddings folder, kind, metric,
+ids are sequential, so string ids work; for a task="chunks" output also the chunk's `chunk`,
+`char_start`, `char_end`: a hit is a chunk, shown as its document id and text span) and `PATH.json` (the embeddings folder, kind, metric,
 vector count, dimensions, stored dtype). Normalized float outputs use inner product (= cosine);
 unnormalized ones L2; int8 parts are dequantized per part; ubinary parts go to a binary index
 (Hamming distance). faiss is the optional extra `index` (`pip install '.[index]'`).
@@ -25,6 +26,8 @@ from ..output.output_folder import OutputFolder
 from ..output.writer import to_numpy
 
 KINDS = ("flat", "hnsw", "ivfpq")
+INDEXED_TASKS = ("embed", "chunks")  # outputs of one vector per row (a chunk's row: its span too)
+CHUNK_KEYS = ("chunk", "char_start", "char_end")
 BINARY_KINDS = ("flat", "hnsw")
 TRAIN_ROWS = 65_536  # ivfpq training sample cap: 100 MB of 384-d float32 at most
 CHUNK_ROWS = 8192    # vectors per `index.add` call
@@ -55,9 +58,9 @@ class Corpus:
             raise InputNotFoundError(f"{folder} has no _manifest.json: pass the output folder of "
                                      "pipeline.run / jobs/embed_corpus.py as --embeddings")
         task = manifest.fingerprint["engine"].get("task", "embed")
-        if task != "embed":
+        if task not in INDEXED_TASKS:
             raise InputError(f"{folder} holds the output of task={task!r}, not embeddings; "
-                             "index the output of a task='embed' run")
+                             "index the output of a task='embed' (or 'chunks') run")
         if not manifest.data.get("complete"):
             raise InputError(f"the run writing {folder} has not finished; rerun it to finish first")
         quant = manifest.data.get("quantization") or quantize.record(
@@ -66,7 +69,14 @@ class Corpus:
 
     @property
     def rows(self) -> int:
-        return sum(r["rows"] for r in self.manifest.shards.values())
+        """Vectors in the output (a chunk output has more than its input rows)."""
+        return sum(r.get("output_rows", r["rows"]) for r in self.manifest.shards.values())
+
+    @property
+    def keys(self) -> list[str]:
+        """The columns that say what a vector is: `id`, and a chunk's index and span."""
+        chunks = self.manifest.fingerprint["engine"].get("task") == "chunks"
+        return ["id", *CHUNK_KEYS] if chunks else ["id"]
 
     @property
     def binary(self) -> bool:
@@ -79,14 +89,15 @@ class Corpus:
         return "ip" if self.manifest.fingerprint["engine"].get("normalize") else "l2"
 
     def parts(self):
-        """(ids, vectors) per part in input order: float32 (n, dim), or packed uint8 for ubinary."""
+        """(keys table, vectors) per part in input order: the `keys` columns, and float32
+        (n, dim) vectors, or packed uint8 for ubinary."""
         records = [self.manifest.shards[key] for key in sorted(self.manifest.shards, key=int)]
-        for table in self.folder.read_parts(records, ["id", "embedding"]):
+        for table in self.folder.read_parts(records, [*self.keys, "embedding"]):
             stored = to_numpy(table)
             vectors = stored if self.binary else quantize.decode(stored, self.quant)
             if self.quant["output_dtype"] == "int8" and self.metric == "ip":
                 vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            yield table.column("id"), np.ascontiguousarray(vectors)
+            yield table.select(self.keys), np.ascontiguousarray(vectors)
 
 
 def default_params(kind: str, rows: int, dim: int, nlist=None, m=None, nbits=None) -> dict:
@@ -148,10 +159,10 @@ def build(embeddings, index_path, kind: str = "flat", *, nlist=None, m=None, nbi
         params["nprobe"] = index.nprobe = nprobe or min(params["nlist"], max(8, params["nlist"] // 8))
     os.makedirs(os.path.dirname(index_path), exist_ok=True)
     with _IdsWriter(index_path + ".ids.parquet") as ids_out:
-        for ids, vectors in corpus.parts():
+        for keys, vectors in corpus.parts():
             for start in range(0, len(vectors), CHUNK_ROWS):
                 index.add(vectors[start:start + CHUNK_ROWS])
-            ids_out.write(ids)
+            ids_out.write(keys)
     (faiss.write_index_binary if corpus.binary else faiss.write_index)(index, index_path)
     meta = {"embeddings": str(corpus.folder),  # a URI keeps its scheme, its credentials redacted
             "kind": kind, "metric": corpus.metric, "vectors": int(index.ntotal),
@@ -174,13 +185,14 @@ def _training_sample(corpus: Corpus, n: int, seed: int) -> np.ndarray:
 
 
 class _IdsWriter:
-    """Appends each part's ids to one Parquet file (column `id`, the output's id type)."""
+    """Appends each part's keys to one Parquet file (`id`, the output's id type; a chunk's
+    `chunk`, `char_start`, `char_end`)."""
 
     def __init__(self, path: str):
         self.path, self.writer = path, None
 
-    def write(self, ids: pa.ChunkedArray) -> None:
-        table = pa.table({"id": ids})
+    def write(self, table: pa.Table) -> None:
+        table = table.replace_schema_metadata(None)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema)
         self.writer.write_table(table)
@@ -195,11 +207,13 @@ class _IdsWriter:
 
 @dataclass(frozen=True)
 class Index:
-    """A built index, loaded: the faiss index, the input ids by faiss id, and the sidecar."""
+    """A built index, loaded: the faiss index, the input ids by faiss id, and the sidecar;
+    over a chunk output, `spans` holds each faiss id's (chunk, char_start, char_end)."""
 
     faiss_index: object
     ids: list
     meta: dict
+    spans: list | None = None
 
     @classmethod
     def load(cls, path) -> "Index":
@@ -211,8 +225,10 @@ class Index:
         with open(path + ".json") as f:
             meta = json.load(f)
         read = faiss.read_index_binary if meta["metric"] == "hamming" else faiss.read_index
-        ids = pq.read_table(path + ".ids.parquet").column("id").to_pylist()
-        return cls(read(path), ids, meta)
+        keys = pq.read_table(path + ".ids.parquet")
+        spans = list(zip(*(keys.column(c).to_pylist() for c in CHUNK_KEYS))) \
+            if "char_start" in keys.column_names else None
+        return cls(read(path), keys.column("id").to_pylist(), meta, spans)
 
     def search(self, queries: np.ndarray, k: int, nprobe=None, ef_search=None) -> list[list[tuple]]:
         """Per query, up to `k` (id, score, faiss id), best first; score is the inner product,

@@ -1,5 +1,6 @@
 """Checks of the input that name the file (issue 24): a str that names nothing, a file that is
-not Parquet, a column whose type differs between the files of a folder. Used by `sources.py`.
+not Parquet, a column whose type differs between the files of a folder, a spans column that
+is not a list of integer pairs. Used by `sources.py`.
 """
 from __future__ import annotations
 
@@ -60,3 +61,15 @@ def check_column_types(source, config: PipelineConfig) -> None:
                 raise InputError(f"column {name!r} is {got} in Parquet file {redact(path)} but "
                                  f"{want} in {redact(source.paths[0])}; all input files must "
                                  "share one schema")
+
+
+def check_spans_type(spans_type: pa.DataType, column: str, where: str) -> None:
+    """A spans column is a list of [char_start, char_end] integer lists."""
+    lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    if spans_type == pa.null() or (any(f(spans_type) for f in lists) and any(f(spans_type.value_type) for f in lists)
+                                   and pa.types.is_integer(spans_type.value_type.value_type)):
+        return
+    raise InputError(f"spans column {column!r} of the input {where} has type {spans_type}; it must "
+                     "hold each text's chunks as a list of [char_start, char_end] integer pairs "
+                     "(list<list<int64>>), or drop spans_column (--spans-column) to cut chunks by "
+                     "chunk_tokens")

@@ -22,7 +22,7 @@ from ..config import PipelineConfig
 from ..errors import InputError, InputNotFoundError, InputTypeError
 from ..fs import filesystem
 from ..redact import redact
-from .source_checks import check_column_types, footer, reason
+from .source_checks import check_column_types, check_spans_type, footer, reason
 
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 _GLOB_CHARS = set("*?[")
@@ -190,6 +190,8 @@ def check_schema(schema: pa.Schema, config: PipelineConfig, where: str) -> None:
                              f"{schema.names} (set {setters} to one of them)")
     for column in config.text_columns:
         _check_text_type(schema.field(column).type, column, config, where)
+    if config.spans_column:
+        check_spans_type(schema.field(config.spans_column).type, config.spans_column, where)
 
 
 def _check_text_type(text_type: pa.DataType, column: str, config: PipelineConfig, where: str) -> None:

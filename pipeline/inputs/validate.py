@@ -37,6 +37,8 @@ def split_bad_rows(shard, table: pa.Table, config: PipelineConfig):
     BadRowsError when `config.on_bad_row == "error"`.
     """
     reasons_by_column = [_reasons(table.column(c), c) for c in config.text_columns]
+    if config.spans_column:  # task="chunks": the caller's chunk spans must fit their text
+        reasons_by_column.append(_span_reasons(table, config.text_column, config.spans_column))
     bad = np.logical_or.reduce([r.astype(bool) for r in reasons_by_column])  # None -> False
     id_type = table.schema.field(config.id_column).type if config.id_column else pa.int64()
     if not bad.any():
@@ -62,6 +64,25 @@ def _reasons(text, column: str) -> np.ndarray:
     out[space] = f"text column {column!r} is whitespace only"
     out[empty] = f"text column {column!r} is empty"
     out[null] = f"text column {column!r} is null"
+    return out
+
+
+def _span_reasons(table: pa.Table, text_column: str, column: str) -> np.ndarray:
+    """Per row, why its chunk spans are bad: null, empty, or a span that is not an integer
+    pair 0 <= start < end <= len(text) (object array; None where they are fine)."""
+    texts, spans = table.column(text_column).to_pylist(), table.column(column).to_pylist()
+    out = np.full(len(spans), None, dtype=object)
+    for i, (text, pairs) in enumerate(zip(texts, spans)):
+        if pairs is None or not len(pairs):
+            out[i] = f"spans column {column!r} is {'null' if pairs is None else 'empty'}"
+            continue
+        length = len(text or "")
+        for k, pair in enumerate(pairs):
+            ok = pair is not None and len(pair) == 2 and all(isinstance(x, int) for x in pair)
+            if not ok or not 0 <= pair[0] < pair[1] <= length:
+                out[i] = (f"spans column {column!r}: span {k} {pair!r} is not a pair of character "
+                          f"offsets 0 <= start < end <= {length} (the text's length)")
+                break
     return out
 
 

@@ -46,6 +46,9 @@ class RunResult:
             token vectors per row (None for bad rows); else None — use `pipeline.read_tokens`.
         sparse: task="sparse" / "bge-m3" with no output folder: one (indices int32, values
             float32) pair per row (None for bad rows); else None — use `pipeline.read_sparse`.
+        chunks: task="chunks" with no output folder: per row its chunks as (char_start,
+            char_end, float32 vector) (None for bad rows); else None — `pipeline.read_embeddings`
+            reads the chunk rows (`id, chunk, char_start, char_end, embedding`).
         (task="bge-m3" also fills `embeddings` with its dense vectors.)
     """
 
@@ -59,14 +62,17 @@ class RunResult:
     labels: list | None = None
     tokens: list | None = None
     sparse: list | None = None
+    chunks: list | None = None
 
 
-def finish(stats: RunStats, collector, manifest, folder: OutputFolder | None, config) -> RunResult:
+def finish(stats: RunStats, collector, manifest, folder: OutputFolder | None, config,
+           first_rows: str | None = None) -> RunResult:
     """Report bad rows and duplicate ids (`_errors.parquet`, written before the manifest says
-    complete), mark the manifest complete, print the summary, build the result."""
+    complete), mark the manifest complete, print the summary, build the result. `first_rows`:
+    for a task with several output rows per input row, the column whose 0 marks a row's first."""
     if manifest:
         folder.remove_strays(keep=manifest.files())  # e.g. the part of an actor that died
-        bad_rows, duplicates = write_errors_file(folder, manifest)  # before reporting it
+        bad_rows, duplicates = write_errors_file(folder, manifest, first_rows)  # before reporting it
         stats = dataclasses.replace(stats, bad_rows_total=bad_rows, duplicate_ids=duplicates)
         manifest.finish(stats.to_dict())
         manifest.save(force=True)
@@ -135,7 +141,7 @@ def sort_errors(tables: list[pa.Table]) -> pa.Table:
 
 
 def output_errors(folder: OutputFolder, manifest, id_type: pa.DataType | None = None,
-                  pass_rows: int | None = None):
+                  pass_rows: int | None = None, first_rows: str | None = None):
     """(errors table, bad-text rows, duplicate-id rows) of every committed shard in `folder`.
 
     Reads each shard's error file and, when the run has an id column, the `id` column of each
@@ -145,6 +151,8 @@ def output_errors(folder: OutputFolder, manifest, id_type: pa.DataType | None = 
     (default DUPLICATE_PASS_ROWS) has its ids spilled by hash into buckets of about that many
     rows in a temporary folder, and each bucket is checked alone: the driver's memory is bounded
     by one bucket (~140 bytes per row), at the cost of writing the ids to local disk once.
+    With `first_rows` (a column whose 0 marks an input row's first output row: chunk outputs),
+    only those output rows are read, one per input row.
     """
     check_ids = manifest.fingerprint.get("id_column") is not None
     total = sum(r["rows"] for r in manifest.shards.values())
@@ -153,7 +161,7 @@ def output_errors(folder: OutputFolder, manifest, id_type: pa.DataType | None = 
     with _IdBuckets(buckets) as spill:
         for shard_id, record, kept in _shard_rows(folder, manifest, bad):
             if check_ids:
-                part_ids = folder.read_part(record["path"], ["id"]).column("id").combine_chunks()
+                part_ids = _input_row_ids(folder, record["path"], first_rows)
                 spill.add(part_ids, pa.array(np.full(len(kept), int(shard_id), np.int32)), pa.array(kept))
         duplicates = [duplicate_id_errors(*columns) for columns in spill.buckets()]
     bad_rows = sum(t.num_rows for t in bad)
@@ -161,6 +169,14 @@ def output_errors(folder: OutputFolder, manifest, id_type: pa.DataType | None = 
     if not bad and not duplicates:
         return errors_table(pa.array([], id_type or pa.int64()), [], [], []), 0, 0
     return sort_errors([*bad, *duplicates]), bad_rows, sum(d.num_rows for d in duplicates)
+
+
+def _input_row_ids(folder: OutputFolder, path: str, first_rows: str | None) -> pa.Array:
+    """The `id` of each input row of a part: every row's, or the rows where `first_rows` is 0."""
+    if first_rows is None:
+        return folder.read_part(path, ["id"]).column("id").combine_chunks()
+    table = folder.read_part(path, ["id", first_rows])
+    return table.filter(pc.equal(table.column(first_rows), 0)).column("id").combine_chunks()
 
 
 DUPLICATE_PASS_ROWS = 20_000_000  # ids checked at once for repeats: ~2.8 GB of driver memory
@@ -246,10 +262,10 @@ def _bucket_of(ids: pa.Array, n: int) -> np.ndarray:
     return out
 
 
-def write_errors_file(folder: OutputFolder, manifest) -> tuple[int, int]:
+def write_errors_file(folder: OutputFolder, manifest, first_rows: str | None = None) -> tuple[int, int]:
     """Publish `_errors.parquet` (atomically; none when nothing is reported); returns
     (bad-text rows, duplicate-id rows) in the whole output."""
-    table, bad_rows, duplicates = output_errors(folder, manifest)
+    table, bad_rows, duplicates = output_errors(folder, manifest, first_rows=first_rows)
     if table.num_rows:
         folder.publish(ERRORS_FILE, writer.encode(table, "parquet"))
     elif folder.exists(ERRORS_FILE):

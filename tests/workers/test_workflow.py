@@ -8,10 +8,11 @@ from workers.inputs.pair_input import PairInputProcessor
 from workers.inputs.reranker_input import RerankerPromptProcessor
 from workers.engine.scheduler import Scheduler
 from workers.heads import bge_m3_head, splade_head, token_head
+from workers.inputs.late_chunk_input import ChunkSpanProcessor
 from workers.inputs.token_input import TokenInputProcessor
 from workers.workflow import (BGE_M3, BIDIRECTIONAL_ONLY, DECODERS, ENCODERS, LLM_RERANKERS, SEQUENCE_CLASSIFIERS,
                               SPLADE_MLMS, WORKFLOWS,
-                              dense_pooler, input_processor, select_workflow,
+                              dense_pooler, span_head, input_processor, select_workflow,
                               sequence_classification_head, supported, yes_no_head)
 
 TEXT = {"truncate": TextInputProcessor, "error": TextInputProcessor, "chunk": ChunkedInputProcessor}
@@ -32,6 +33,10 @@ TABLE = {
                splade_head.build, "sparse", False, "max"),
     "bge_m3": ("bge-m3", BGE_M3, {"truncate": TextInputProcessor, "error": TextInputProcessor},
                bge_m3_head.build, "bge_m3", False, "cls"),
+    "late_chunk": ("chunks", ENCODERS, {"truncate": ChunkSpanProcessor}, span_head, "chunks", False, "cls"),
+    "decoder_late_chunk": ("chunks", DECODERS, {"truncate": ChunkSpanProcessor}, span_head, "chunks", True, "last"),
+    "decoder_bidirectional_late_chunk": ("chunks", DECODERS | BIDIRECTIONAL_ONLY, {"truncate": ChunkSpanProcessor},
+                                         span_head, "chunks", False, "mean"),
 }
 
 

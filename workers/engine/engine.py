@@ -13,6 +13,7 @@
     Engine(EngineConfig(task="tokens")).embed_tokens(texts)      # [(L_i, d)] token vectors
     Engine(EngineConfig(model="splade", task="sparse")).embed_sparse(texts)   # [(indices, values)]
     Engine(EngineConfig(model="bge-m3", task="bge-m3")).embed_m3(texts)  # dense, sparse, colbert
+    Engine(EngineConfig(task="chunks")).embed_chunks(texts)   # [[(char_start, char_end, vector)]]
 
 Startup resolves everything once (model folder, workflow for (architecture, task), device,
 dtype, attention backend, pooling or activation); a call then runs: tokenize -> schedule ->
@@ -42,6 +43,7 @@ from ..loading.resolve import resolve
 from ..models.packed_linear import pack_linears
 from ..quant import int8
 from ..workflow import input_processor
+from .chunk_outputs import ChunkOutputs
 from .feeder import feed_batches
 from .input_builder import InputBuilder
 from .memory import PROFILE_TOKENS, MemoryBudgetError, profile_token_budget
@@ -95,12 +97,13 @@ STAGES = ("tokenize", "build", "copy_in", "forward", "copy_out", "idle")
 # output kind -> the task that gives it and the methods that return it (named in the error when
 # the wrong method is called)
 _TASK_OF = {"vector": "embed", "score": "score", "logits": "classify", "tokens": "tokens",
-            "sparse": "sparse", "bge_m3": "bge-m3"}
+            "sparse": "sparse", "bge_m3": "bge-m3", "chunks": "chunks"}
 _METHODS = {"vector": "embed()", "score": "score() / rerank()", "logits": "classify()",
-            "tokens": "embed_tokens()", "sparse": "embed_sparse()", "bge_m3": "embed_m3()"}
+            "tokens": "embed_tokens()", "sparse": "embed_sparse()", "bge_m3": "embed_m3()",
+            "chunks": "embed_chunks()"}
 
 
-class Engine(TokenOutputs):
+class Engine(TokenOutputs, ChunkOutputs):
     def __init__(self, config: EngineConfig | None = None):
         self.config = config = config or EngineConfig()
         if config.num_threads:
@@ -307,7 +310,7 @@ class Engine(TokenOutputs):
             fp["prompt"] = r.prompt
         if r.skip_instruction:
             fp["skip_instruction"] = True
-        if self.workflow.output == "vector" and self.folder.st_dense:  # the folder's Dense stack
+        if self.workflow.output in ("vector", "chunks") and self.folder.st_dense:  # the folder's Dense stack
             fp["dense"] = [[d["path"], d["in_features"], d["out_features"], d["activation"].rsplit(".", 1)[-1],
                             d["residual"]] for d in self.folder.st_dense]
         if self.implementation == "transformers":

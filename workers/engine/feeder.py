@@ -41,12 +41,13 @@ def feed_batches(texts: Iterable, processor: InputProcessor, scheduler: Schedule
             owners = tok.owners or range(len(tok.ids))
             types = tok.type_ids or [None] * len(tok.ids)
             flags = tok.flags or [None] * len(tok.ids)
+            segments = tok.segments or [None] * len(tok.ids)
             if tok.windows:
                 stats.chunked += len(tok.windows)
                 for offset, window_tokens in tok.windows.items():
                     ledger.register(start + offset, window_tokens)
-            scheduler.add(Request(start + i, ids, first, type_ids, f)
-                          for i, ids, first, type_ids, f in zip(owners, tok.ids, pool_starts, types, flags))
+            scheduler.add(Request(start + i, ids, first, type_ids, f, s) for i, ids, first, type_ids, f, s
+                          in zip(owners, tok.ids, pool_starts, types, flags, segments))
             start += len(texts_chunk)
         # Between chunks only full batches go out; the remainder waits for the next chunk.
         while len(scheduler) and (last or scheduler.has_full_batch()):

@@ -36,6 +36,9 @@ class PackedBatch:
     pool_starts: torch.Tensor | None = None  # (B,) int64 first pooled position; None: all 0
     keep: torch.Tensor | None = None         # (T,) bool: tokens a token-level head emits; None: all
     attended: torch.Tensor | None = None     # (T,) bool: tokens other tokens attend to; None: all
+    segments: torch.Tensor | None = None     # (T,) int64 piece of the batch per token, -1: none
+    piece_offsets: torch.Tensor | None = None  # (B+1,) int64: sequence b's pieces are [o[b], o[b+1])
+    num_pieces: int = 0                      # pieces in the batch (host-side count)
     ready: "torch.cuda.Event | None" = None  # CUDA: recorded on the copy stream after the inputs
     copy_in_seconds: float = 0.0     # host time pinning and issuing the input copies
     copy_out_seconds: float = 0.0    # set by the runner: waiting for and copying the vectors back
@@ -83,6 +86,7 @@ class InputBuilder:
             attn=self.backend.prepare(meta),
             pool_starts=self._pool_starts(requests),
             **self._token_flags(requests),
+            **self._segments(requests),
             copy_in_seconds=self._copy_seconds,
         )
 
@@ -114,6 +118,20 @@ class InputBuilder:
         keep, hidden = (flags & KEEP) != 0, (flags & QUERY_ONLY) != 0
         return {"keep": None if keep.all() else self._to_device(keep),
                 "attended": self._to_device(~hidden) if hidden.any() else None}
+
+    def _segments(self, requests: list[Request]) -> dict:
+        """Span pieces (late chunking): each request's local piece ids shifted past the pieces
+        of the requests before it, and the pieces' offsets per sequence; {} when none has any."""
+        if all(r.segments is None for r in requests):
+            return {}
+        counts = np.fromiter((0 if r.segments is None else int(r.segments.max(initial=-1)) + 1
+                              for r in requests), dtype=np.int64, count=len(requests))
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)      # (B+1,)
+        segments = np.concatenate([np.full(r.num_tokens, -1, dtype=np.int64) if r.segments is None
+                                   else np.where(r.segments >= 0, r.segments + offsets[b], -1)
+                                   for b, r in enumerate(requests)])               # (T,)
+        return {"segments": self._to_device(segments), "piece_offsets": self._to_device(offsets),
+                "num_pieces": int(offsets[-1])}
 
     def _pool_starts(self, requests: list[Request]) -> torch.Tensor | None:
         starts = np.fromiter((r.pool_start for r in requests), dtype=np.int64, count=len(requests))

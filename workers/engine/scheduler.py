@@ -20,6 +20,7 @@ class Request:
     pool_start: int = 0   # first token mean pooling counts (after a skipped instruction)
     type_ids: np.ndarray | None = None  # (L,) token type ids (text pairs); None: all 0
     flags: np.ndarray | None = None     # (L,) uint8 token flags (token_flags.py); None: all KEEP
+    segments: np.ndarray | None = None  # (L,) int64 piece per token (late chunking), -1: none
 
     @property
     def num_tokens(self) -> int:

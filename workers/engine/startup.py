@@ -55,13 +55,13 @@ def workflow_for(config: EngineConfig, folder: ModelFolder) -> Workflow:
     """The workflow for (architecture, task); an embedding decoder's attention is the config's
     enable_bidirectional, else what the folder declares, else causal."""
     bidirectional = config.enable_bidirectional
-    if bidirectional is None and config.task == "embed" and folder.architecture in DECODERS:
+    if bidirectional is None and config.task in ("embed", "chunks") and folder.architecture in DECODERS:
         bidirectional = folder.declared_bidirectional
     return select_workflow(folder.architecture, config.task, bidirectional)
 
 
 def output_width(workflow: Workflow, folder: ModelFolder, r: Resolved) -> int:
     """Columns of one output row: vector dims, 1 score, or one logit per label."""
-    if workflow.output == "vector":  # no Dense (else the head's width): pooled modes x hidden
+    if workflow.output in ("vector", "chunks"):  # no Dense (else the head's width): pooled modes x hidden
         return r.dimensions or folder.hf_config.hidden_size * len(r.pooling.split("+"))
     return 1 if workflow.output == "score" else folder.hf_config.num_labels

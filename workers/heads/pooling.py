@@ -98,7 +98,10 @@ class Pooler:
         return torch.cat([pool(hidden, batch) for pool in self.pools], dim=1)   # (B, k*H)
 
     def __call__(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        out = self.pool(hidden, batch)                       # (B, H) float32
+        return self.post(self.pool(hidden, batch))           # (B, H) float32
+
+    def post(self, out: torch.Tensor) -> torch.Tensor:
+        """What follows pooling: truncate to `dimensions`, normalize if asked. (B, H) -> (B, width)."""
         if self.dimensions is not None:
             out = out[:, : self.dimensions]
         if self.normalize:
@@ -174,7 +177,10 @@ class DensePooler(nn.Module):
             raise ValueError(f"dimensions={dimensions} exceeds the output width {width} of this folder")
 
     def forward(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        out = self.pooler.pool(hidden, batch)                # (B, k*H) float32
+        return self.post(self.pooler.pool(hidden, batch))   # (B, k*H) float32 -> (B, width)
+
+    def post(self, out: torch.Tensor) -> torch.Tensor:
+        """The modules after pooling (Dense, Normalize), then Matryoshka truncation."""
         for name in self.steps:
             out = F.normalize(out.float(), p=2.0, dim=-1) if name is None else getattr(self, name)(out)
         out = out.float()                                    # (B, width)

@@ -8,6 +8,7 @@ A head's dict, per batch of B sequences (batch order), copied to the host by the
              offsets (B+1,) int64                            -> one (indices, values) per input
     bge_m3:  dense (B, d); sparse_indices, sparse_values, sparse_offsets; colbert (N, d),
              colbert_offsets                                 -> one dict per input
+    chunks:  values (P, H) float32 piece sums, offsets (B+1,) -> one (P_b, H) array per input
 
 Rows of sequence b are `[offsets[b], offsets[b+1])`. The execute loops pass the dict through
 untouched, so both loops (and chunk-free batching) serve ragged heads as they serve dense ones.
@@ -53,6 +54,7 @@ def _bge_m3(out: dict[str, np.ndarray]) -> list[dict]:
 
 SPLITTERS: dict[str, Callable[[dict[str, np.ndarray]], list]] = {
     "tokens": _tokens, "sparse": _sparse, "bge_m3": _bge_m3,
+    "chunks": _tokens,  # late chunking's piece sums: values (P, H), offsets (B+1,) -> (P_b, H) each
 }
 
 

@@ -45,6 +45,9 @@ class Tokenized:
     type_ids: list[np.ndarray] | None = None  # per entry of `ids`: token type ids (text pairs)
     # per entry of `ids`: uint8 token flags for token-level heads (see `workers/inputs/token_flags.py`)
     flags: list[np.ndarray] | None = None
+    # per entry of `ids`: int64 piece of each token for a span head (late chunking), -1: not
+    # pooled; pieces count from 0 in each entry (see `workers/inputs/late_chunk_input.py`)
+    segments: list[np.ndarray] | None = None
 
 
 class InputProcessor:

@@ -49,7 +49,7 @@ def resolve(config: EngineConfig, folder: ModelFolder, model_limit: int, workflo
                          "text must fit in a batch; raise the budget or lower max_length")
     common = dict(device=device, dtype=dtype, max_length=max_length, max_num_batched_tokens=budget,
                   max_num_seqs=config.max_num_seqs or DEFAULT_MAX_NUM_SEQS)
-    if workflow.output != "vector":
+    if workflow.output not in ("vector", "chunks"):  # chunks: vectors per chunk
         return Resolved(pooling=workflow.default_pooling, normalize=False, dimensions=None,
                         prompt=_task_prompt(config, workflow),
                         activation=_activation(config, folder, workflow), **common)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 KINDS = ("SentenceTransformer", "CrossEncoder", "SparseEncoder", "MultiVectorEncoder")
 # The tasks a folder of each kind serves (None: a plain transformers folder, the architecture decides).
-KIND_TASKS = {"SentenceTransformer": ("embed", "tokens", "bge-m3"),
+KIND_TASKS = {"SentenceTransformer": ("embed", "tokens", "bge-m3", "chunks"),
               "CrossEncoder": ("score", "classify"), "SparseEncoder": ("sparse",),
               "MultiVectorEncoder": ("tokens",)}
 # sentence-transformers pooling modes -> the engine's pooler names (pooling.POOLERS)
