@@ -254,7 +254,7 @@ class _Run:
     def quantization(self) -> dict | None:
         """The quantization record the driver committed to the output's manifest before dispatch."""
         if self._quant is None and self.folder is not None:
-            manifest = Manifest.load(self.folder)
+            manifest = Manifest.load(self.folder, commits=False)  # the metadata only
             self._quant = manifest.data.get("quantization") if manifest else None
             if self._quant is None and self.config.output_dtype == "int8":
                 raise RuntimeError(f"{self.folder.show('_manifest.json')} has no int8 calibration; the "
