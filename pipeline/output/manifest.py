@@ -52,10 +52,24 @@ class Manifest:
     @classmethod
     def load(cls, folder: OutputFolder, commits: bool = True) -> "Manifest | None":
         """The manifest in `folder`, or None when there is none (`commits=False`: the metadata
-        only, no shard records)."""
-        body = folder.read_manifest()
-        if body is None:
-            return None
+        only, no shard records). A reader racing a writer's fold (which deletes the files it
+        replaced) reads again: the generation it read must still be the current one."""
+        for attempt in range(5):
+            body = folder.read_manifest()
+            if body is None:
+                return None
+            try:
+                manifest = cls._load(folder, body, commits)
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                continue
+            if not commits or folder.read_manifest() == body:
+                break
+        return manifest
+
+    @classmethod
+    def _load(cls, folder: OutputFolder, body: bytes, commits: bool) -> "Manifest":
         data = json.loads(body.decode())
         version = data.get("version")
         if version not in READS:

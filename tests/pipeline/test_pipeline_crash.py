@@ -26,6 +26,7 @@ import pytest
 
 import pipeline
 from pipeline.inputs.samples import sample_passages
+from pipeline.output.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 N, SHARD_ROWS = 200, 20
@@ -74,7 +75,7 @@ def assert_same_as_reference(out: Path, reference) -> None:
     assert got.column("id").to_pylist() == table.column("id").to_pylist()
     np.testing.assert_allclose(pipeline.to_numpy(got), pipeline.to_numpy(table), atol=1e-5, rtol=0)
     assert pq.read_table(out / "_errors.parquet").equals(errors)
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = read_manifest(out)
     assert manifest["complete"]
     named = {r["path"] for r in manifest["shards"].values()}
     named |= {r["errors"] for r in manifest["shards"].values() if r.get("errors")}
@@ -90,7 +91,7 @@ def kill_driver_at(point: str, corpus, cluster, out: Path) -> dict:
                            "--output", str(out), *CLI_ARGS], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
-    return json.loads((out / "_manifest.json").read_text())
+    return read_manifest(out)
 
 
 @pytest.mark.slow
@@ -141,7 +142,7 @@ def _interrupt_after_first_commit(command: list[str], out: Path, cluster,
     manifest = out / "_manifest.json"
     try:
         while driver.poll() is None:  # the CLI's own timeout guards the wait
-            if manifest.exists() and json.loads(manifest.read_text() or "{}").get("shards"):
+            if manifest.exists() and read_manifest(out)["shards"]:
                 break
             time.sleep(0.05)
         assert driver.poll() is None, "the run ended before it could be interrupted"
@@ -174,7 +175,7 @@ def test_ctrl_c_in_the_cli_prints_one_line_and_exits_130(cluster, long_corpus, t
     assert done.returncode == code, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     line = done.stderr.strip().splitlines()[-1]
-    committed = len(json.loads((out / "_manifest.json").read_text())["shards"])
+    committed = len(read_manifest(out)["shards"])
     assert line == (f"interrupted: {committed} of 200 shards committed in {out}; rerun with the "
                     "same output to resume") and committed >= 1
 
