@@ -34,6 +34,11 @@ def drive(folder, start: int, stop: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import types
+    # Only pipeline.output is needed: skip the package's __init__ (it imports Ray and the
+    # engine, seconds of start-up for a process that writes a few small files).
+    package = types.ModuleType("pipeline")
+    package.__path__ = [str(Path(__file__).resolve().parents[1] / "pipeline")]
+    sys.modules["pipeline"] = package
     from pipeline.output.output_folder import OutputFolder
     drive(OutputFolder.open(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

@@ -223,9 +223,10 @@ class OutputFolder:
             pass
 
     def remove_strays(self, keep: set[str], listing: dict | None = None) -> list[str]:
-        """Delete `stray_files(keep)`; returns what was deleted."""
+        """Delete `stray_files(keep)`; returns what was deleted (one already gone, say since
+        `listing` was taken, is no error)."""
         strays = self.stray_files(keep, listing)
-        self.remove(strays)
+        self.remove_quietly(strays)
         return strays
 
     def check_usable(self) -> None:
