@@ -25,7 +25,8 @@ class Moto:
             query = environ.get("QUERY_STRING", "")
             kind = next((k for k in ("uploads", "uploadId", "list-type", "delete") if k in query), "")
             self.counts[f"{environ['REQUEST_METHOD']} {kind}".strip()] += 1
-            self.requests.append((f"{environ['REQUEST_METHOD']} {kind}".strip(), environ.get("PATH_INFO", "")))
+            self.requests.append((f"{environ['REQUEST_METHOD']} {kind}".strip(),
+                                  environ.get("PATH_INFO", "") + (f"?{query}" if query else "")))
             return app(environ, start_response)
 
         self.server = make_server("127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler)

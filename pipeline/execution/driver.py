@@ -206,8 +206,8 @@ def _prepare_output(folder: OutputFolder, manifest: Manifest | None, fingerprint
                 log.warning("part %s of shard %s is missing or changed; it will be redone",
                             record["path"], shard_id)
                 manifest.uncommit(shard_id)
-    manifest.fold()
     folder.remove_strays(keep=manifest.files(), listing=listing)
+    manifest.fold()
     return manifest
 
 
