@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from pipeline.config import PipelineConfig
 from pipeline.output.finish import (DUPLICATE_ID, duplicate_id_errors, finish, memory_errors, output_errors,
                              write_errors_file)
-from pipeline.output.manifest import Manifest
+from pipeline.output.manifest import Manifest, read_manifest
 from pipeline.output.output_folder import ERRORS_FILE, OutputFolder
 from pipeline.output.progress import RunStats
 from pipeline.inputs.shards import Shard
@@ -101,7 +101,7 @@ def test_finish_removes_strays_reports_and_marks_complete(tmp_path, capsys):
                      bad_rows=0, shards=1, resumed_shards=0, retries=0, workers=())
     result = finish(stats, None, manifest, folder, PipelineConfig(id_column="doc"))
     assert (result.output, result.stats.duplicate_ids, result.stats.bad_rows_total) == (folder.location, 2, 0)
-    saved = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    saved = read_manifest(tmp_path / "out")
     assert saved["complete"] and saved["summary"]["duplicate_ids"] == 2
     assert sorted(folder.files()) == sorted([*manifest.files(), "_manifest.json", ERRORS_FILE])
     assert str(folder) in capsys.readouterr().out  # the summary names the folder

@@ -20,6 +20,7 @@ import pytest
 
 import pipeline
 from pipeline.inputs.samples import sample_passages
+from pipeline.output.manifest import read_manifest
 
 N = 90
 F32 = {"dtype": "float32", "progress": False}
@@ -46,7 +47,7 @@ def check_output(out, texts, reference, ids):
     table = pipeline.read_embeddings(out)
     assert table.column("id").to_pylist() == ids  # every row once, in input order
     assert_vectors(pipeline.to_numpy(table), reference[0][: len(texts)])
-    manifest = json.loads((Path(out) / "_manifest.json").read_text())
+    manifest = read_manifest(Path(out))
     parts = {r["path"] for r in manifest["shards"].values()}
     assert {p.name for p in Path(out).glob("part-*")} == parts  # nothing uncommitted left
     return table, manifest
@@ -214,7 +215,7 @@ def test_actor_killed_mid_shard_is_replaced_nothing_lost(ray_local, texts, refer
     while killed is None and time.monotonic() < deadline and run.is_alive():
         manifest = tmp_path / "_manifest.json"
         busy = _actor_pids("process")
-        if busy and manifest.exists() and json.loads(manifest.read_text())["shards"]:
+        if busy and manifest.exists() and read_manifest(tmp_path)["shards"]:
             os.kill(busy[0], signal.SIGKILL)  # after one shard is committed, while another runs
             killed = busy[0]
         time.sleep(0.02)
