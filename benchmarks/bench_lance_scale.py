@@ -82,6 +82,10 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--work", default=str(ROOT / "out" / "bench_lance"))
     ap.add_argument("--clean", action="store_true", help="remove the work folder at the end")
+    ap.add_argument("--nprobes", type=int, nargs="+", default=[],
+                    help="also report recall@10 and ms/query at these nprobes (default: the index's only)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="search an index already built under --work (no build figures)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -93,21 +97,29 @@ def main() -> None:
     if not (emb / "_manifest.json").exists():
         shutil.rmtree(work, ignore_errors=True)
         print(f"wrote the synthetic output in {write_output(emb, args.rows, args.dim):.0f} s", flush=True)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run([sys.executable, __file__, "--child", str(emb), str(index)], env=env,
-                          capture_output=True, text=True, check=True)
-    s = json.loads(done.stdout.strip().splitlines()[-1])
     from pipeline.index import Index
-    lance_index = Index.load(index)
     queries = vectors(10**12, args.queries, args.dim, seed=0)  # same centres, rows never indexed
-    t0 = time.perf_counter()
-    got = lance_index.search(queries, 10)
-    ms = (time.perf_counter() - t0) * 1000 / len(queries)
     scores = np.full((args.queries, args.rows), -np.inf, np.float32)
     for start in range(0, args.rows, PART_ROWS):
         scores[:, start:start + PART_ROWS] = queries @ vectors(start, min(PART_ROWS, args.rows - start), args.dim).T
     exact = np.argsort(-scores, axis=1)[:, :10]
-    recall = float(np.mean([len({h[2] for h in g} & set(e.tolist())) / 10 for g, e in zip(got, exact)]))
+    del scores
+
+    def measure(nprobe=None) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        got = Index.load(index).search(queries, 10, nprobe)
+        ms = (time.perf_counter() - t0) * 1000 / len(queries)
+        return float(np.mean([len({h[2] for h in g} & set(e.tolist())) / 10 for g, e in zip(got, exact)])), ms
+    if args.reuse:
+        for n in args.nprobes or [None]:
+            recall, ms = measure(n)
+            print(f"nprobes {n or 'default'}: recall@10 {recall:.3f}, {ms:.1f} ms/query")
+        return
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, __file__, "--child", str(emb), str(index)], env=env,
+                          capture_output=True, text=True, check=True)
+    s = json.loads(done.stdout.strip().splitlines()[-1])
+    recall, ms = measure()
     total, idx = dir_bytes(index), dir_bytes(index, "_indices")
     parts = dir_bytes(emb)
     p = s["params"]
@@ -123,6 +135,9 @@ def main() -> None:
           f"with the partitions too): write {s['write_seconds'] * scale / 3600:.1f} h, index "
           f"{(s['seconds'] - s['write_seconds']) * scale / 3600:.1f} h, dataset {total * scale / 1e12:.2f} TB, "
           f"index {idx * scale / 1e9:.0f} GB")
+    for n in args.nprobes:
+        r, m = measure(n)
+        print(f"nprobes {n}: recall@10 {r:.3f}, {m:.1f} ms/query")
     if args.clean:
         shutil.rmtree(work, ignore_errors=True)
 

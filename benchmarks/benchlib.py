@@ -58,7 +58,7 @@ def sample_passages(n: int, seed: int = 0, **kwargs) -> list[str]:
     """Real-text passages from the standard library's docstrings (see pipeline/inputs/samples.py).
 
     Loaded by file path so that the `pipeline` package (ray, pyarrow) is not imported."""
-    spec = importlib.util.spec_from_file_location("_samples", ROOT / "pipeline" / "samples.py")
+    spec = importlib.util.spec_from_file_location("_samples", ROOT / "pipeline" / "inputs" / "samples.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.sample_passages(n, seed=seed, **kwargs)
