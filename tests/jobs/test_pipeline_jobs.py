@@ -163,11 +163,15 @@ def test_ray_job_submit_on_local_head(corpus, tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     ray_bin = str(Path(sys.executable).parent / "ray")
-    gcs, dash, client = _free_ports(3)
+    # Every port of its own: another Ray on this machine (a parallel test worker) holds the
+    # defaults, and a head whose job agent cannot bind its port never takes a job.
+    gcs, dash, client, agent, agent_grpc, metrics = _free_ports(6)
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--metrics-export-port={metrics}",
          "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
