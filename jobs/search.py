@@ -137,7 +137,7 @@ def open_index(index_path, embeddings=None):
 
 def late_search(args) -> int:
     """Exact search (or --export-sparse) over a tokens / sparse / bge-m3 output."""
-    from pipeline import late_search as late
+    from pipeline.index import late_search as late
     from pipeline.errors import InputError
     try:
         if args.export_sparse:

@@ -2,7 +2,8 @@
 
 `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`: a file's tests
 stay on one worker, so module fixtures are built once). Each worker gets a Ray temp folder of its
-own, so the cluster file one worker's Ray writes never sends the other's `ray.init` to it.
+own, so the cluster file one worker's Ray writes never sends the other's `ray.init` to it, and
+one torch thread.
 """
 from __future__ import annotations
 
@@ -16,9 +17,16 @@ import pytest
 
 def pytest_configure(config):
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker and "RAY_TMPDIR" not in os.environ:
+    if not worker:
+        return
+    if "RAY_TMPDIR" not in os.environ:
         # short: Ray's socket paths have a length limit
         os.environ["RAY_TMPDIR"] = config._ray_tmp = tempfile.mkdtemp(prefix=f"r{worker}", dir="/tmp")
+    # One torch thread per worker (and its subprocesses): two workers of two OpenMP threads on
+    # two cores spin-wait on each other. Ray actors still get the threads of their CPUs.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def pytest_unconfigure(config):

@@ -135,7 +135,7 @@ def test_driver_sigkilled_mid_run_then_resumed(corpus, tmp_path):
         driver.wait()
     finally:
         _kill_group(driver.pid)  # the local Ray that driver started, now orphaned
-    committed = json.loads(manifest.read_text())
+    committed = read_manifest(out)
     assert not committed["complete"] and 2 <= len(committed["shards"]) < N // 20
     with pytest.raises(ValueError, match="has not finished"):
         pipeline.read_embeddings(out)
