@@ -35,6 +35,7 @@ from .execution.embedder import Embedder
 from .execution.model_sync import model_spec
 from .execution.warm import shutdown
 from .inputs.validate import default_task
+from .output.content_hash import HASH_COLUMN
 from .output.finish import RunResult
 from .output.manifest import Manifest
 from .output.output_folder import OutputFolder
@@ -332,4 +333,6 @@ def _read_parts(folder: OutputFolder, manifest: Manifest, columns) -> pa.Table |
     """The committed parts as one table in shard order (None when there are none)."""
     records = [manifest.shards[k] for k in sorted(manifest.shards, key=int)]
     tables = list(folder.read_parts(records, columns))
+    if columns is None:  # the content hash only when asked for (`pipeline/output/content_hash.py`)
+        tables = [t.drop_columns([HASH_COLUMN]) if HASH_COLUMN in t.column_names else t for t in tables]
     return pa.concat_tables(tables) if tables else None
