@@ -101,6 +101,12 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             of each text: `id, chunk, char_start, char_end, embedding` (any output_dtype of
             embed), pass-through columns repeated; `spans_column=` takes each text's chunks as
             [char_start, char_end] pairs from a column (README, "Long documents").
+            `reuse="out/previous"` (an earlier run's output folder or URI): rows whose content
+            hash (prompt, text, pair text; the parts' `content_hash` column) it holds are
+            copied from it, the rest embedded; its settings must equal this run's, else
+            `FingerprintMismatch` names the difference (`reuse_mismatch="ignore"`: embed every
+            row); `result.manifest["summary"]["reuse"]` counts rows reused, embedded and dropped
+            (README, "Incremental runs").
 
     Returns:
         RunResult with `.output`, `.stats` (rows, tokens, seconds, tokens_per_s, per worker,

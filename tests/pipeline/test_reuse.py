@@ -48,7 +48,7 @@ def corpora(tmp_path_factory):
     rng = np.random.default_rng(3)
     texts = sample_passages(N + ADDED, seed=21, max_chars=200)
     old = {"doc": [f"d{i:04d}" for i in range(N)], "text": texts[:N]}
-    picked = rng.choice(N, EDITED + REMOVED, replace=False)
+    picked = rng.choice(N // 2, EDITED + REMOVED, replace=False)  # the later shards: all unchanged
     edited, removed = set(picked[:EDITED].tolist()), set(picked[EDITED:].tolist())
     new_docs, new_texts = [], []
     for i in range(N):
@@ -115,6 +115,8 @@ def test_reuse_counts(runs, corpora):
     assert inc.manifest["reuse"]["previous_rows"] == N
     assert inc.stats.rows_total == full.stats.rows_total == N - REMOVED + ADDED
     assert inc.stats.tokens < full.stats.tokens / 5  # only the changed rows went to the engine
+    shards = inc.manifest["shards"].values()  # both paths taken: shards all copied, and mixed ones
+    assert any(r["reused"] == r["rows"] for r in shards) and any(0 < r["reused"] < r["rows"] for r in shards)
 
 
 def test_other_settings_refused(runs, corpora, tmp_path):
