@@ -54,7 +54,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         old, new = corpora(args.rows, args.edited, args.added, args.removed, tmp)
-        pipeline.run(["warm-up"] * 64, output=str(tmp / "warm"), in_process_rows=0, **run)
+        warm = pa.table({"doc": [f"w{i}" for i in range(64)], "text": ["warm-up"] * 64})
+        pipeline.run(warm, output=str(tmp / "warm"), in_process_rows=0, **run)
         pipeline.run(old, output=str(tmp / "prev"), **run)
         times = {"full": [], "reuse": []}
         counts = None

@@ -291,7 +291,10 @@ def _main(args: argparse.Namespace) -> int:
             print(f"error: {message}", file=sys.stderr)
         return code
     if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(result.stats.to_dict(), indent=1))
+        summary = result.stats.to_dict()
+        if result.manifest and "reuse" in result.manifest.get("summary", {}):  # --reuse's counts
+            summary["reuse"] = result.manifest["summary"]["reuse"]
+        Path(args.summary_json).write_text(json.dumps(summary, indent=1))
     if args.demo:
         show_demo(result.output)
     if result.stats.isolated_rows:  # issue 24: a row that killed its worker is named

@@ -123,6 +123,10 @@ def test_other_settings_refused(runs, corpora, tmp_path):
     prev, _, _ = runs
     with pytest.raises(pipeline.FingerprintMismatch, match=r"output_dtype: 'float32' there, 'float16'"):
         pipeline.run(corpora[1], output=str(tmp_path / "o"), reuse=str(prev), output_dtype="float16", **RUN)
+    ignored = pipeline.run(corpora[1], output=str(tmp_path / "i"), reuse=str(prev), output_dtype="float16",
+                           reuse_mismatch="ignore", **RUN)
+    assert ignored.manifest["summary"]["reuse"] == {"reused": 0, "embedded": N - REMOVED + ADDED, "dropped": 0}
+    assert "output_dtype" in ignored.manifest["reuse"]["ignored"][0]
     with pytest.raises(pipeline.InputError, match="output= "):
         pipeline.run(["a"], reuse=str(prev), progress=False)
 
@@ -144,3 +148,15 @@ def test_driver_killed_during_reuse_run_resumes(cluster, runs, corpora, tmp_path
     assert resumed.manifest["summary"]["reuse"] == corpora[2]
     cols = ["id", "embedding", HASH_COLUMN]
     assert _table(out, columns=cols).equals(_table(inc.output, columns=cols))
+
+
+def test_int8_keeps_the_previous_calibration(cluster, runs, corpora, tmp_path):
+    old, new, expected = corpora
+    prev = pipeline.run(old, output=str(tmp_path / "prev8"), output_dtype="int8", **RUN)
+    inc = pipeline.run(new, output=str(tmp_path / "inc8"), reuse=prev.output, output_dtype="int8", **RUN)
+    assert inc.manifest["quantization"] == prev.manifest["quantization"]
+    assert inc.manifest["summary"]["reuse"] == expected
+    full = pipeline.read_embeddings(str(runs[1].output), as_numpy=True)
+    back = pipeline.read_embeddings(inc.output, as_numpy=True, dequantize=True)
+    cos = (full * back).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(back, axis=1)
+    assert cos.min() > 0.99  # every row, copied or new, decodes with the one calibration
