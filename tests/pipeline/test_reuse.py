@@ -3,13 +3,14 @@
 corpus (same ids in the same order, vectors at cosine 1.0 in fp32, same content hashes, same part
 schema), copy the unchanged rows bit for bit from the previous output, and count exactly; a
 previous output of other settings is refused naming the difference; a driver killed mid-run
-resumes to the same output. One local Ray for the module (`cluster`: the killed driver is a CLI
+resumes to the same output; an output on S3 reuses and is reused. One local Ray for the module (`cluster`: the killed driver is a CLI
 subprocess that joins it).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import pytest
 import pipeline
 from pipeline.inputs.samples import sample_passages
 from pipeline.output.content_hash import HASH_COLUMN, row_hashes, sql_expression
+from s3_server import SECRET  # the moto fixture is in conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
 N, SHARD_ROWS = 300, 50
@@ -160,3 +162,30 @@ def test_int8_keeps_the_previous_calibration(cluster, runs, corpora, tmp_path):
     back = pipeline.read_embeddings(inc.output, as_numpy=True, dequantize=True)
     cos = (full * back).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(back, axis=1)
     assert cos.min() > 0.99  # every row, copied or new, decodes with the one calibration
+
+
+def test_reuse_through_object_storage(cluster, moto, runs, corpora, tmp_path):
+    """A run into S3 reusing a local output (the plan is written to and read from S3), then a
+    local run reusing that S3 output: both equal the local reuse run."""
+    prev, _, inc = runs
+    on_s3 = pipeline.run(corpora[1], output=moto.uri("bucket/inc"), reuse=str(prev), **RUN)
+    assert on_s3.manifest["summary"]["reuse"] == corpora[2]
+    assert not any(k.endswith("_reuse_plan.parquet") for k in moto.objects("bucket/inc"))
+    back = pipeline.run(corpora[1], output=str(tmp_path / "back"), reuse=moto.uri("bucket/inc"), **RUN)
+    assert back.manifest["summary"]["reuse"] == {"reused": N - REMOVED + ADDED, "embedded": 0, "dropped": 0}
+    assert SECRET not in json.dumps(back.manifest)
+    cols = ["id", "embedding", HASH_COLUMN]
+    want = _table(inc.output, columns=cols)
+    assert _table(moto.uri("bucket/inc"), columns=cols).equals(want)
+    assert _table(str(tmp_path / "back"), columns=cols).equals(want)
+
+
+def test_output_without_hashes_refused(cluster, runs, corpora, tmp_path):
+    """An output written before content hashes existed cannot be a reuse source: said so."""
+    old = tmp_path / "old"
+    shutil.copytree(runs[0], old)
+    for part in old.glob("part-*.parquet"):
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns([HASH_COLUMN]), part)
+    with pytest.raises(pipeline.InputError, match=r"part-.*has no 'content_hash' column"):
+        pipeline.run(corpora[1], output=str(tmp_path / "o"), reuse=str(old), **RUN)
