@@ -250,8 +250,11 @@ def prepare(config, task, output: OutputFolder, manifest: Manifest, source, shar
 def finish(manifest: Manifest, output: OutputFolder, counts: dict | None, progress: bool) -> dict | None:
     """After the run: the rows reused / embedded (over every committed shard, resumed ones
     included) and dropped (previous rows whose content is no longer in the input), in the
-    manifest's "reuse" entry and its summary; the plan is deleted."""
+    manifest's "reuse" entry and its summary; the plan is deleted (also one that a killed
+    reuse run left to a resume without `reuse=`)."""
     if counts is None:
+        if "reuse" in manifest.data and output.exists(PLAN_NAME):
+            output.remove([PLAN_NAME])
         return None
     rows = sum(r["rows"] for r in manifest.shards.values())
     reused = sum(r.get("reused", 0) for r in manifest.shards.values())
