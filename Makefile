@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -qq -c $(VENV)/constraints.txt -e ".[dev,index]"
 	touch $(STAMP)
 
+# Two pytest-xdist workers, a test file's tests on one worker (module fixtures built once).
 test: setup
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: setup
 	$(VPY) -m pytest -q tests -m "not slow"

@@ -1,4 +1,4 @@
-"""Index benchmark: flat vs hnsw vs ivfpq over real embeddings of docstring passages.
+"""Index benchmark: flat vs hnsw vs ivfpq (faiss) vs lance (IVF-PQ, Lance) over real embeddings of docstring passages.
 
     python benchmarks/bench_index.py                  # 20,000 indexed + 500 held-back queries
     python benchmarks/bench_index.py --rows 5000 --queries 200
@@ -24,7 +24,7 @@ from benchlib import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "out" / "bench_index"
-KINDS = ("flat", "hnsw", "ivfpq")
+KINDS = ("flat", "hnsw", "ivfpq", "lance")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     embeddings, queries = embed_once(args.rows, args.queries, args.max_chars)
     rows, results = [], {}
     for kind in KINDS:
-        index_path = CACHE / "indexes" / f"{kind}.faiss"
+        index_path = CACHE / "indexes" / f"{kind}.{'lance' if kind == 'lance' else 'faiss'}"
         child = subprocess.run([sys.executable, __file__, "--build-one", f"{kind},{embeddings},{index_path}",
                                 "--threads", str(args.threads or 0)],
                                capture_output=True, text=True, check=True)

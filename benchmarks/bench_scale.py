@@ -1,22 +1,17 @@
 """What the driver pays at corpus scale (issue 15 item 8; docs/SCALE.md quotes the tables).
 
-    python benchmarks/bench_scale.py                        # plan + manifest at 1e5, 1e6 shards; id pass at 1e6, 1e7 rows
-    python benchmarks/bench_scale.py --shards 100000 --rows 1000000 3000000
+    python benchmarks/bench_scale.py                        # plan + commit log at 1e3..1e6 shards
+    python benchmarks/bench_scale.py --shards 100000
 
-1. The plan and the manifest for N shards, synthetic: `plan_shards` over N/10 fragments of 10
-   shards each, then a `Manifest` with N committed records shaped like a real run's (path,
-   sha256, rows, tokens, per-stage seconds, ...), saved and loaded through the real
-   `OutputFolder` (JSON, redaction, atomic replace) in a temporary folder. Reported: time, the
-   Python heap peak (tracemalloc) and the process's peak RSS, the manifest's size on disk.
-2. The duplicate-id pass of the finish step (`finish.output_errors`) over R rows of 16-character
-   string ids in 20,000-row parts (id column only: the pass reads nothing else), 1 in 1,000 ids
-   repeated: once in memory (one bucket) and once spilled to disk in 5 buckets
-   (`pass_rows=R/5`, what outputs over DUPLICATE_PASS_ROWS get). Reported: time, peak RSS, and
-   the peak size of the spill folder (polled every 50 ms).
+1. The plan and the manifest for N shards, synthetic: a `ShardPlan` over N/10 fragments of 10
+   shards each, then N commits of records shaped like a real run's (path, sha256, rows,
+   tokens, per-stage seconds, ...) through the real `Manifest` (commit log, folds into
+   segments, `OutputFolder`), each commit timed, then a resume's load. Reported: times, the
+   plan's Python heap (tracemalloc), the manifest's Arrow memory and RSS growth, files' size.
+2. The duplicate-id pass of the finish step: benchmarks/bench_duplicates.py (old vs DuckDB).
 
 Each measurement runs in its own process (peak RSS is per process). Times are wall clock on
-whatever else the machine runs: say so next to any figure. Extrapolation to 1e9 rows is printed
-from the largest size measured, assuming linear cost (the table shows how close that is).
+whatever else the machine runs: say so next to any figure.
 """
 from __future__ import annotations
 
@@ -27,7 +22,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -35,7 +29,6 @@ from pathlib import Path
 from benchlib import ROOT, machine
 
 SHARD_ROWS = 1000
-PART_ROWS = 20_000
 
 
 def _rss_mb() -> float:
@@ -43,47 +36,67 @@ def _rss_mb() -> float:
 
 
 def measure_plan_and_manifest(n: int, save: int = 1) -> dict:
+    """The compact plan and the commit log (manifest version 2) for n shards: plan time and
+    memory, every commit timed (the log's append, its folds into segments), the manifest's
+    memory, and a resume's load. `save`: 1 = the folder on local disk (each commit fsynced),
+    0 = on /dev/shm (fsync free: the CPU cost alone, for sizes whose fsyncs would take long)."""
+    import gc
+
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.inputs.shards import ShardPlan
+    from pipeline.inputs.sources import Fragment
     from pipeline.output.manifest import Manifest
     from pipeline.output.output_folder import OutputFolder
-    from pipeline.inputs.shards import plan_shards
-    from pipeline.inputs.sources import Fragment
-    out = {"shards": n, "rss_start_mb": _rss_mb()}
+    out = {"shards": n, "disk": "local disk" if save else "/dev/shm", "rss_start_mb": _rss_mb()}
     fragments = [Fragment(f"s3://bucket/corpus/part-{i:07d}.parquet", 10 * SHARD_ROWS) for i in range(n // 10)]
     tracemalloc.start()
     t0 = time.perf_counter()
-    shards = plan_shards(fragments, SHARD_ROWS)
+    plan = ShardPlan(fragments, SHARD_ROWS)
+    todo = plan.subset(np.arange(len(plan)))
     out["plan_s"] = time.perf_counter() - t0
     out["plan_heap_mb"] = tracemalloc.get_traced_memory()[0] / 2**20
-    tracemalloc.reset_peak()
-    with tempfile.TemporaryDirectory(prefix="bench-manifest-") as tmp:
+    tracemalloc.stop()  # it would slow the commits down; their memory is measured below
+    with tempfile.TemporaryDirectory(prefix="bench-manifest-", dir=None if save else "/dev/shm") as tmp:
         folder = OutputFolder.open(tmp)
         manifest = Manifest.new(folder, {"engine": {"model": "m", "model_hash": "0" * 16}},
                                 {"num_shards": n, "shard_rows": SHARD_ROWS})
+        manifest.save(force=True)
+        arrow0, rss0 = pa.total_allocated_bytes(), _rss_now_mb()
+        took = np.empty(n)
         t0 = time.perf_counter()
-        for s in shards:
-            manifest.commit(s.id, _record(s))
+        for k, shard in enumerate(todo):
+            t1 = time.perf_counter()
+            manifest.commit(shard.id, _record(shard))
+            took[k] = time.perf_counter() - t1
         out["commit_s"] = time.perf_counter() - t0
-        out["manifest_heap_mb"] = tracemalloc.get_traced_memory()[0] / 2**20 - out["plan_heap_mb"]
-        tracemalloc.stop()
+        tenth = max(1, n // 10)
+        out["commit_us"] = took.mean() * 1e6
+        out["commit_first_us"], out["commit_last_us"] = took[:tenth].mean() * 1e6, took[-tenth:].mean() * 1e6
+        out["commit_p99_us"], out["commit_max_ms"] = np.percentile(took, 99) * 1e6, took.max() * 1e3
+        out["arrow_mb"] = (pa.total_allocated_bytes() - arrow0) / 2**20
+        out["manifest_rss_mb"] = _rss_now_mb() - rss0
+        out["segments"] = len(manifest.commits.segments)
+        out["tail"] = len(manifest.commits.tail)
+        out["files_mb"] = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file()) / 2**20
+        out["manifest_json_kb"] = (Path(tmp) / "_manifest.json").stat().st_size / 1024
+        del manifest, took
+        gc.collect()
         t0 = time.perf_counter()
-        body = json.dumps(manifest.data, indent=1, sort_keys=True)  # what Manifest.save encodes
-        out["dumps_s"], out["manifest_mb"] = time.perf_counter() - t0, len(body) / 2**20
-        del body
+        loaded = Manifest.load(folder)  # a resume: segments + the log's tail
+        out["load_s"] = time.perf_counter() - t0
+        assert len(loaded.shards) == n
         t0 = time.perf_counter()
-        compact = json.dumps(manifest.data, separators=(",", ":"), sort_keys=True)  # C encoder
-        out["dumps_compact_s"], out["compact_mb"] = time.perf_counter() - t0, len(compact) / 2**20
-        del compact
-        out["save_s"] = out["load_s"] = float("nan")
-        if save:  # the whole save (encode, redact, atomic publish) and a resume's load
-            t0 = time.perf_counter()
-            manifest.save(force=True)
-            out["save_s"] = time.perf_counter() - t0
-            del manifest
-            t0 = time.perf_counter()
-            Manifest.load(folder)
-            out["load_s"] = time.perf_counter() - t0
+        loaded.fold()  # and the resume's first step: the tail into a segment, a new log
+        out["resume_fold_s"] = time.perf_counter() - t0
     out["rss_peak_mb"] = _rss_mb()
     return out
+
+
+def _rss_now_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _record(shard) -> dict:
@@ -96,54 +109,6 @@ def _record(shard) -> dict:
             "input_rows": shard.num_rows, "worker": 7}
 
 
-def measure_id_pass(rows: int, buckets: int) -> dict:
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from pipeline.output import finish
-    from pipeline.output.manifest import Manifest
-    from pipeline.output.output_folder import OutputFolder
-    with tempfile.TemporaryDirectory(prefix="bench-ids-") as tmp:
-        folder = OutputFolder.open(f"{tmp}/out")
-        folder.create()
-        manifest = Manifest.new(folder, {"id_column": "doc"}, {})
-        t0 = time.perf_counter()
-        for k, start in enumerate(range(0, rows, PART_ROWS)):
-            n = min(PART_ROWS, rows - start)
-            index = np.arange(start, start + n)
-            index[::1000] = np.maximum(index[::1000] - 500, 0)  # 1 in 1,000 repeats an earlier id
-            ids = pc.utf8_lpad(pa.array(index).cast(pa.string()), 16, "0")
-            path = f"part-{k:06d}-000000000000.parquet"
-            pq.write_table(pa.table({"id": ids}), folder.file(path))
-            manifest.commit(f"{k:06d}", {"path": path, "rows": n, "row_offset": start, "input_rows": n})
-        write_s = time.perf_counter() - t0
-        parts_mb = sum(p.stat().st_size for p in Path(folder.path).glob("part-*")) / 2**20
-        spill_dir = Path(tmp) / "spill"
-        spill_dir.mkdir()
-        tempfile.tempdir = str(spill_dir)  # _IdBuckets spills under tempfile's folder
-        peak = {"bytes": 0}
-        done = threading.Event()
-
-        def poll():
-            while not done.is_set():
-                size = sum(p.stat().st_size for p in spill_dir.rglob("*") if p.is_file())
-                peak["bytes"] = max(peak["bytes"], size)
-                time.sleep(0.05)
-        watcher = threading.Thread(target=poll, daemon=True)
-        watcher.start()
-        rss0 = _rss_mb()
-        t0 = time.perf_counter()
-        table, _, duplicates = finish.output_errors(folder, manifest, pass_rows=-(-rows // buckets))
-        seconds = time.perf_counter() - t0
-        done.set()
-        watcher.join()
-    return {"rows": rows, "buckets": buckets, "seconds": seconds, "duplicate_rows": duplicates,
-            "rss_before_mb": rss0, "rss_peak_mb": _rss_mb(), "spill_peak_mb": peak["bytes"] / 2**20,
-            "parts_mb": parts_mb, "write_parts_s": write_s}
-
-
 def _child(kind: str, *args: int) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     done = subprocess.run([sys.executable, __file__, "--one", kind, *map(str, args)], env=env,
@@ -153,44 +118,31 @@ def _child(kind: str, *args: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shards", type=int, nargs="+", default=[100_000, 1_000_000],
-                    help="plan + manifest sizes (shards)")
-    ap.add_argument("--save-max", type=int, default=200_000,
-                    help="time the manifest's full save and load only up to this many shards")
-    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000],
-                    help="duplicate-id pass sizes (rows)")
+    ap.add_argument("--shards", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000],
+                    help="plan + commit log sizes (shards)")
+    ap.add_argument("--save-max", type=int, default=10_000,
+                    help="up to this many shards the output folder is on local disk (each commit "
+                         "fsynced); above, on /dev/shm (the commits' CPU cost alone)")
     ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # internal: one measurement
     args = ap.parse_args()
     if args.one:
         kind, *nums = args.one
-        fn = {"plan": measure_plan_and_manifest, "ids": measure_id_pass}[kind]
+        fn = {"plan": measure_plan_and_manifest}[kind]
         print(json.dumps(fn(*map(int, nums))))
         return
     print(f"# {machine()}; load average {os.getloadavg()[0]:.1f} at start (shared machine)\n")
-    print("| shards | plan s | plan heap MB | commit s | manifest heap MB | manifest MB | encode s "
-          "(indent=1) | compact MB | encode s (compact) | full save s | load s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| shards | folder | plan s | plan heap MB | commit s (all) | µs per commit (mean, first 10 %, "
+          "last 10 %, p99) | slowest commit ms | Arrow MB | RSS growth MB | segments | commit files MB "
+          "| _manifest.json KB | load s | resume fold s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.shards:
         r = _child("plan", n, int(n <= args.save_max))
-        print(f"| {n:,} | {r['plan_s']:.2f} | {r['plan_heap_mb']:.0f} | {r['commit_s']:.2f} | "
-              f"{r['manifest_heap_mb']:.0f} | {r['manifest_mb']:.0f} | {r['dumps_s']:.2f} | "
-              f"{r['compact_mb']:.0f} | {r['dumps_compact_s']:.2f} | {r['save_s']:.2f} | "
-              f"{r['load_s']:.2f} | {r['rss_peak_mb']:.0f} |", flush=True)
-    print("\n| rows | buckets | id pass s | s per 1e6 rows | peak RSS MB | RSS before MB | spill peak MB | parts MB (ids) | duplicates |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    largest = {}
-    for rows in args.rows:
-        for buckets in (1, 5):
-            r = _child("ids", rows, buckets)
-            largest[buckets] = r
-            print(f"| {rows:,} | {buckets} | {r['seconds']:.1f} | {r['seconds'] / rows * 1e6:.2f} | "
-                  f"{r['rss_peak_mb']:.0f} | {r['rss_before_mb']:.0f} | {r['spill_peak_mb']:.0f} | "
-                  f"{r['parts_mb']:.0f} | {r['duplicate_rows']:,} |", flush=True)
-    r = largest[5]
-    scale = 1e9 / r["rows"]
-    print(f"\nExtrapolated to 1e9 rows from {r['rows']:,} (spilled, linear): "
-          f"{r['seconds'] * scale / 60:.0f} min, spill {r['spill_peak_mb'] * scale / 1024:.0f} GB "
-          f"of local disk, id column of the parts {r['parts_mb'] * scale / 1024:.0f} GB read")
+        print(f"| {n:,} | {r['disk']} | {r['plan_s']:.3f} | {r['plan_heap_mb']:.1f} | {r['commit_s']:.1f} | "
+              f"{r['commit_us']:.0f}, {r['commit_first_us']:.0f}, {r['commit_last_us']:.0f}, "
+              f"{r['commit_p99_us']:.0f} | {r['commit_max_ms']:.0f} | {r['arrow_mb']:.1f} | "
+              f"{r['manifest_rss_mb']:.0f} | {r['segments']} | {r['files_mb']:.1f} | "
+              f"{r['manifest_json_kb']:.1f} | {r['load_s']:.2f} | {r['resume_fold_s']:.2f} | "
+              f"{r['rss_peak_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

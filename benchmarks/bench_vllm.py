@@ -19,7 +19,7 @@ torchvision/torchaudio/torchcodec (the PyPI ones are CUDA builds and break `impo
 The texts go to the subprocess in a temp JSON file; it embeds them with
 `LLM(runner="pooling").embed(..., tokenization_kwargs={"truncate_prompt_tokens": 256})`, one
 subprocess per dtype, and writes its vectors (.npy) and timing (.json) back. Its best settings
-on this kind of machine (docs and shared FACTS): all cores bound (VLLM_CPU_OMP_THREADS_BIND=0-N,
+on this kind of machine (measured, docs/BENCHMARKS.md): all cores bound (VLLM_CPU_OMP_THREADS_BIND=0-N,
 no reserved core) and tcmalloc + Intel OpenMP preloaded when those libraries are found; the
 table's notes say which were used. Tokens are counted once with this engine's tokenizer, so
 tokens/s are comparable; the cosine column is against sentence-transformers fp32 on the first

@@ -32,7 +32,8 @@ from search import open_index, passages, query_engine  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = parser("rerank.py", __doc__)
-    p.add_argument("--index", required=True, help="index file written by jobs/build_index.py")
+    p.add_argument("--index", required=True,
+                   help="index written by jobs/build_index.py: a faiss file, or a Lance index (folder or URI)")
     p.add_argument("--embeddings", default=None, help="embeddings folder (default: the one in PATH.json)")
     p.add_argument("--query", action="append", default=[], help="query text (repeat for several)")
     p.add_argument("--queries", default=None, help="Parquet file of queries (see --query-column)")
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="applied to the reranker's logit (default: as CrossEncoder.predict, e.g. sigmoid)")
     p.add_argument("--prompt", default=None,
                    help="literal retrieval query prompt (default: the embedding folder's 'query' prompt)")
-    p.add_argument("--nprobe", type=int, default=None, help="ivfpq lists to search (default: the index's)")
+    p.add_argument("--nprobe", type=int, default=None, help="ivfpq / lance lists to search (default: the index's)")
     p.add_argument("--ef-search", type=int, default=None, help="hnsw beam width (default: the index's)")
     p.add_argument("--chars", type=int, default=100, help="characters of each passage to print (default: 100)")
     parse_args.parser = p  # errors are put in its flags (cli_help.in_flags)

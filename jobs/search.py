@@ -1,6 +1,7 @@
 """Search an index built by jobs/build_index.py, or a token-level output, with a text query.
 
     python jobs/search.py --index out/demo/index.faiss --query "parse a date string" -k 5
+    python jobs/search.py --index s3://bucket/idx.lance --query "parse a date string"   # kind lance
     python jobs/search.py --embeddings colbert/ --query "parse a date string"     # MaxSim
     python jobs/search.py --embeddings splade/ --query "parse a date string"      # sparse dot
     python jobs/search.py --embeddings m3/ --query "parse a date" --weights 0.4,0.2,0.4  # hybrid
@@ -40,7 +41,8 @@ QUERY_WORKFLOWS = {"late_chunk": None, "decoder_late_chunk": "decoder",
 def parse_args(argv=None) -> argparse.Namespace:
     p = parser("search.py", __doc__)
     p.add_argument("--index", default=None,
-                   help="index file written by jobs/build_index.py (dense embeddings); omit it to "
+                   help="index written by jobs/build_index.py (dense embeddings): a faiss file, or "
+                        "a Lance index (folder or s3:// URI); omit it to "
                         "search a tokens / sparse / bge-m3 output given by --embeddings")
     p.add_argument("--embeddings", default=None,
                    help="with --index: the embeddings folder (default: the one in PATH.json); "
@@ -54,13 +56,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         '{"id", "indices", "values"} and exit')
     p.add_argument("-k", type=int, default=5, help="hits per query (default: 5)")
     p.add_argument("--prompt", default=None, help="literal query prompt (default: the folder's 'query' prompt)")
-    p.add_argument("--nprobe", type=int, default=None, help="ivfpq lists to search (default: the index's)")
+    p.add_argument("--nprobe", type=int, default=None, help="ivfpq / lance lists to search (default: the index's)")
     p.add_argument("--ef-search", type=int, default=None, help="hnsw beam width (default: the index's)")
     p.add_argument("--chars", type=int, default=100, help="characters of each passage to print (default: 100)")
     parse_args.parser = p  # errors are put in its flags (cli_help.in_flags)
     args = p.parse_args(argv)
     if args.index is None and args.embeddings is None:
-        p.error("pass --index (a FAISS index) or --embeddings (a tokens / sparse / bge-m3 output)")
+        p.error("pass --index (a faiss or Lance index) or --embeddings (a tokens / sparse / bge-m3 output)")
     if args.export_sparse and args.index:
         p.error("--export-sparse reads --embeddings (a sparse or bge-m3 output), not --index")
     if not args.query and not args.export_sparse:

@@ -337,7 +337,7 @@ def _open_output(path, reader: str, allow_partial: bool):
 
 def _read_parts(folder: OutputFolder, manifest: Manifest, columns) -> pa.Table | None:
     """The committed parts as one table in shard order (None when there are none)."""
-    records = [manifest.shards[k] for k in sorted(manifest.shards, key=int)]
+    records = [record for _, record in manifest.records()]  # in shard order
     tables = list(folder.read_parts(records, columns))
     if columns is None:  # the content hash only when asked for (`pipeline/output/content_hash.py`)
         tables = [t.drop_columns([HASH_COLUMN]) if HASH_COLUMN in t.column_names else t for t in tables]

@@ -1,10 +1,30 @@
-"""Shared fixtures: one local Ray per test module that asks for it (no dashboard, 2 CPUs: docs/DESIGN.md)."""
+"""Shared fixtures: one local Ray per test module that asks for it (no dashboard, 2 CPUs: docs/DESIGN.md).
+
+`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`: a file's tests
+stay on one worker, so module fixtures are built once). Each worker gets a Ray temp folder of its
+own, so the cluster file one worker's Ray writes never sends the other's `ray.init` to it.
+"""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
+
+
+def pytest_configure(config):
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and "RAY_TMPDIR" not in os.environ:
+        # short: Ray's socket paths have a length limit
+        os.environ["RAY_TMPDIR"] = config._ray_tmp = tempfile.mkdtemp(prefix=f"r{worker}", dir="/tmp")
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_ray_tmp", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

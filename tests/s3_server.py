@@ -11,18 +11,22 @@ KEY, SECRET = "AKIDPIPELINETEST", "Zq7SecretValue9xTopSecret"
 
 
 class Moto:
-    """moto's S3 in a thread, with a per-request counter (method, S3 operation kind)."""
+    """moto's S3 in a thread, with a per-request counter (method, S3 operation kind) and a log
+    of every request's kind and path (`requests`)."""
 
     def __init__(self):
         from moto.moto_server.werkzeug_app import (DomainDispatcherApplication, MotoRequestHandler,
                                                    create_backend_app)
         from werkzeug.serving import make_server
         app, self.counts = DomainDispatcherApplication(create_backend_app), Counter()
+        self.requests: list[tuple[str, str]] = []  # (request kind, path) in order
 
         def counting(environ, start_response):
             query = environ.get("QUERY_STRING", "")
             kind = next((k for k in ("uploads", "uploadId", "list-type", "delete") if k in query), "")
             self.counts[f"{environ['REQUEST_METHOD']} {kind}".strip()] += 1
+            self.requests.append((f"{environ['REQUEST_METHOD']} {kind}".strip(),
+                                  environ.get("PATH_INFO", "") + (f"?{query}" if query else "")))
             return app(environ, start_response)
 
         self.server = make_server("127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler)
@@ -52,3 +56,8 @@ class Moto:
     def stop(self):
         self.server.shutdown()
         self.thread.join()
+
+    def clear(self) -> None:
+        """Forget the requests counted so far."""
+        self.counts.clear()
+        self.requests.clear()

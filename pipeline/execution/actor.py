@@ -270,7 +270,7 @@ class _Run:
         self.fingerprint = fingerprint
         self.prompt = fingerprint["engine"].get("prompt") or ""  # in every row's content hash
         self._reuse = None
-        self._quant = None  # the output's quantization record, read from its manifest once
+        self._quant, self._quant_read = None, False  # the output's quantization record, read once
 
     @property
     def reuse(self) -> PreviousParts | None:
@@ -281,10 +281,11 @@ class _Run:
 
     def quantization(self) -> dict | None:
         """The quantization record the driver committed to the output's manifest before dispatch."""
-        if self._quant is None and self.folder is not None:
-            manifest = Manifest.load(self.folder)
+        if not self._quant_read and self.folder is not None:  # once per run, not per shard
+            manifest = Manifest.load(self.folder, commits=False)  # the metadata only
             self._quant = manifest.data.get("quantization") if manifest else None
             if self._quant is None and self.config.output_dtype == "int8":
                 raise RuntimeError(f"{self.folder.show('_manifest.json')} has no int8 calibration; the "
                                    "driver writes it before dispatch, so rerun to resume")
+            self._quant_read = True
         return self._quant

@@ -9,22 +9,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import time
 
+import numpy as np
 import ray
 
 from workers import EngineConfig
 
 from ..config import PipelineConfig
 from ..errors import InputError, RunInterrupted
-from ..inputs.shards import calibration_shards, default_shard_rows, plan_record, plan_shards
+from ..inputs.shards import ShardPlan, calibration_shards, default_shard_rows, plan_record
 from ..inputs.source_checks import check_input_string
 from ..inputs.sources import check_schema, open_source, peek_schema
 from ..inputs.validate import check_model
 from ..output import part_size, quantize
 from ..output.finish import RunResult, finish, kept_rows
-from ..output.manifest import MANIFEST_NAME, Manifest, check_resumable
+from ..output.manifest import MANIFEST_NAME, Manifest, check_resumable, crash_point
 from ..output.output_folder import OutputFolder, absolute, is_uri, redact
 from ..output.progress import Progress, RunStats, WorkerStats
 from ..tasks import TASKS, memory_results
@@ -96,13 +96,15 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
             reused = reuse.prepare(config, TASKS[config.task], folder, manifest, source, shards, fingerprint)
             _record_run(manifest, pool, source, config, engine_options, data)
             todo = _pending(shards, manifest)
-            _crash_point("plan", 0)
-        progress = Progress(source.num_rows, source.num_rows - sum(s.num_rows for s in todo),
+            crash_point("plan", 0)
+        progress = Progress(source.num_rows, source.num_rows - todo.rows(),
                             enabled=config.progress or (config.progress is None and folder is not None),
                             task=config.task)
         collector = _Collector(manifest, progress, source.num_rows, pool.dim, config.task)
         startup = time.perf_counter() - t0
-        pool.run(todo, collector.done, progress.tick)
+        pool.run(todo, collector.done, collector.tick)
+        if manifest is not None:
+            manifest.flush()  # the last batch (object stores): committed before the finish step
         progress.close()
         stats = collector.stats(pool, time.perf_counter() - t0, startup, len(shards) - len(todo))
         result = finish(stats, collector, manifest, folder, config, TASKS[config.task].first_rows)
@@ -124,6 +126,11 @@ def _interrupted(manifest: Manifest | None, folder: OutputFolder | None, plan: d
     """The RunInterrupted of a run stopped by Ctrl-C: what is kept and how to go on."""
     if folder is None:
         return RunInterrupted("interrupted: an in-memory run keeps nothing; call it again")
+    if manifest is not None:
+        try:
+            manifest.flush()  # what finished before the interrupt is committed
+        except OSError:
+            pass  # the message still says what is committed
     done = len(manifest.shards) if manifest is not None else 0
     of = f" of {plan['num_shards']}" if plan else ""
     return RunInterrupted(f"interrupted: {done}{of} shards committed in {folder}; "
@@ -140,13 +147,16 @@ def _plan(source, config: PipelineConfig, manifest: Manifest | None, n_workers: 
         rows = config.shard_rows or default_shard_rows(source.num_rows, n_workers)
         per_row = part_size.row_bytes(config.task, config.output_dtype, engine_options or {})
         rows = part_size.bounded_rows(rows, config.max_part_bytes, per_row)
-    shards = plan_shards(source.fragments, rows)
+    shards = ShardPlan(source.fragments, rows)  # numbers, not a Shard object per shard
     return shards, plan_record(source, rows, len(shards))
 
 
-def _pending(shards, manifest: Manifest | None):
-    done = manifest.shards if manifest else {}
-    return [s for s in shards if s.id not in done]
+def _pending(shards: ShardPlan, manifest: Manifest | None) -> ShardPlan:
+    """The shards not committed yet, in order."""
+    todo = np.arange(len(shards))
+    if manifest is not None:
+        todo = np.setdiff1d(todo, manifest.committed(), assume_unique=True)
+    return shards.subset(todo)
 
 
 def _is_path(data) -> bool:
@@ -187,20 +197,21 @@ def _load_manifest(folder: OutputFolder, config: PipelineConfig) -> Manifest | N
 
 def _prepare_output(folder: OutputFolder, manifest: Manifest | None, fingerprint: dict,
                     plan: dict) -> Manifest:
-    """Check the fingerprint, forget committed parts that vanished, remove uncommitted parts."""
+    """Check the fingerprint, forget committed parts that vanished, remove uncommitted parts,
+    and start a new generation of the commit log (its records so far folded into segments).
+    One listing of the folder gives every size: no request per part on object stores."""
+    listing = folder.sizes()
     if manifest is None:
         manifest = Manifest.new(folder, fingerprint, plan)
     else:
         check_resumable(manifest, fingerprint, plan)
-        records = list(manifest.shards.items())
-        infos = folder.fs.get_file_info([folder.file(r["path"]) for _, r in records])
-        for (shard_id, record), info in zip(records, infos):
-            if info.size != record["bytes"]:
+        for shard_id, record in list(manifest.records()):
+            if listing.get(record["path"]) != record["bytes"]:
                 log.warning("part %s of shard %s is missing or changed; it will be redone",
                             record["path"], shard_id)
                 manifest.uncommit(shard_id)
-    folder.remove_strays(keep=manifest.files())
-    manifest.save(force=True)
+    folder.remove_strays(keep=manifest.files(), listing=listing)
+    manifest.fold()
     return manifest
 
 
@@ -261,12 +272,18 @@ class _Collector:
             self.parts[shard.index] = (shard, record.pop("outputs"), record.pop("errors_list"),
                                        record.pop("ids"))
             return
-        _crash_point("after_publish", self.shards)  # the part is published, not yet committed
+        crash_point("after_publish", self.shards)  # the part is published, not yet committed
         record = {k: v for k, v in record.items() if k not in ("pid",)}
         self.manifest.commit(shard.id, {**record, "row_offset": shard.row_offset,
                                         "input_rows": shard.num_rows, "worker": worker.index})
-        self.manifest.save()
-        _crash_point("mid_run", self.shards, self.manifest)  # other shards are still running
+        # other shards are still running; a batch of commits (object stores) is written first
+        crash_point("mid_run", self.shards, before=self.manifest.flush)
+
+    def tick(self) -> None:
+        """Called while the driver waits: the progress line, and a batch of commits that waited."""
+        self.progress.tick()
+        if self.manifest is not None:
+            self.manifest.tick()
 
     def results(self) -> dict:
         """In-memory result: RunResult fields (e.g. `embeddings`, `scores`) in input order, NaN
@@ -275,7 +292,7 @@ class _Collector:
         return memory_results(self.task, parts, self.total_rows, self.dim)
 
     def stats(self, pool: Pool | LocalPool, seconds: float, startup: float, resumed: int) -> RunStats:
-        committed = sum(r["rows"] for r in self.manifest.shards.values()) if self.manifest else self.rows
+        committed = int(self.manifest.shards.total("rows")) if self.manifest else self.rows
         workers = tuple(WorkerStats(w.index, w.shards, w.rows, w.tokens, w.busy, w.restarts,
                                     w.last_error if w.state == "lost" else "") for w in pool.workers)
         return RunStats(rows=self.rows, rows_total=committed, tokens=self.tokens, seconds=seconds,
@@ -330,23 +347,6 @@ def _model_spec(engine_options: dict, joined: bool):
     if model and joined and os.path.isdir(os.path.expanduser(model)):
         return model_spec(os.path.expanduser(model))
     return None
-
-
-CRASH_ENV = "PIPELINE_CRASH_AT"
-
-
-def _crash_point(name: str, count: int, manifest: Manifest | None = None) -> None:
-    """TEST-ONLY fault injection (tests/pipeline/test_pipeline_crash.py): PIPELINE_CRASH_AT=plan,
-    after_publish:N or mid_run:N SIGKILLs this driver at that point (N: the Nth finished shard;
-    mid_run saves the manifest first). Never set it outside tests."""
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
-        return
-    point, _, n = spec.partition(":")
-    if point == name and count == int(n or 0):
-        if manifest is not None:
-            manifest.save(force=True)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def engine_option_names() -> set[str]:

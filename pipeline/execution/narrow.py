@@ -23,6 +23,7 @@ something else during narrowing (its node left) makes its rows look bad.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 
 from ..errors import InputError, ShardFailedError
@@ -48,6 +49,41 @@ class Job:
     @property
     def runs_alone(self) -> bool:
         return self.alone or self.probe
+
+
+class JobQueue:
+    """The jobs to dispatch: requeued ones first (retries, narrowing pieces), then the plan's
+    shards, each made into a Job only when it is next (a plan of 10**6 shards is not copied)."""
+
+    def __init__(self, shards):
+        self.front, self.rest, self.left = deque(), iter(shards), len(shards)
+
+    def _fill(self) -> None:
+        if not self.front and self.left:
+            self.front.append(Job(next(self.rest)))
+            self.left -= 1
+
+    def __len__(self) -> int:
+        return len(self.front) + self.left
+
+    def __bool__(self) -> bool:
+        return bool(self.front) or self.left > 0
+
+    def __getitem__(self, k: int) -> Job:
+        if k != 0:
+            raise IndexError("only the next job can be looked at")
+        self._fill()
+        return self.front[0]
+
+    def popleft(self) -> Job:
+        self._fill()
+        return self.front.popleft()
+
+    def appendleft(self, job: Job) -> None:
+        self.front.appendleft(job)
+
+    def extendleft(self, jobs) -> None:
+        self.front.extendleft(jobs)
 
 
 def narrowable(error: BaseException) -> bool:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import ray
@@ -46,7 +45,7 @@ from ..errors import BadRowsError, ShardFailedError, WorkersLostError, WorkerSta
 from ..inputs.shards import Shard
 from .actor import EmbedWorker, RunContext
 from .memory_kill import describe, explain
-from .narrow import Job, Narrowing, narrowable
+from .narrow import Job, JobQueue, Narrowing, narrowable
 from .pool_growth import DEPTH, Growth, Worker
 
 log = logging.getLogger("pipeline")
@@ -136,7 +135,7 @@ class Pool(Growth):
 
     def run(self, shards: list[Shard], on_done, on_tick) -> None:
         """Dispatch `shards` until each one's record went to `on_done(shard, worker, record)`."""
-        queue, attempts = deque(Job(s) for s in shards), {}
+        queue, attempts = JobQueue(shards), {}
         while queue or self._busy():
             self._dispatch(queue)
             if not self.tasks:
@@ -196,7 +195,7 @@ class Pool(Growth):
         worker.last_error = f"worker {worker.index} (node {worker.node[:12] or '?'}) lost: {reason}"
         log.warning("%s; its shards went to the other workers", worker.last_error)
 
-    def _dispatch(self, queue: deque) -> None:
+    def _dispatch(self, queue: JobQueue) -> None:
         for w in self.workers:
             while w.state == "alive" and w.inflight < DEPTH and queue and not w.alone:
                 if queue[0].runs_alone and w.inflight:
@@ -205,7 +204,7 @@ class Pool(Growth):
                 self.tasks[w.handle.process.remote(self.run_box, job.shard, job.probe, job.bad)] = (w, job)
                 w.inflight, w.alone = w.inflight + 1, job.runs_alone
 
-    def _result(self, ref, worker: Worker, job: Job, queue: deque, attempts: dict):
+    def _result(self, ref, worker: Worker, job: Job, queue: JobQueue, attempts: dict):
         shard = job.shard
         try:
             record = ray.get(ref)

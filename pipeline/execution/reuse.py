@@ -49,7 +49,7 @@ _PLAN_SCHEMA = pa.schema([("row", pa.int64()), ("part", pa.int32()), ("prow", pa
 
 def part_paths(manifest: Manifest) -> list[str]:
     """The previous output's parts in shard order: the plan's `part` indexes this list."""
-    return [manifest.shards[k]["path"] for k in sorted(manifest.shards, key=int)]
+    return [r["path"] for _, r in manifest.records()]
 
 
 def open_previous(location, output: OutputFolder, task) -> tuple[OutputFolder, Manifest]:
@@ -256,8 +256,7 @@ def finish(manifest: Manifest, output: OutputFolder, counts: dict | None, progre
         if "reuse" in manifest.data and output.exists(PLAN_NAME):
             output.remove([PLAN_NAME])
         return None
-    rows = sum(r["rows"] for r in manifest.shards.values())
-    reused = sum(r.get("reused", 0) for r in manifest.shards.values())
+    rows, reused = int(manifest.shards.total("rows")), int(manifest.shards.total("reused"))
     out = {**counts, "reused": reused, "embedded": rows - reused}
     manifest.put("reuse", out)
     manifest.data.setdefault("summary", {})["reuse"] = {k: out[k] for k in ("reused", "embedded", "dropped")}

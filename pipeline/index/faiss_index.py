@@ -6,6 +6,8 @@ ids are sequential, so string ids work; for a task="chunks" output also the chun
 vector count, dimensions, stored dtype). Normalized float outputs use inner product (= cosine);
 unnormalized ones L2; int8 parts are dequantized per part; ubinary parts go to a binary index
 (Hamming distance). faiss is the optional extra `index` (`pip install '.[index]'`).
+`build(..., kind="lance")` and `Index.load` of a Lance index go to `lance_index.py` (an index on
+disk or object storage, for corpora past one machine's memory).
 """
 from __future__ import annotations
 
@@ -19,15 +21,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import InputError, InputNotFoundError
+from ..errors import InputError
 from ..output import quantize
-from ..output.manifest import Manifest
-from ..output.output_folder import OutputFolder
-from ..output.writer import to_numpy
+from . import lance_index
+from .corpus import CHUNK_KEYS, Corpus
 
-KINDS = ("flat", "hnsw", "ivfpq")
-INDEXED_TASKS = ("embed", "chunks")  # outputs of one vector per row (a chunk's row: its span too)
-CHUNK_KEYS = ("chunk", "char_start", "char_end")
+FAISS_KINDS = ("flat", "hnsw", "ivfpq")
+KINDS = (*FAISS_KINDS, lance_index.KIND)
 BINARY_KINDS = ("flat", "hnsw")
 TRAIN_ROWS = 65_536  # ivfpq training sample cap: 100 MB of 384-d float32 at most
 CHUNK_ROWS = 8192    # vectors per `index.add` call
@@ -40,64 +40,6 @@ def import_faiss():
         raise ImportError("faiss is not installed: pip install -c .venv/constraints.txt "
                           "'.[index]' (faiss-cpu==1.15.1), or run make setup") from None
     return faiss
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """An output folder opened for indexing: its manifest, part paths and how to decode them."""
-
-    folder: OutputFolder
-    manifest: Manifest
-    quant: dict
-
-    @classmethod
-    def open(cls, path) -> "Corpus":
-        folder = OutputFolder.open(path)
-        manifest = Manifest.load(folder)
-        if manifest is None:
-            raise InputNotFoundError(f"{folder} has no _manifest.json: pass the output folder of "
-                                     "pipeline.run / jobs/embed_corpus.py as --embeddings")
-        task = manifest.fingerprint["engine"].get("task", "embed")
-        if task not in INDEXED_TASKS:
-            raise InputError(f"{folder} holds the output of task={task!r}, not embeddings; "
-                             "index the output of a task='embed' (or 'chunks') run")
-        if not manifest.data.get("complete"):
-            raise InputError(f"the run writing {folder} has not finished; rerun it to finish first")
-        quant = manifest.data.get("quantization") or quantize.record(
-            manifest.fingerprint.get("output_dtype", "float32"), manifest.fingerprint["engine"]["dimensions"])
-        return cls(folder, manifest, quant)
-
-    @property
-    def rows(self) -> int:
-        """Vectors in the output (a chunk output has more than its input rows)."""
-        return sum(r.get("output_rows", r["rows"]) for r in self.manifest.shards.values())
-
-    @property
-    def keys(self) -> list[str]:
-        """The columns that say what a vector is: `id`, and a chunk's index and span."""
-        chunks = self.manifest.fingerprint["engine"].get("task") == "chunks"
-        return ["id", *CHUNK_KEYS] if chunks else ["id"]
-
-    @property
-    def binary(self) -> bool:
-        return self.quant["output_dtype"] == "ubinary"
-
-    @property
-    def metric(self) -> str:
-        if self.binary:
-            return "hamming"
-        return "ip" if self.manifest.fingerprint["engine"].get("normalize") else "l2"
-
-    def parts(self):
-        """(keys table, vectors) per part in input order: the `keys` columns, and float32
-        (n, dim) vectors, or packed uint8 for ubinary."""
-        records = [self.manifest.shards[key] for key in sorted(self.manifest.shards, key=int)]
-        for table in self.folder.read_parts(records, [*self.keys, "embedding"]):
-            stored = to_numpy(table)
-            vectors = stored if self.binary else quantize.decode(stored, self.quant)
-            if self.quant["output_dtype"] == "int8" and self.metric == "ip":
-                vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            yield table.select(self.keys), np.ascontiguousarray(vectors)
 
 
 def default_params(kind: str, rows: int, dim: int, nlist=None, m=None, nbits=None) -> dict:
@@ -132,12 +74,17 @@ def new_index(kind: str, dim: int, metric: str, params: dict, hnsw_m: int = 32):
 
 def build(embeddings, index_path, kind: str = "flat", *, nlist=None, m=None, nbits=None,
           hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 64, nprobe=None,
-          train_rows: int = TRAIN_ROWS, seed: int = 0, threads: int | None = None) -> dict:
+          train_rows: int = TRAIN_ROWS, seed: int = 0, threads: int | None = None,
+          refine_factor=None) -> dict:
     """Build a `kind` index over the output folder `embeddings`, streaming one part at a time;
     write it with its ids and sidecar files; return the build statistics. `threads`: faiss
-    OpenMP threads (None: faiss's default, one per core)."""
+    OpenMP threads (None: faiss's default, one per core). kind="lance": `lance_index.build`
+    (nlist, m, nprobe and refine_factor apply; `index_path` may be an object-store URI)."""
     if kind not in KINDS:
         raise InputError(f"kind={kind!r} is not supported; choose one of {list(KINDS)}")
+    if kind == lance_index.KIND:
+        return lance_index.build(embeddings, index_path, nlist=nlist, m=m, nprobe=nprobe,
+                                 refine_factor=refine_factor)
     faiss = import_faiss()
     if threads:
         faiss.omp_set_num_threads(threads)
@@ -217,6 +164,12 @@ class Index:
 
     @classmethod
     def load(cls, path) -> "Index":
+        """The index at `path`, either kind: a Lance index (its PATH.json says kind "lance";
+        a local path or URI) opens as a `lance_index.LanceIndex`, with the same `meta` and
+        `search` contract."""
+        meta = lance_index.read_meta(path)
+        if meta is not None and meta.get("kind") == lance_index.KIND:
+            return lance_index.LanceIndex.load(path, meta)
         faiss, path = import_faiss(), os.fspath(path)
         for suffix in ("", ".json", ".ids.parquet"):
             if not os.path.exists(path + suffix):

@@ -71,6 +71,44 @@ def plan_shards(fragments: tuple[Fragment, ...] | list[Fragment], shard_rows: in
     return shards
 
 
+class ShardPlan:
+    """The same shards as `plan_shards`, held as numbers (the fragments' row bounds and the shard
+    size): a `Shard` is made when asked for, so 10**6 shards cost no Python object each.
+    `subset(indices)` is the plan's shards at `indices` (e.g. the ones still to do), likewise."""
+
+    def __init__(self, fragments, shard_rows: int, indices: np.ndarray | None = None):
+        assert shard_rows > 0
+        self.bounds = fragments if isinstance(fragments, np.ndarray) else \
+            np.cumsum([0, *(f.num_rows for f in fragments)], dtype=np.int64)
+        self.shard_rows, self.num_rows = shard_rows, int(self.bounds[-1])
+        self.num_shards = -(-self.num_rows // shard_rows)
+        self.indices = indices  # None: every shard
+
+    def __len__(self) -> int:
+        return self.num_shards if self.indices is None else len(self.indices)
+
+    def __getitem__(self, k: int) -> Shard:
+        index = k if self.indices is None else int(self.indices[k])
+        if not 0 <= index < self.num_shards:
+            raise IndexError(k)
+        start = index * self.shard_rows
+        rows = min(self.shard_rows, self.num_rows - start)
+        return Shard(index, start, rows, _pieces(self.bounds, start, rows))
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+    def subset(self, indices: np.ndarray) -> "ShardPlan":
+        return ShardPlan(self.bounds, self.shard_rows, np.asarray(indices, dtype=np.int64))
+
+    def rows(self) -> int:
+        """Input rows of the shards in this plan (or subset)."""
+        if self.indices is None:
+            return self.num_rows
+        starts = self.indices * self.shard_rows
+        return int(np.minimum(self.shard_rows, self.num_rows - starts).sum())
+
+
 def sub_shard(shard: Shard, start: int, stop: int) -> Shard:
     """Rows [start, stop) of `shard` (offsets within it) as a shard of the same index: a piece
     probed while narrowing a failing shard down (`narrow.py`); it is never committed."""
@@ -128,10 +166,13 @@ def calibration_shards(fragments, sample_rows: int = CALIBRATION_ROWS,
 
 
 def _pieces(bounds: np.ndarray, start: int, rows: int) -> tuple[Piece, ...]:
-    """Rows [start, start + rows) of the concatenated fragments as per-fragment pieces."""
+    """Rows [start, start + rows) of the concatenated fragments as per-fragment pieces
+    (`bounds`: cumulative row counts, 0 first); fragments without rows give no piece."""
     pieces, stop = [], start + rows
-    for f in range(len(bounds) - 1):
+    f = max(0, int(np.searchsorted(bounds, start, side="right")) - 1)
+    while f < len(bounds) - 1 and bounds[f] < stop:
         lo, hi = max(start, bounds[f]), min(stop, bounds[f + 1])
         if lo < hi:
             pieces.append(Piece(f, int(lo - bounds[f]), int(hi - bounds[f])))
+        f += 1
     return tuple(pieces)

@@ -2,25 +2,28 @@
 
 With an output folder it removes what no committed shard owns, builds `_errors.parquet` (each
 shard's bad rows plus one pass over the parts' id columns listing every row whose id is not
-unique; ids spilled by hash into buckets when the output is large, so the driver's memory stays
-bounded) before the manifest says complete, and prints the summary. In memory the same id pass
+unique: a DuckDB query over the parts streamed one at a time, its memory capped by DuckDB's
+memory_limit and the rest spilled to a temporary folder) before the manifest says complete, and prints the summary. In memory the same id pass
 runs over the ids the actors returned. Both end in the `RunResult` that `pipeline.run` returns.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
+import itertools
+import json
+import tempfile
+import time
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from .progress import RunStats, summary_line, summary_table
 from ..inputs.validate import errors_table
 from . import writer
 from .output_folder import ERRORS_FILE, OutputFolder
+from .progress import RunStats, summary_line, summary_table
 
 DUPLICATE_ID = "duplicate id"
 
@@ -112,26 +115,13 @@ def kept_rows(shard, errors: list[dict]) -> np.ndarray:
 
 
 def duplicate_id_errors(ids: pa.Array, shards: pa.Array, rows: pa.Array) -> pa.Table:
-    """An `errors_table` listing every row whose id occurs more than once (every occurrence);
-    `shards` holds each row's shard index (int32), `rows` its global input row (int64).
-
-    Memory: the three columns of the whole output at once plus pyarrow's hash table of the
-    distinct ids (group_by): a measured peak of about 140 bytes per row for 16-character string
-    ids (280 MB for 2 million rows), all in the driver.
-    """
-    if len(ids) == 0:
-        return errors_table(ids, [], [], [])
-    # mode="all": a null id that repeats is a repeated id too (the default counts non-nulls only).
-    counts = pa.table({"id": ids}).group_by("id").aggregate([("id", "count", pc.CountOptions(mode="all"))])
-    repeated = counts.filter(pc.greater(counts.column("id_count"), 1)).column("id")
-    if len(repeated) == 0:
-        return errors_table(ids.slice(0, 0), [], [], [])
-    mask = pc.is_in(ids, value_set=repeated.combine_chunks())
-    if repeated.null_count:
-        mask = pc.or_(pc.fill_null(mask, False), pc.is_null(ids))
-    keep = pc.fill_null(mask, False)
-    shard_ids = [f"{i:06d}" for i in shards.filter(keep).to_pylist()]  # Shard.id
-    return errors_table(ids.filter(keep), shard_ids, rows.filter(keep), [DUPLICATE_ID] * len(shard_ids))
+    """An `errors_table` listing every row whose id occurs more than once (every occurrence), in
+    row order; `shards` holds each row's shard index (int32), `rows` its global input row (int64).
+    In memory (the in-memory run's ids are all in the driver already); the same DuckDB query as
+    the output folder's pass."""
+    batch = pa.record_batch([ids, shards.cast(pa.int32()), rows.cast(pa.int64())],
+                            names=list(ID_SCHEMA_NAMES))
+    return repeated_ids(pa.RecordBatchReader.from_batches(batch.schema, [batch]))[0]
 
 
 def sort_errors(tables: list[pa.Table]) -> pa.Table:
@@ -141,34 +131,94 @@ def sort_errors(tables: list[pa.Table]) -> pa.Table:
 
 
 def output_errors(folder: OutputFolder, manifest, id_type: pa.DataType | None = None,
-                  pass_rows: int | None = None, first_rows: str | None = None):
+                  memory_limit: str | None = None, threads: int | None = None,
+                  stats: dict | None = None, first_rows: str | None = None):
     """(errors table, bad-text rows, duplicate-id rows) of every committed shard in `folder`.
 
     Reads each shard's error file and, when the run has an id column, the `id` column of each
-    part (never the embeddings); the global row of an output row is its shard's row range minus
-    the shard's bad rows. Without an id column the ids are the global row indices, unique by
-    construction, and the id pass is skipped. An output of more than `pass_rows` rows
-    (default DUPLICATE_PASS_ROWS) has its ids spilled by hash into buckets of about that many
-    rows in a temporary folder, and each bucket is checked alone: the driver's memory is bounded
-    by one bucket (~140 bytes per row), at the cost of writing the ids to local disk once.
-    With `first_rows` (a column whose 0 marks an input row's first output row: chunk outputs),
-    only those output rows are read, one per input row.
+    part (never the embeddings), one part at a time; the global row of an output row is its
+    shard's row range minus the shard's bad rows. Without an id column the ids are the global
+    row indices, unique by construction, and the id pass is skipped. The (id, shard, row)
+    stream goes to DuckDB (`repeated_ids`): its memory is capped by `memory_limit` (default
+    DUPLICATE_PASS_MEMORY), past which it spills to a temporary folder. `stats`, when given, is
+    filled with the pass's figures (`repeated_ids`). With `first_rows` (a column whose 0 marks
+    an input row's first output row: chunk outputs), only those output rows are read, one per
+    input row.
     """
     check_ids = manifest.fingerprint.get("id_column") is not None
-    total = sum(r["rows"] for r in manifest.shards.values())
-    buckets = max(1, -(-total // (pass_rows or DUPLICATE_PASS_ROWS))) if check_ids else 0
     bad = []
-    with _IdBuckets(buckets) as spill:
-        for shard_id, record, kept in _shard_rows(folder, manifest, bad):
-            if check_ids:
-                part_ids = _input_row_ids(folder, record["path"], first_rows)
-                spill.add(part_ids, pa.array(np.full(len(kept), int(shard_id), np.int32)), pa.array(kept))
-        duplicates = [duplicate_id_errors(*columns) for columns in spill.buckets()]
+    shard_rows = _shard_rows(folder, manifest, bad)
+    duplicates = None
+    if check_ids:
+        batches = _id_batches(folder, shard_rows, first_rows)
+        first = next(batches, None)
+        if first is not None:
+            reader = pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], batches))
+            duplicates, figures = repeated_ids(reader, memory_limit, threads)
+            if stats is not None:
+                stats.update(figures)
+    for _ in shard_rows:  # the error files of the shards (all of them, when the pass was skipped)
+        pass
     bad_rows = sum(t.num_rows for t in bad)
-    duplicates = [d for d in duplicates if d.num_rows]
+    duplicates = [duplicates] if duplicates is not None and duplicates.num_rows else []
     if not bad and not duplicates:
         return errors_table(pa.array([], id_type or pa.int64()), [], [], []), 0, 0
     return sort_errors([*bad, *duplicates]), bad_rows, sum(d.num_rows for d in duplicates)
+
+
+# DuckDB's memory_limit for the duplicate-id pass: past it the pass spills to a temporary folder
+# (tempfile's, e.g. $TMPDIR) instead of growing. ~45 bytes per row of 16-character ids spill.
+DUPLICATE_PASS_MEMORY = "2GB"
+ID_SCHEMA_NAMES = ("id", "shard", "row")
+_REPEATED = "SELECT id, shard, row FROM ids QUALIFY count(*) OVER (PARTITION BY id) > 1"
+
+
+def repeated_ids(reader: pa.RecordBatchReader, memory_limit: str | None = None,
+                 threads: int | None = None) -> tuple[pa.Table, dict]:
+    """(an `errors_table` of the rows of `reader` — batches of (id, shard int32, row int64) —
+    whose id occurs more than once, every occurrence, in row order; the pass's figures).
+
+    One DuckDB query (a window count per id; a null id that repeats is a repeated id too),
+    reading `reader` once. DuckDB holds at most `memory_limit` (default DUPLICATE_PASS_MEMORY)
+    and spills the rest to a temporary folder, removed at the end; `threads` (default: one per
+    core). Figures: seconds, spilled_bytes (DuckDB's peak temporary-folder size),
+    peak_memory_bytes (its peak buffer memory).
+    """
+    id_type = reader.schema.field("id").type
+    limit = memory_limit or DUPLICATE_PASS_MEMORY
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pipeline-ids-") as tmp:
+        config = {"memory_limit": limit, "temp_directory": tmp, "preserve_insertion_order": False}
+        con = duckdb.connect(config={**config, **({"threads": threads} if threads else {})})
+        try:
+            con.execute("SET enable_profiling='no_output'")
+            con.register("ids", reader)
+            found = con.sql(_REPEATED).to_arrow_table()
+            system = json.loads(con.get_profiling_information(format="json")).get("system", {})
+        except duckdb.OutOfMemoryException as e:
+            raise MemoryError(f"the duplicate-id pass needs more than its memory_limit {limit!r}: pass "
+                              "a larger one (finish.DUPLICATE_PASS_MEMORY) or fewer threads") from e
+        finally:
+            con.close()
+    found = {name: column.combine_chunks() for name, column in zip(found.column_names, found.sort_by("row").columns)}
+    shard_ids = pc.utf8_lpad(found["shard"].cast(pa.string()), 6, "0")  # Shard.id
+    table = errors_table(found["id"].cast(id_type), shard_ids, found["row"],
+                         [DUPLICATE_ID] * len(shard_ids))
+    figures = {"seconds": time.perf_counter() - t0, "spilled_bytes": system.get("peak_temp_dir_size", 0),
+               "peak_memory_bytes": system.get("peak_buffer_memory", 0)}
+    return table.combine_chunks(), figures
+
+
+def _id_batches(folder: OutputFolder, shard_rows, first_rows: str | None = None):
+    """One (id, shard, row) record batch per committed part, read when DuckDB asks for it."""
+    id_type = None
+    for shard_id, record, kept in shard_rows:
+        ids = _input_row_ids(folder, record["path"], first_rows)
+        id_type = id_type or ids.type  # the first part's; a later all-null part's ids are cast to it
+        if ids.type != id_type:
+            ids = ids.cast(id_type)
+        yield pa.record_batch([ids, pa.array(np.full(len(kept), int(shard_id), np.int32)), pa.array(kept)],
+                              names=list(ID_SCHEMA_NAMES))
 
 
 def _input_row_ids(folder: OutputFolder, path: str, first_rows: str | None) -> pa.Array:
@@ -177,9 +227,6 @@ def _input_row_ids(folder: OutputFolder, path: str, first_rows: str | None) -> p
         return folder.read_part(path, ["id"]).column("id").combine_chunks()
     table = folder.read_part(path, ["id", first_rows])
     return table.filter(pc.equal(table.column(first_rows), 0)).column("id").combine_chunks()
-
-
-DUPLICATE_PASS_ROWS = 20_000_000  # ids checked at once for repeats: ~2.8 GB of driver memory
 
 
 def _shard_rows(folder: OutputFolder, manifest, bad: list):
@@ -196,72 +243,6 @@ def _shard_rows(folder: OutputFolder, manifest, bad: list):
         yield shard_id, record, kept
 
 
-class _IdBuckets:
-    """(id, shard, row) columns gathered in memory (one bucket), or spilled by id hash into
-    `n` Parquet files in a temporary folder so that equal ids always share a bucket."""
-
-    def __init__(self, n: int):
-        self.n, self.columns, self.tmp, self.writers = n, [], None, []
-
-    def __enter__(self):
-        if self.n > 1:
-            import tempfile
-            self.tmp = tempfile.TemporaryDirectory(prefix="pipeline-ids-")
-        return self
-
-    def __exit__(self, *exc):
-        for w in self.writers:
-            if w is not None:
-                w.close()
-        if self.tmp is not None:
-            self.tmp.cleanup()
-
-    def add(self, ids: pa.Array, shards: pa.Array, rows: pa.Array) -> None:
-        if self.n <= 1:
-            self.columns.append((ids, shards, rows))
-            return
-        table = pa.table({"id": ids, "shard": shards, "row": rows})
-        if not self.writers:
-            self.writers = [pq.ParquetWriter(f"{self.tmp.name}/{b}.parquet", table.schema)
-                            for b in range(self.n)]
-        bucket = _bucket_of(ids, self.n)
-        order = np.argsort(bucket, kind="stable")
-        table = table.take(pa.array(order))
-        bounds = np.searchsorted(bucket[order], np.arange(self.n + 1))
-        for b in np.flatnonzero(np.diff(bounds)):
-            self.writers[b].write_table(table.slice(bounds[b], bounds[b + 1] - bounds[b]))
-
-    def buckets(self):
-        """Yield (ids, shards, rows) per bucket."""
-        if self.n <= 1:
-            if self.columns:
-                yield tuple(_concat([c[i] for c in self.columns]) for i in range(3))
-            return
-        for w in self.writers:
-            w.close()
-        self.writers = []
-        for b in range(self.n):
-            path = f"{self.tmp.name}/{b}.parquet"
-            if os.path.exists(path):
-                t = pq.read_table(path)
-                yield t.column("id").combine_chunks(), t.column("shard").combine_chunks(), \
-                    t.column("row").combine_chunks()
-
-
-def _bucket_of(ids: pa.Array, n: int) -> np.ndarray:
-    """A stable bucket in [0, n) per id: pandas' hash of the id's text form (so 5 hashes alike
-    in every part, with or without nulls); null ids go to bucket 0."""
-    import pandas as pd
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-        ids = ids.cast(pa.large_string())
-    valid = pc.is_valid(ids).to_numpy(zero_copy_only=False)
-    out = np.zeros(len(ids), dtype=np.int64)
-    if valid.any():
-        values = ids.filter(pa.array(valid)).to_numpy(zero_copy_only=False)
-        out[valid] = (pd.util.hash_array(values) % np.uint64(n)).astype(np.int64)
-    return out
-
-
 def write_errors_file(folder: OutputFolder, manifest, first_rows: str | None = None) -> tuple[int, int]:
     """Publish `_errors.parquet` (atomically; none when nothing is reported); returns
     (bad-text rows, duplicate-id rows) in the whole output."""
@@ -271,8 +252,3 @@ def write_errors_file(folder: OutputFolder, manifest, first_rows: str | None = N
     elif folder.exists(ERRORS_FILE):
         folder.remove([ERRORS_FILE])
     return bad_rows, duplicates
-
-
-def _concat(arrays: list[pa.Array]) -> pa.Array:
-    arrays = [a for a in arrays if len(a)] or arrays[:1]
-    return pa.concat_arrays(arrays) if len(arrays) > 1 else arrays[0]

@@ -6,7 +6,12 @@ atomically, saves and loads the manifest's bytes, lists and removes stray files,
 parts back. Publishing: on a local (POSIX) filesystem the bytes go to a hidden temporary name
 that is renamed into place, so a file appears whole or not at all; on an object store, where
 rename is a copy and not atomic, they go in one object write (the object appears when the
-upload completes). Either way only the manifest commit makes a part count.
+upload completes). Either way only the manifest commit makes a part count. The manifest's
+commit log (`commit_log.py`) is appended to a file where the filesystem can append (local).
+
+Requests to object stores are kept few (docs/SCALE.md counts them): S3 outputs are opened with
+`allow_delayed_open`, so an object under 5 MB is one PUT (not a 3-request multipart upload); no
+directory is created before a write; listings give sizes, so no HEAD per file.
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ RENAME_IS_ATOMIC = {"local"}
 # Everything the pipeline may leave in an output folder; nothing else is ever deleted there
 # (`_manifest.json.<hex>.tmp`: the manifest's temporary of older versions).
 _OURS = re.compile(r"^(part-\d+-[0-9a-f]+\.(parquet|arrow)|\.part-.*\.tmp|_manifest\.json(\.[0-9a-f]+\.tmp)?"
-                   r"|_errors\.parquet|_errors/\d+-[0-9a-f]+\.(jsonl|parquet))$")
+                   r"|_errors\.parquet|_errors/\d+-[0-9a-f]+\.(jsonl|parquet)"
+                   r"|_commits/(segment-\d+\.parquet|log-\d+\.jsonl|log-\d+/\d+\.jsonl|\.part-.*\.tmp))$")
 _SHOW = 8  # file names listed in an error message
 
 
@@ -52,7 +58,7 @@ class OutputFolder:
     @classmethod
     def open(cls, location) -> "OutputFolder":
         """The folder at a local path or URI (nothing is created or read)."""
-        fs, path = filesystem(location)
+        fs, path = filesystem(_delayed_open(location))
         return cls(fs, path.rstrip("/") or "/", absolute(location))
 
     def __str__(self) -> str:
@@ -61,6 +67,11 @@ class OutputFolder:
     @property
     def atomic_rename(self) -> bool:
         return self.fs.type_name in RENAME_IS_ATOMIC
+
+    @property
+    def appendable(self) -> bool:
+        """Whether files can be appended to (the commit log is one file, not one object per batch)."""
+        return self.fs.type_name == "local"
 
     @property
     def is_local(self) -> bool:
@@ -89,7 +100,7 @@ class OutputFolder:
         final = self.file(rel)
         target = final if not self.atomic_rename else self.file(f".part-{uuid.uuid4().hex}.tmp")
         try:
-            if "/" in rel:
+            if "/" in rel and self.is_local:  # object stores have no folders to make
                 self.fs.create_dir(self.file(rel.rsplit("/", 1)[0]), recursive=True)
             with self.fs.open_output_stream(target) as f:
                 f.write(data)
@@ -124,10 +135,15 @@ class OutputFolder:
 
     def read_manifest(self) -> bytes | None:
         """The bytes of `_manifest.json`, or None when there is none."""
-        if not self.exists(MANIFEST_NAME):
+        return self.read_file(MANIFEST_NAME)
+
+    def read_file(self, rel: str) -> bytes | None:
+        """The bytes of `rel`, or None when there is no such file."""
+        try:
+            with self.fs.open_input_stream(self.file(rel)) as f:
+                return f.read()
+        except FileNotFoundError:
             return None
-        with self.fs.open_input_stream(self.file(MANIFEST_NAME)) as f:
-            return f.read()
 
     def save_manifest(self, body: bytes) -> None:
         """Replace `_manifest.json` atomically: a failed save leaves the previous one intact."""
@@ -138,7 +154,24 @@ class OutputFolder:
                                    "the previous manifest is intact: free space, then rerun to "
                                    "resume") from e.__cause__
 
-    # -- reading ---------------------------------------------------------------------------
+    def append(self, rel: str, data: bytes, fd: int | None = None) -> int:
+        """Append `data` to the local file `rel` and fsync it (durable when this returns); `fd`:
+        the descriptor a previous call returned (kept open by the caller)."""
+        try:
+            if fd is None:
+                os.makedirs(os.path.dirname(self.file(rel)), exist_ok=True)
+                fd = os.open(self.file(rel), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                _fsync_dir(os.path.dirname(self.file(rel)))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            return fd
+        except OSError as e:
+            raise OutputWriteError(f"appending to {self.show(rel)} failed ({e}); the shards committed "
+                                   "before are kept: free space, then rerun to resume") from e
+
+        # -- reading ---------------------------------------------------------------------------
 
     def read_part(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         """A part (or an `_errors/` file), Parquet or Arrow IPC by its extension."""
@@ -153,22 +186,47 @@ class OutputFolder:
 
     def files(self) -> list[str]:
         """Every file in the folder, relative to it, sorted (none when the folder is missing)."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
-        return sorted(i.path[len(self.path):].lstrip("/") for i in infos if i.is_file)
+        return sorted(self.sizes())
 
-    def stray_files(self, keep: set[str]) -> list[str]:
+    def sizes(self, rel: str = "") -> dict[str, int]:
+        """{relative path: size} of every file in the folder (or its subfolder `rel`): one
+        listing (one request per 1,000 objects on an object store)."""
+        base = self.file(rel) if rel else self.path
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return {i.path[len(self.path):].lstrip("/"): i.size for i in infos if i.is_file}
+
+    def list_files(self, rel: str) -> list[str]:
+        """Files under the subfolder `rel`, relative to the output folder, sorted."""
+        return sorted(self.sizes(rel))
+
+    def stray_files(self, keep: set[str], listing: dict | None = None) -> list[str]:
         """Files the pipeline wrote here that `keep` (relative paths) does not name: parts and
-        error files of uncommitted shards, temporaries of interrupted writes."""
-        return [rel for rel in self.files() if is_ours(rel) and rel not in keep and rel != MANIFEST_NAME]
+        error files of uncommitted shards, temporaries of interrupted writes, commit files no
+        manifest names. `listing`: a `sizes()` result to use instead of listing again."""
+        listing = self.sizes() if listing is None else listing
+        return sorted(rel for rel in listing if is_ours(rel) and rel not in keep and rel != MANIFEST_NAME)
 
     def remove(self, rels) -> None:
         for rel in rels:
             self.fs.delete_file(self.file(rel))
 
-    def remove_strays(self, keep: set[str]) -> list[str]:
-        """Delete `stray_files(keep)`; returns what was deleted."""
-        strays = self.stray_files(keep)
-        self.remove(strays)
+    def remove_quietly(self, rels) -> None:
+        """Delete what exists of `rels` (a file that is already gone is no error)."""
+        for rel in rels:
+            self._remove_quietly(self.file(rel))
+
+    def remove_tree(self, rel: str) -> None:
+        """Delete the subfolder `rel` and everything in it (object stores: in bulk requests)."""
+        try:
+            self.fs.delete_dir(self.file(rel))
+        except FileNotFoundError:
+            pass
+
+    def remove_strays(self, keep: set[str], listing: dict | None = None) -> list[str]:
+        """Delete `stray_files(keep)`; returns what was deleted (one already gone, say since
+        `listing` was taken, is no error)."""
+        strays = self.stray_files(keep, listing)
+        self.remove_quietly(strays)
         return strays
 
     def check_usable(self) -> None:
@@ -209,3 +267,26 @@ class OutputFolder:
         except OSError:
             pass  # never created, or the folder itself is gone: nothing to remove
 
+
+
+def _delayed_open(location):
+    """An S3 URI with `allow_delayed_open=true` (unless given): pyarrow then writes an object
+    under 5 MB with one PUT instead of a 3-request multipart upload."""
+    text = os.fspath(location)
+    if not text.startswith("s3://") or "allow_delayed_open" in text:
+        return location
+    return text + ("&" if "?" in text else "?") + "allow_delayed_open=true"
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a new file's name durable (its folder's entry), where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -23,6 +23,7 @@ import pytest
 
 import pipeline
 from pipeline.inputs.samples import sample_passages
+from pipeline.output.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "jobs/embed_corpus.py"
@@ -50,8 +51,8 @@ def assert_output(out, ids, vectors):
     table = pipeline.read_embeddings(out)
     assert table.column("id").to_pylist() == ids
     np.testing.assert_allclose(pipeline.to_numpy(table), vectors, atol=2e-5, rtol=0)
-    named = {r["path"] for r in json.loads((Path(out) / "_manifest.json").read_text())["shards"].values()}
-    assert {p.name for p in Path(out).iterdir() if p.name != "_manifest.json"} == named
+    named = {r["path"] for r in read_manifest(Path(out))["shards"].values()}
+    assert {p.name for p in Path(out).iterdir() if p.name not in ("_manifest.json", "_commits")} == named
 
 
 def test_help_and_usage_errors(tmp_path):
@@ -126,7 +127,7 @@ def test_driver_sigkilled_mid_run_then_resumed(corpus, tmp_path):
     manifest, deadline = out / "_manifest.json", time.monotonic() + 180
     try:
         while time.monotonic() < deadline and driver.poll() is None:
-            if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 2:
+            if manifest.exists() and len(read_manifest(out)["shards"]) >= 2:
                 break
             time.sleep(0.1)
         assert driver.poll() is None, "the run ended before it could be interrupted"
@@ -162,11 +163,15 @@ def test_ray_job_submit_on_local_head(corpus, tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     ray_bin = str(Path(sys.executable).parent / "ray")
-    gcs, dash, client = _free_ports(3)
+    # Every port of its own: another Ray on this machine (a parallel test worker) holds the
+    # defaults, and a head whose job agent cannot bind its port never takes a job.
+    gcs, dash, client, agent, agent_grpc, metrics = _free_ports(6)
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--metrics-export-port={metrics}",
          "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

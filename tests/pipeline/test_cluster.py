@@ -25,6 +25,7 @@ import pipeline
 from pipeline.errors import ExitCode, exit_code
 from pipeline.inputs.samples import sample_passages
 from ray_nodes import multinode
+from pipeline.output.manifest import read_manifest
 
 N, SHARD_ROWS = 240, 12
 RUN = {"threads_per_worker": 1, "shard_rows": SHARD_ROWS, "dtype": "float32", "progress": False,
@@ -59,7 +60,7 @@ def remove_when_committed(cluster, node, out: Path, shards: int) -> threading.Th
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
-                if len(json.loads((out / "_manifest.json").read_text())["shards"]) >= shards:
+                if len(read_manifest(out)["shards"]) >= shards:
                     break
             except (OSError, ValueError, KeyError):
                 pass  # not written yet, or being replaced
@@ -74,7 +75,7 @@ def check_output(out: Path, want: np.ndarray) -> None:
     table = pipeline.read_embeddings(out)
     assert table.column("id").to_pylist() == list(range(len(want)))  # every row once, in order
     np.testing.assert_allclose(pipeline.to_numpy(table), want, atol=2e-5, rtol=0)
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = read_manifest(out)
     assert {p.name for p in out.glob("part-*")} == {r["path"] for r in manifest["shards"].values()}
 
 
@@ -112,7 +113,7 @@ def test_last_node_lost_fails_then_a_rerun_resumes_on_a_new_node(nodes, corpus, 
     assert exit_code(e.value) == ExitCode.FAILED and "restart_timeout_s=5" in str(e.value)
     watcher.join(timeout=60)
     failed_after = time.monotonic() - t0
-    committed = len(json.loads((out / "_manifest.json").read_text())["shards"])
+    committed = len(read_manifest(out)["shards"])
     assert 2 <= committed < N // 2 // SHARD_ROWS
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()

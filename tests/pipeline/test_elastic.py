@@ -17,6 +17,7 @@ import pytest
 import pipeline
 from pipeline.inputs.samples import sample_passages
 from ray_nodes import multinode
+from pipeline.output.manifest import read_manifest
 
 N, SHARD_ROWS = 960, 8  # long enough (≈ a minute here) for a joining worker to load its engine
 RUN = {"threads_per_worker": 1, "shard_rows": SHARD_ROWS, "dtype": "float32", "progress": False}
@@ -44,7 +45,7 @@ def reference(corpus):
 
 def committed(out: Path) -> dict:
     try:
-        return json.loads((out / "_manifest.json").read_text())["shards"]
+        return read_manifest(out)["shards"]
     except (OSError, ValueError, KeyError):
         return {}  # not written yet, or being replaced
 

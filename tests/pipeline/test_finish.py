@@ -1,5 +1,5 @@
-"""The finish step (pipeline/output/finish.py): the duplicate-id pass (one bucket, and spilled by hash
-into buckets with bounded memory), `_errors.parquet`, the manifest marked complete, strays
+"""The finish step (pipeline/output/finish.py): the duplicate-id pass (DuckDB, within its default
+and a small memory limit, spilling), `_errors.parquet`, the manifest marked complete, strays
 removed, the in-memory error records. Real parts in a real folder; no Ray, no engine."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from pipeline.config import PipelineConfig
 from pipeline.output.finish import (DUPLICATE_ID, duplicate_id_errors, finish, memory_errors, output_errors,
                              write_errors_file)
-from pipeline.output.manifest import Manifest
+from pipeline.output.manifest import Manifest, read_manifest
 from pipeline.output.output_folder import ERRORS_FILE, OutputFolder
 from pipeline.output.progress import RunStats
 from pipeline.inputs.shards import Shard
@@ -55,17 +55,29 @@ def test_duplicate_id_errors_lists_every_occurrence_in_and_across_shards():
     assert duplicate_id_errors(pa.array(["x", "y"]), shards.slice(0, 2), rows.slice(0, 2)).num_rows == 0
 
 
-def test_duplicate_pass_spilled_into_hash_buckets_finds_the_same_rows(tmp_path):
-    """The bounded-memory id pass (ids spilled by hash into buckets, each checked alone) lists
-    exactly what the one-bucket pass lists: string ids, integer ids, a null id."""
+def test_duplicate_pass_within_a_small_memory_limit_finds_the_same_rows(tmp_path):
+    """The id pass held to a small DuckDB memory_limit lists exactly what the pass with the
+    default limit lists, and what counting the ids lists: string ids, integer ids, a null id;
+    on 200,000 ids the small limit makes DuckDB spill to disk, with the same rows found."""
     for ids in ([f"d{i % 23}" for i in range(60)], [i % 17 for i in range(59)] + [None]):
         folder, manifest = build_output(tmp_path / f"out-{type(ids[0]).__name__}", ids)
         whole, _, n_whole = output_errors(folder, manifest)
-        spilled, _, n_spilled = output_errors(folder, manifest, pass_rows=7)  # 9 buckets
-        assert n_whole == n_spilled > 0
-        assert spilled.to_pylist() == whole.to_pylist()
+        small, _, n_small = output_errors(folder, manifest, memory_limit="16MB", threads=1)
+        assert n_whole == n_small > 0
+        assert small.to_pylist() == whole.to_pylist()
+        assert small.schema.field("id").type == pa.array(ids).type
         counts = {i: ids.count(i) for i in ids}
         assert n_whole == sum(c for c in counts.values() if c > 1)
+        assert whole.column("row").to_pylist() == [r for r, i in enumerate(ids) if counts[i] > 1]
+    ids = [f"doc-{i % 180_000:012d}" for i in range(200_000)]  # rows 0..19,999 repeat at 180,000..
+    folder, manifest = build_output(tmp_path / "big", ids, shard_rows=20_000)
+    stats = {}
+    table, _, duplicates = output_errors(folder, manifest, memory_limit="16MB", threads=1, stats=stats)
+    assert stats["spilled_bytes"] > 0  # DuckDB's peak temporary-folder size
+    assert duplicates == 40_000
+    assert table.column("row").to_pylist() == [*range(20_000), *range(180_000, 200_000)]
+    assert table.column("shard").to_pylist()[::20_000] == ["000000", "000009"]
+    assert table.column("id").to_pylist()[20_000] == ids[0]
 
 
 def test_rows_of_bad_texts_shift_the_global_rows_of_duplicates(tmp_path):
@@ -101,7 +113,7 @@ def test_finish_removes_strays_reports_and_marks_complete(tmp_path, capsys):
                      bad_rows=0, shards=1, resumed_shards=0, retries=0, workers=())
     result = finish(stats, None, manifest, folder, PipelineConfig(id_column="doc"))
     assert (result.output, result.stats.duplicate_ids, result.stats.bad_rows_total) == (folder.location, 2, 0)
-    saved = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    saved = read_manifest(tmp_path / "out")
     assert saved["complete"] and saved["summary"]["duplicate_ids"] == 2
     assert sorted(folder.files()) == sorted([*manifest.files(), "_manifest.json", ERRORS_FILE])
     assert str(folder) in capsys.readouterr().out  # the summary names the folder

@@ -26,6 +26,9 @@ import pytest
 
 import pipeline
 from pipeline.inputs.samples import sample_passages
+from pipeline.output.commit_log import FOLD_ENV
+from pipeline.output.manifest import Manifest, read_manifest
+from pipeline.output.output_folder import OutputFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 N, SHARD_ROWS = 200, 20
@@ -74,10 +77,9 @@ def assert_same_as_reference(out: Path, reference) -> None:
     assert got.column("id").to_pylist() == table.column("id").to_pylist()
     np.testing.assert_allclose(pipeline.to_numpy(got), pipeline.to_numpy(table), atol=1e-5, rtol=0)
     assert pq.read_table(out / "_errors.parquet").equals(errors)
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["complete"]
-    named = {r["path"] for r in manifest["shards"].values()}
-    named |= {r["errors"] for r in manifest["shards"].values() if r.get("errors")}
+    manifest = Manifest.load(OutputFolder.open(out))
+    assert manifest.data["complete"]
+    named = manifest.files()  # parts, error files, the commit log's files
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert on_disk == named | {"_manifest.json", "_errors.parquet"}  # nothing half-written left
 
@@ -85,40 +87,55 @@ def assert_same_as_reference(out: Path, reference) -> None:
 def kill_driver_at(point: str, corpus, cluster, out: Path) -> dict:
     """Run the CLI driver with PIPELINE_CRASH_AT=point; it must die by SIGKILL there."""
     pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
-    env = {**os.environ, "PIPELINE_CRASH_AT": point, "RAY_ADDRESS": cluster[0]}
+    env = {**os.environ, "PIPELINE_CRASH_AT": point, "RAY_ADDRESS": cluster[0],
+           FOLD_ENV: "3"}  # the commit log folds every 3 commits: 3 folds in a 10-shard run
     done = subprocess.run([sys.executable, "jobs/embed_corpus.py", "--input", corpus[0],
                            "--output", str(out), *CLI_ARGS], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
-    return json.loads((out / "_manifest.json").read_text())
+    return read_manifest(out)
 
 
+def committed_parts(out: Path) -> dict:
+    """shard id -> (record, (inode, mtime) of its part) for every committed shard."""
+    return {k: (r, (os.stat(out / r["path"]).st_ino, os.stat(out / r["path"]).st_mtime_ns))
+            for k, r in read_manifest(out)["shards"].items()}
+
+
+# Kill points: at planning; a shard committed (mid_run); a part published, not committed; a
+# fold of the commit log with its new segment written, not named (fold_written) and with
+# `_manifest.json` switched, the old log not yet deleted (fold_switched).
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["plan", "mid_run:2", "after_publish:3"])
-def test_driver_killed_then_resumed(cluster, corpus, reference, tmp_path, point):
+@pytest.mark.parametrize("point, committed", [("plan", 0), ("mid_run:2", 2), ("after_publish:3", 2),
+                                              ("fold_written:1", 3), ("fold_switched:2", 6)])
+def test_driver_killed_then_resumed(cluster, corpus, reference, tmp_path, point, committed):
     out = tmp_path / "out"
     manifest = kill_driver_at(point, corpus, cluster, out)
-    committed = len(manifest["shards"])
     assert not manifest["complete"] and not (out / "_errors.parquet").exists()
-    if point == "after_publish:3":  # the third part is on disk, published, uncommitted (the
-        parts = {p.name for p in out.glob("part-*")}  # throttled manifest may lag one more)
-        assert committed <= 2 and len(parts - {r["path"] for r in manifest["shards"].values()}) >= 1
-    else:
-        assert committed == {"plan": 0, "mid_run:2": 2}[point]
+    assert len(manifest["shards"]) == committed  # every commit the driver made is in the log
+    if point == "after_publish:3":  # the third part is on disk, published, uncommitted
+        parts = {p.name for p in out.glob("part-*")}
+        assert len(parts - {r["path"] for r in manifest["shards"].values()}) >= 1
+    before = committed_parts(out)
     resumed = pipeline.run(corpus[0], output=str(out), **RUN)
-    assert resumed.stats.resumed_shards == committed
+    assert resumed.stats.resumed_shards == committed and resumed.stats.shards == N // SHARD_ROWS - committed
     assert resumed.stats.rows_total == N - len(BAD)
+    after = committed_parts(out)
+    assert {k: after[k] for k in before} == before  # no committed part redone or rewritten
     assert_same_as_reference(out, reference)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["mid_shard", "after_write"])
-def test_actor_killed_then_replaced(cluster, corpus, reference, tmp_path, point):
+@pytest.mark.parametrize("point,workers", [("mid_shard", 1), ("after_write", 1), ("mid_shard", 2)])
+def test_actor_killed_then_replaced(cluster, corpus, reference, tmp_path, point, workers):
+    """An actor SIGKILLed mid-shard (or after writing its part, before the commit) is restarted,
+    its shard retried, nothing lost or repeated; with two workers the other keeps working."""
     cluster[1].write_text(f"000004 {point}")  # the actor SIGKILLs itself on shard 4, once
     out = tmp_path / "out"
-    result = pipeline.run(corpus[0], output=str(out), **RUN)
+    result = pipeline.run(corpus[0], output=str(out), **{**RUN, "num_workers": workers})
     assert not cluster[1].exists(), "the crash point was never reached"
-    assert result.stats.retries >= 1 and [w.restarts for w in result.stats.workers] == [1]
+    assert result.stats.retries >= 1
+    assert sorted(w.restarts for w in result.stats.workers) == [0] * (workers - 1) + [1]
     assert_same_as_reference(out, reference)
 
 
@@ -141,7 +158,7 @@ def _interrupt_after_first_commit(command: list[str], out: Path, cluster,
     manifest = out / "_manifest.json"
     try:
         while driver.poll() is None:  # the CLI's own timeout guards the wait
-            if manifest.exists() and json.loads(manifest.read_text() or "{}").get("shards"):
+            if manifest.exists() and read_manifest(out)["shards"]:
                 break
             time.sleep(0.05)
         assert driver.poll() is None, "the run ended before it could be interrupted"
@@ -174,7 +191,7 @@ def test_ctrl_c_in_the_cli_prints_one_line_and_exits_130(cluster, long_corpus, t
     assert done.returncode == code, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     line = done.stderr.strip().splitlines()[-1]
-    committed = len(json.loads((out / "_manifest.json").read_text())["shards"])
+    committed = len(read_manifest(out)["shards"])
     assert line == (f"interrupted: {committed} of 200 shards committed in {out}; rerun with the "
                     "same output to resume") and committed >= 1
 

@@ -25,6 +25,7 @@ import torch
 import pipeline
 from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_model
+from pipeline.output.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 F32 = {"dtype": "float32", "progress": False}
@@ -286,7 +287,7 @@ def test_disk_full_fails_the_shard_cleanly_and_a_rerun_resumes(ray_local, engine
     message = str(info.value)
     assert "No space left on device" in message and "rerun" in message
     assert "shard 0" in message or "_manifest.json" in message
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = read_manifest(out)
     named = {r["path"] for r in manifest["shards"].values()}
     assert not list(out.glob(".part-*.tmp"))  # every failed write removed its temporary
     assert named <= {p.name for p in out.glob("part-*")} and len(named) < 10

@@ -47,20 +47,26 @@ def test_to_numpy_multi_chunk_and_sliced():
     np.testing.assert_array_equal(to_numpy(t.slice(1, 3)), vectors[1:4])
 
 
-def test_manifest_save_is_atomic_and_loads_back(tmp_path):
+def test_manifest_commit_is_durable_at_once_and_loads_back(tmp_path):
     folder = OutputFolder.open(tmp_path)
     assert Manifest.load(folder) is None
     m = Manifest.new(folder, FP, {"num_shards": 2, "shard_rows": 10})
+    m.save(force=True)
     m.commit("000001", {"path": "part-000001-aa.parquet", "rows": 10})
-    m.save(force=True)
+    assert set(Manifest.load(folder).shards) == {"000001"}  # in the log: no save needed
     m.commit("000000", {"path": "part-000000-bb.parquet", "rows": 10, "errors": "_errors/x.jsonl"})
-    m.save()  # throttled: within a second of the last save, nothing is written
-    assert set(Manifest.load(folder).shards) == {"000001"}
-    m.save(force=True)
     loaded = Manifest.load(folder)
     assert loaded.fingerprint == FP and set(loaded.shards) == {"000000", "000001"}
-    assert loaded.files() == {"part-000001-aa.parquet", "part-000000-bb.parquet", "_errors/x.jsonl"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["_manifest.json"]
+    log = "_commits/log-000000.jsonl"
+    assert loaded.files() == {"part-000001-aa.parquet", "part-000000-bb.parquet", "_errors/x.jsonl", log}
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == \
+        ["_commits/log-000000.jsonl", "_manifest.json"]
+    loaded.finish({"rows": 20})  # complete: the log folded into one segment, the log removed
+    loaded.save(force=True)
+    again = Manifest.load(folder)
+    assert again.data["complete"] and dict(again.shards.items()) == dict(loaded.shards.items())
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == \
+        ["_commits/segment-000001.parquet", "_manifest.json"]
 
 
 def test_fingerprint_mismatch_names_what_differs(tmp_path):

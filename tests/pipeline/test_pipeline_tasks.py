@@ -26,6 +26,7 @@ import pipeline
 from pipeline.errors import FingerprintMismatch, InputError
 from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_classifier
+from pipeline.output.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 N, SHARD_ROWS = 60, 10
@@ -158,7 +159,7 @@ def test_score_killed_then_resumed_gives_the_same_scores(cluster, folders, pairs
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not cluster[1].exists(), "the actor's crash point was never reached"
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = read_manifest(out)
     assert len(manifest["shards"]) == 3 and not manifest["complete"]
     resumed = pipeline.run(pairs[0], output=str(out), model=folders[0], num_workers=2,
                            passthrough_columns=("lang",), **SCORE)

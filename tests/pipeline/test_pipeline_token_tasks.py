@@ -29,6 +29,7 @@ from pipeline.output import part_size
 from pipeline.errors import InputError
 from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_bge_m3, make_tiny_multi_vector, make_tiny_splade
+from pipeline.output.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 20
@@ -179,7 +180,7 @@ def test_tokens_killed_then_resumed_gives_the_same_output(cluster, models, corpu
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not cluster[1].exists(), "the actor's crash point was never reached"
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = read_manifest(out)
     assert len(manifest["shards"]) == 2 and not manifest["complete"]
     resumed = pipeline.run(corpus[0], output=str(out), model=models["tokens"], task="tokens",
                            num_workers=2, passthrough_columns=("lang",), max_part_bytes=PART_BYTES,

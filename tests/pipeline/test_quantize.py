@@ -15,6 +15,8 @@ from pipeline.output import quantize
 from pipeline.inputs.shards import calibration_shards
 from pipeline.inputs.sources import Fragment
 from pipeline.output.writer import part_table, to_numpy
+from pipeline.output.manifest import Manifest, read_manifest
+from pipeline.output.output_folder import OutputFolder
 
 N = 80
 RUN = {"num_workers": 1, "shard_rows": 40, "progress": False}
@@ -109,7 +111,7 @@ def outputs(ray_local, corpus, tmp_path_factory):
 
 
 def test_int8_through_pipeline(outputs, reference):
-    manifest = json.loads((outputs / "int8" / "_manifest.json").read_text())
+    manifest = read_manifest(outputs / "int8")
     quant = manifest["quantization"]
     assert quant["output_dtype"] == "int8" and quant["dimensions"] == 384
     assert quant["calibration"]["sample_rows"] == N and len(quant["calibration"]["low"]) == 384
@@ -127,7 +129,7 @@ def test_int8_through_pipeline(outputs, reference):
 
 
 def test_matryoshka_dimensions_apply_before_int8(outputs, reference):
-    manifest = json.loads((outputs / "int8_128" / "_manifest.json").read_text())
+    manifest = read_manifest(outputs / "int8_128")
     assert manifest["quantization"]["dimensions"] == 128 and manifest["fingerprint"]["engine"]["dimensions"] == 128
     back = pipeline.read_embeddings(outputs / "int8_128", as_numpy=True, dequantize=True)
     assert back.shape == (N, 128)
@@ -175,14 +177,15 @@ def test_resume_with_other_dtype_refused_and_calibration_reused(outputs, corpus)
         pipeline.run(str(corpus[0]), output=outputs / "int8", id_column="doc", output_dtype="ubinary", **RUN)
     # Forget one shard and change the stored calibration: the redone part must use the stored
     # one (a recomputed calibration would come back unchanged, so it could not tell).
-    path = outputs / "int8" / "_manifest.json"
-    manifest = json.loads(path.read_text())
+    stored = Manifest.load(OutputFolder.open(outputs / "int8"))
+    manifest = {"quantization": json.loads(json.dumps(stored.data["quantization"]))}
     calib = manifest["quantization"]["calibration"]
     calib["low"], calib["high"] = [v * 2 for v in calib["low"]], [v * 2 for v in calib["high"]]
-    manifest["shards"].pop("000001")
-    path.write_text(json.dumps(manifest))
+    stored.put("quantization", manifest["quantization"])
+    stored.uncommit("000001")
+    stored.fold()
     pipeline.run(str(corpus[0]), output=outputs / "int8", id_column="doc", output_dtype="int8", **RUN)
-    after = json.loads(path.read_text())
+    after = read_manifest(outputs / "int8")
     assert after["quantization"] == manifest["quantization"]
     part = outputs / "int8" / after["shards"]["000001"]["path"]
     assert json.loads(pq.read_schema(part).metadata[quantize.QUANT_KEY]) == manifest["quantization"]

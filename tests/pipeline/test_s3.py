@@ -7,12 +7,14 @@
 - the secret of the URI appears in no object of the output, in nothing printed (the killed
   driver's and the resumed run's stdout/stderr, the pipeline's log records, the Ray session's
   log files) and in no exception text;
-- requests per shard are counted at the server (docs/SCALE.md quotes them).
+- requests are counted at the server for the killed run and the resume, by what they touch
+  (docs/SCALE.md quotes them): beyond the parts' uploads and the reads of data (the input's
+  rows, the finish step's id column), at most 3 per committed shard.
 """
 from __future__ import annotations
 
-import json
 import logging
+from collections import Counter
 import os
 import signal
 import subprocess
@@ -27,6 +29,8 @@ import pytest
 
 import pipeline
 from pipeline.inputs.samples import sample_passages
+from pipeline.output.manifest import Manifest, read_manifest
+from pipeline.output.output_folder import OutputFolder
 from s3_server import SECRET  # the moto fixture is in conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,16 +67,18 @@ def killed_and_resumed(ray_local, moto, corpus, reference):
     pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     env = {**os.environ, "PIPELINE_CRASH_AT": "mid_run:2",
            "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    moto.clear()
     killed = subprocess.run([sys.executable, "jobs/embed_corpus.py", "--input", corpus[1],
                              "--output", out, *CLI], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    killed_requests = list(moto.requests)
     left = moto.objects("bucket/out")
-    manifest = json.loads(left["_manifest.json"])
+    manifest = read_manifest(out)
     records = logging.getLogger("pipeline")
     handler = _Capture()
     records.addHandler(handler)
-    moto.counts.clear()
+    moto.clear()
     import io
     from contextlib import redirect_stderr, redirect_stdout
     stdout, stderr = io.StringIO(), io.StringIO()
@@ -83,7 +89,8 @@ def killed_and_resumed(ray_local, moto, corpus, reference):
         records.removeHandler(handler)
     return {"killed": killed, "left": left, "manifest": manifest, "result": result,
             "stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "logs": handler.lines,
-            "counts": dict(moto.counts)}
+            "counts": dict(moto.counts), "requests": list(moto.requests),
+            "killed_requests": killed_requests}
 
 
 class _Capture(logging.Handler):
@@ -105,13 +112,49 @@ def test_killed_driver_resumes_on_s3_to_the_local_runs_output(moto, killed_and_r
     got = pipeline.read_embeddings(result.output)
     assert got.column("id").to_pylist() == reference.column("id").to_pylist()
     np.testing.assert_allclose(pipeline.to_numpy(got), pipeline.to_numpy(reference), atol=1e-5, rtol=0)
-    manifest = json.loads(moto.objects("bucket/out")["_manifest.json"])
-    named = {r["path"] for r in manifest["shards"].values()}
+    named = Manifest.load(OutputFolder.open(result.output)).files()
     assert set(moto.objects("bucket/out")) == named | {"_manifest.json"}  # strays removed
-    resumed_shards = N // SHARD_ROWS - committed
-    total = sum(run["counts"].values())
-    print(f"\nS3 requests of the resume ({resumed_shards} shards + start and finish): {run['counts']}; "
-          f"{total} in all, {total / resumed_shards:.1f} per shard")
+
+
+def requests_by_kind(requests: list[tuple[str, str]]) -> Counter:
+    """What each request touched. Per shard: a part's upload, the commit log's batch objects
+    (PUT), an errors file; data reads: the input, the parts' id column (the finish step's
+    duplicate-id pass); per run: the manifest (`_manifest.json`, the log's segments, reading the
+    log back on resume, a fold's clean-up), listings, folder markers."""
+    out = Counter()
+    for kind, path in requests:
+        key = path.split("?")[0].split("/", 2)[2] if path.count("/") >= 2 else ""
+        if kind == "GET list-type":
+            what = "input" if "prefix=corpus" in path else "per run"
+        elif key.startswith("corpus/"):
+            what = "input"
+        elif key.startswith("out/part-"):
+            what = "part upload" if kind.startswith(("PUT", "POST")) else "part read"
+        elif key.startswith("out/_errors/"):
+            what = "errors file"
+        elif key.startswith("out/_commits/log-") and kind == "PUT":
+            what = "commit log"
+        else:
+            what = "per run"
+        out[what] += 1
+    return out
+
+
+@pytest.mark.slow
+def test_requests_per_committed_shard_beyond_uploads_and_data_reads(killed_and_resumed):
+    """Per committed shard, besides its part's upload: one PUT of the commit log's batch
+    object at most (and an errors file where it has bad rows): <= 3. What each run pays once
+    (the manifest, listings, reading the log back) is bounded apart from the shards; the data
+    reads (the input's rows, the id column of each part) are counted apart. Counts, not timings,
+    for the killed run (2 shards committed) and the resume (4 more and the finish step)."""
+    run = killed_and_resumed
+    for name, requests, shards in (("killed run", run["killed_requests"], 2),
+                                   ("resume", run["requests"], N // SHARD_ROWS - 2)):
+        kinds = requests_by_kind(requests)
+        print(f"\n{name}: {shards} shards committed; requests {dict(sorted(kinds.items()))}")
+        assert kinds["part upload"] <= shards + 1  # one PUT per part (+ one killed in flight)
+        assert kinds["commit log"] + kinds["errors file"] <= 3 * shards, kinds  # ~1 per shard
+        assert kinds["per run"] <= 50, kinds  # per run, not per shard: no HEAD or GET per part
 
 
 @pytest.mark.slow

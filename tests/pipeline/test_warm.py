@@ -20,6 +20,7 @@ from ray.exceptions import RayActorError
 import pipeline
 from pipeline.execution import warm
 from pipeline.inputs.samples import sample_passages
+from pipeline.output.manifest import read_manifest
 
 N, SHARD_ROWS = 40, 10
 RUN = {"num_workers": 1, "dtype": "float32", "shard_rows": SHARD_ROWS, "progress": False}
@@ -110,7 +111,7 @@ def test_resume_into_an_output_folder_with_warm_actors(cluster, texts, engine_ve
     warm_actors = actors()
     out = tmp_path / "out"
     pipeline.run(texts, output=str(out), **RUN)
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = read_manifest(out)
     for shard in ("000001", "000003"):  # two committed parts vanish: a rerun redoes them
         (out / manifest["shards"][shard]["path"]).unlink()
     resumed = pipeline.run(texts, output=str(out), **RUN)
@@ -136,7 +137,7 @@ def test_a_crash_in_a_warm_actor_does_not_reach_the_next_run(cluster, texts, eng
     with pytest.raises(pipeline.ShardFailedError, match=r"shard 00000[012] .*failed 1 times"):
         pipeline.run(texts, output=str(tmp_path / "b"), **{**RUN, "max_retries": 0})
     assert not crash_file.exists() and actors() == []  # a failed run stops its actors
-    committed = len(json.loads((tmp_path / "b" / "_manifest.json").read_text())["shards"])
+    committed = len(read_manifest(tmp_path / "b")["shards"])
     after = pipeline.run(texts, **RUN)
     assert [w.restarts for w in after.stats.workers] == [0] and after.stats.retries == 0
     assert actors()[0][0] != old
