@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cast", action="store_true",
                    help="cast a non-string text column (int, float, bool, binary) to string")
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in --output and start over")
+    p.add_argument("--reuse", default=None, metavar="PATH",
+                   help="incremental run: copy the rows whose text (and prompt) is unchanged from this "
+                        "earlier output (local path or URI) instead of embedding them; it must have "
+                        "been made with the same model and settings (README, \"Incremental runs\")")
+    p.add_argument("--reuse-ignore-mismatch", action="store_true",
+                   help="with --reuse: a previous output made with other settings is ignored (every "
+                        "row embedded) instead of refused (exit code 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
     p.add_argument("--summary-json", default=None, help="also write the run statistics to this JSON file")
     p.add_argument("--demo", action="store_true",
@@ -269,6 +276,8 @@ def _main(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, progress=not args.no_progress, address=args.address,
             **({"restart_timeout_s": args.restart_timeout} if args.restart_timeout else {}),
             **({"max_part_bytes": args.max_part_bytes} if args.max_part_bytes else {}),
+            **({"reuse": args.reuse} if args.reuse else {}),
+            **({"reuse_mismatch": "ignore"} if args.reuse_ignore_mismatch else {}),
             **{k: v for k, v in engine.items() if v is not None})
     except Exception as e:
         code = exit_code(e)
@@ -282,7 +291,10 @@ def _main(args: argparse.Namespace) -> int:
             print(f"error: {message}", file=sys.stderr)
         return code
     if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(result.stats.to_dict(), indent=1))
+        summary = result.stats.to_dict()
+        if result.manifest and "reuse" in result.manifest.get("summary", {}):  # --reuse's counts
+            summary["reuse"] = result.manifest["summary"]["reuse"]
+        Path(args.summary_json).write_text(json.dumps(summary, indent=1))
     if args.demo:
         show_demo(result.output)
     if result.stats.isolated_rows:  # issue 24: a row that killed its worker is named

@@ -35,6 +35,7 @@ from .execution.embedder import Embedder
 from .execution.model_sync import model_spec
 from .execution.warm import shutdown
 from .inputs.validate import default_task
+from .output.content_hash import HASH_COLUMN
 from .output.finish import RunResult
 from .output.manifest import Manifest
 from .output.output_folder import OutputFolder
@@ -100,6 +101,12 @@ def run(data, *, output=None, model=None, text_column="text", id_column=None, nu
             of each text: `id, chunk, char_start, char_end, embedding` (any output_dtype of
             embed), pass-through columns repeated; `spans_column=` takes each text's chunks as
             [char_start, char_end] pairs from a column (README, "Long documents").
+            `reuse="out/previous"` (an earlier run's output folder or URI): rows whose content
+            hash (prompt, text, pair text; the parts' `content_hash` column) it holds are
+            copied from it, the rest embedded; its settings must equal this run's, else
+            `FingerprintMismatch` names the difference (`reuse_mismatch="ignore"`: embed every
+            row); `result.manifest["summary"]["reuse"]` counts rows reused, embedded and dropped
+            (README, "Incremental runs").
 
     Returns:
         RunResult with `.output`, `.stats` (rows, tokens, seconds, tokens_per_s, per worker,
@@ -332,4 +339,6 @@ def _read_parts(folder: OutputFolder, manifest: Manifest, columns) -> pa.Table |
     """The committed parts as one table in shard order (None when there are none)."""
     records = [record for _, record in manifest.records()]  # in shard order
     tables = list(folder.read_parts(records, columns))
+    if columns is None:  # the content hash only when asked for (`pipeline/output/content_hash.py`)
+        tables = [t.drop_columns([HASH_COLUMN]) if HASH_COLUMN in t.column_names else t for t in tables]
     return pa.concat_tables(tables) if tables else None

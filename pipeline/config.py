@@ -5,15 +5,18 @@ dispatched and written. Values derived at run time (shard size, thread split) li
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
 from .errors import InputError
+from .output.content_hash import HASH_COLUMN
 from .tasks import TASKS, check_task
 
 OUTPUT_FORMATS = ("parquet", "arrow")
 BAD_ROW_POLICIES = ("record", "error")
 OUTPUT_DTYPES = ("float32", "float16", "int8", "ubinary")
+REUSE_MISMATCH = ("refuse", "ignore")
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,13 @@ class PipelineConfig:
             bad-row reports and summary; the engine is kept for the next call like warm
             actors; `threads_per_worker` then sets this process's torch threads). Default
             10,000; 0: always Ray. num_workers > 1 and a model URI always use Ray.
+        reuse: the output folder (local or URI) of an earlier run: rows whose content hash
+            (`pipeline/output/content_hash.py`) is in it are copied from it instead of embedded,
+            when its fingerprint's values part equals this run's (`pipeline/execution/reuse.py`).
+            Needs `output`; not task="chunks". Not part of the fingerprint.
+        reuse_mismatch: "refuse" (default: a previous output made with other settings raises
+            FingerprintMismatch naming the difference) or "ignore" (it is ignored: every row is
+            embedded).
     """
 
     text_column: str = "text"
@@ -113,6 +123,8 @@ class PipelineConfig:
     max_part_bytes: int = 256 * 2**20
     in_process_rows: int = 10_000
     spans_column: str | None = None
+    reuse: str | None = None
+    reuse_mismatch: str = "refuse"
 
     def __post_init__(self):
         if not isinstance(self.text_column, str) or not self.text_column:
@@ -126,7 +138,7 @@ class PipelineConfig:
         spec = check_task(self.task, self.pair_column, self.output_dtype)
         if self.output_dtype is None:
             object.__setattr__(self, "output_dtype", spec.output_dtypes[0])
-        reserved = {"id", *spec.output_names}
+        reserved = {"id", *spec.output_names, HASH_COLUMN}
         clash = reserved.intersection(self.passthrough_columns)
         if clash:
             raise InputError(f"passthrough_columns {sorted(clash)} clash with the output columns "
@@ -158,6 +170,11 @@ class PipelineConfig:
         _choice("on_bad_row", self.on_bad_row, BAD_ROW_POLICIES)
         _choice("output_format", self.output_format, OUTPUT_FORMATS)
         _choice("output_dtype", self.output_dtype, OUTPUT_DTYPES)
+        _choice("reuse_mismatch", self.reuse_mismatch, REUSE_MISMATCH)
+        if self.reuse is not None:
+            if not isinstance(self.reuse, (str, os.PathLike)) or not os.fspath(self.reuse):
+                raise InputError(f"reuse={self.reuse!r} must be the path or URI of an earlier run's output")
+            object.__setattr__(self, "reuse", os.fspath(self.reuse))
 
     @property
     def text_columns(self) -> tuple[str, ...]:

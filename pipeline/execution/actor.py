@@ -18,6 +18,7 @@ constructor replayed with the engine settings) serves the run's next call unchan
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import signal
 import threading
@@ -36,11 +37,13 @@ from ..errors import BadRowsError
 from ..inputs.shards import Shard, read_shard
 from ..inputs.sources import text_as_string
 from ..inputs.validate import embeddable_texts, errors_table, split_bad_rows
+from ..output.content_hash import HASH_COLUMN, row_hashes
 from ..output.manifest import Manifest
 from ..output.output_folder import OutputFolder
 from ..output.writer import task_part
 from ..tasks import TASKS
 from .model_sync import ensure_local_model
+from .reuse import PreviousParts, merge
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,10 @@ class EmbedWorker:
             good, errors, keep = _leave_out(shard, table, good, errors, keep, dict(bad), config)
         _crash_on_row(shard, bad)
         texts = [good.column(c).to_pylist() for c in config.text_columns]
+        hashes = row_hashes(run.prompt, texts) if run.folder is not None else None
+        mask, reused = run.reuse.split(shard, keep, good.num_rows) if run.reuse else (None, None)
+        if reused is not None:  # incremental run: only the rows the previous output lacks
+            texts = [list(itertools.compress(col, ~mask)) for col in texts]
         if config.spans_column:  # task="chunks": the caller's chunk spans, after the texts
             texts.append(good.column(config.spans_column).to_pylist())
         t1 = time.perf_counter()
@@ -153,6 +160,8 @@ class EmbedWorker:
             try:
                 outputs = self._on_engine_thread(run.task.compute, self.engine, texts)
             except TextTooLongError as e:
+                if reused is not None:  # the index is into the embedded rows
+                    e.index = int(np.flatnonzero(~mask)[e.index])
                 raise self._too_long(config, shard, good, keep, e) from None
             seconds = time.perf_counter() - start
             stages = {k: v - stages0[k] for k, v in stats.stage_seconds().items()}
@@ -172,8 +181,11 @@ class EmbedWorker:
         if run.task.output_rows is not None:  # several output rows per input row (chunks)
             rows = pa.array(run.task.output_rows(outputs))
             ids, extra = ids.take(rows), (extra.take(rows) if extra is not None else None)
+            hashes = hashes.take(rows)
         quant = run.quantization() if run.task.quantized else None
-        columns = run.task.arrays(outputs, config.output_dtype, quant)
+        columns = merge(run.task.arrays(outputs, config.output_dtype, quant), reused, mask)
+        columns[HASH_COLUMN] = hashes
+        record["reused"] = int(mask.sum()) if reused is not None else 0
         part = task_part(ids, columns, extra, run.fingerprint, quant)
         record.update(run.folder.publish_part(shard.id, part, config.output_format))
         if run.task.output_rows is not None:  # "rows" stays the input rows embedded
@@ -256,7 +268,16 @@ class _Run:
         self.config, self.folder, self.source = context.config, context.folder, context.source
         self.task = TASKS[context.config.task]
         self.fingerprint = fingerprint
+        self.prompt = fingerprint["engine"].get("prompt") or ""  # in every row's content hash
+        self._reuse = None
         self._quant, self._quant_read = None, False  # the output's quantization record, read once
+
+    @property
+    def reuse(self) -> PreviousParts | None:
+        """The previous output's rows this run copies (`reuse=`), or None."""
+        if self._reuse is None and self.config.reuse and self.folder is not None:
+            self._reuse = PreviousParts(self.config.reuse, self.folder, self.task.output_names)
+        return self._reuse
 
     def quantization(self) -> dict | None:
         """The quantization record the driver committed to the output's manifest before dispatch."""

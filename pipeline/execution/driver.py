@@ -28,7 +28,7 @@ from ..output.manifest import MANIFEST_NAME, Manifest, check_resumable, crash_po
 from ..output.output_folder import OutputFolder, absolute, is_uri, redact
 from ..output.progress import Progress, RunStats, WorkerStats
 from ..tasks import TASKS, memory_results
-from . import cluster, warm
+from . import cluster, reuse, warm
 from .local import LocalPool
 from .model_sync import model_spec
 from .pool import Pool
@@ -56,12 +56,13 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
     folder = OutputFolder.open(output) if output is not None else None
     if folder is not None:
         folder.check_usable()
+    reuse.check_early(config, folder, TASKS[config.task])
     cluster.check_address(config.address)  # a dead address fails in seconds, before the model loads
     _check_model_here(engine_options, config.address)
     local = _runs_in_process(data, config, engine_options)  # small, in memory, no Ray here: local.py
     # A Ray this pipeline started; quiet unless progress was asked for (a notebook's one line).
     ours = not local and warm.connected(cluster.connect(config.address, quiet=config.progress is not True))
-    pool = manifest = plan = None
+    pool = manifest = plan = reused = None
     finished = False
     try:
         if source is None and type(data).__module__.startswith("ray.data"):
@@ -92,6 +93,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
         fingerprint = pool.fingerprint(config)
         if folder:
             manifest = _prepare_output(folder, manifest, fingerprint, plan)
+            reused = reuse.prepare(config, TASKS[config.task], folder, manifest, source, shards, fingerprint)
             _record_run(manifest, pool, source, config, engine_options, data)
             todo = _pending(shards, manifest)
             crash_point("plan", 0)
@@ -106,6 +108,8 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
         progress.close()
         stats = collector.stats(pool, time.perf_counter() - t0, startup, len(shards) - len(todo))
         result = finish(stats, collector, manifest, folder, config, TASKS[config.task].first_rows)
+        if folder:
+            reuse.finish(manifest, folder, reused, config.progress or config.progress is None)
         finished = True
         return result
     except KeyboardInterrupt:  # Ctrl-C (or the CLI's SIGTERM): one line, not Ray's frames

@@ -222,7 +222,8 @@ def test_bge_m3_parts_hold_three_outputs(cluster, models, corpus, expected, tmp_
     pipeline.run(corpus[0], output=str(out), model=models["bge-m3"], task="bge-m3", num_workers=1,
                  allow_pickle=True, output_dtype="float32", max_part_bytes=30_000, **COMMON)
     part = pq.read_table(sorted(out.glob("part-*"))[0])
-    assert part.column_names == ["id", "embedding", "indices", "values", "tokens", "num_tokens"]
+    assert part.column_names == ["id", "embedding", "indices", "values", "tokens", "num_tokens",
+                                 "content_hash"]
     assert part.schema.field("embedding").type == pa.list_(pa.float32(), 32)
     assert part.schema.field("tokens").type == pa.list_(pa.list_(pa.float32(), 16))  # float32 kept
     want = expected["bge-m3"]
