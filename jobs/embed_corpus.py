@@ -150,14 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-dir", default=None,
                    help="each worker writes a torch profiler trace of a few batches here (Chrome JSON)")
     p.add_argument("--shard-rows", type=int, default=None, help="rows per shard (default: sized from the corpus)")
+    p.add_argument("--max-part-bytes", type=int, default=None,
+                   help="--task tokens / bge-m3: plan shards so one part holds at most this many "
+                        "bytes (worst-case estimate; default: 256 MiB)")
     p.add_argument("--output-format", default="parquet", choices=["parquet", "arrow"], help="part file format")
     p.add_argument("--output-dtype", default=None, choices=["float32", "float16", "int8", "ubinary"],
                    help="stored values: --task embed float32 (default), float16, int8 (calibrated "
                         "on a corpus sample) or ubinary (packed sign bits); --task tokens / bge-m3 "
                         "token vectors float16 (default) or float32; other tasks float32 only")
-    p.add_argument("--max-part-bytes", type=int, default=None,
-                   help="--task tokens / bge-m3: plan shards so one part holds at most this many "
-                        "bytes (worst-case estimate; default: 256 MiB)")
     p.add_argument("--dimensions", type=int, default=None,
                    help="Matryoshka: keep the first N dimensions (renormalized) before quantizing")
     p.add_argument("--on-bad-row", default=None, choices=["record", "error"],
