@@ -13,12 +13,9 @@ Three paths, one per kind of CPU, all tested against the naive reference where t
   the same layouts with vector dot products, 4 rows per block;
 - fp32 FMAs (fp32 inputs always; bf16 converted once elsewhere): 8 rows per block.
 
-Building: `g++ -O3 -march=native -fopenmp -shared` (1-2 s; `CXX` picks another compiler) into
-`~/.cache/prefill-embed/kernels/` (`PREFILL_EMBED_KERNEL_CACHE` moves it; the temp folder when
-that cannot be made), keyed by the source, the compiler, torch's version and this CPU's flags,
-so a home shared by different CPUs builds once per kind of CPU. No compiler or a failed build:
-the backend is unavailable, the selector says why and uses `sdpa`. The library is loaded after
-torch, so its OpenMP calls bind to torch's libgomp (one thread team, see pipeline/execution/actor.py).
+Building: `native.build` (g++ -O3 -march=native -fopenmp, 1-2 s, cached per source, compiler,
+torch and CPU; see attention/native.py). No compiler or a failed build: the backend is
+unavailable, the selector says why and uses `sdpa`.
 
 Takes causal masks, windows and grouped-query K/V natively; head dims that are multiples of
 16 up to 256 in float32 or bfloat16 (AMX: multiples of 32 up to 128, others take the next
@@ -30,85 +27,27 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from . import native
 from .base import AttentionBackend, AttentionMetadata, Window
 from .sdpa import SdpaAttention
 
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_varlen.cpp")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-
-
-def cache_dir() -> Path:
-    try:
-        return Path(os.environ.get("PREFILL_EMBED_KERNEL_CACHE")
-                    or "~/.cache/prefill-embed/kernels").expanduser()
-    except RuntimeError:  # no home directory known
-        return Path(tempfile.gettempdir()) / "prefill-embed-kernels"
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
 
 
 @functools.cache
 def load() -> tuple[ctypes.CDLL | None, str | None]:
     """(library, None), or (None, the reason it cannot be built or loaded). Once per process."""
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx:
-        return None, "no C++ compiler on PATH (install g++ or set CXX)"
-    try:
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
-                                 timeout=30).stdout.splitlines()[:1]
-    except (OSError, subprocess.SubprocessError) as e:
-        return None, f"the C++ compiler {cxx} does not run: {e}"
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, *version, *FLAGS, _cpu_flags(),
-                                    torch.__version__]).encode()).hexdigest()[:16]
-    name = f"cpu_varlen-{key}.so"
-    path = cache_dir() / name
-    if not path.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:  # a read-only home (some cluster workers): the temp folder instead
-            path = Path(tempfile.gettempdir()) / "prefill-embed-kernels" / name
-    if not path.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Build beside the target, then rename: concurrent builders (actors) never see half a file.
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-            os.close(fd)
-            proc = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True,
-                                  text=True, timeout=300)
-            if proc.returncode:
-                os.unlink(tmp)
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                return None, f"building {SOURCE.name} with {cxx} failed: " + " | ".join(tail)
-            os.replace(tmp, path)
-            logger.info("cpu_varlen: built %s", path)
-        except (OSError, subprocess.SubprocessError) as e:
-            return None, f"building {SOURCE.name} failed: {e}"
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        return None, f"loading {path} failed: {e}"
+    lib, reason = native.build(SOURCE)
+    if lib is None:
+        return None, reason
     fn = lib.varlen_attention
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 7, ctypes.c_int, ctypes.c_int, ctypes.c_int,

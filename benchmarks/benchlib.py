@@ -210,9 +210,11 @@ def best_of(fn: Callable[[], object], rounds: int, device: torch.device | str = 
 
 
 def alternating_rounds(systems: dict[str, Callable[[list[str]], np.ndarray]], texts: list[str],
-                       rounds: int) -> dict[str, tuple[np.ndarray, float]]:
+                       rounds: int, every_round: dict[str, list[float]] | None = None
+                       ) -> dict[str, tuple[np.ndarray, float]]:
     """Warm every system up, then time them in turn, round after round (so drift in the
-    machine's speed hits all alike); keep each one's best round: name -> (vectors, seconds)."""
+    machine's speed hits all alike); keep each one's best round: name -> (vectors, seconds).
+    `every_round`, when given, receives each system's seconds of every round in order."""
     for fn in systems.values():
         fn(texts[:2])
     results: dict[str, tuple[np.ndarray, float]] = {}
@@ -222,6 +224,8 @@ def alternating_rounds(systems: dict[str, Callable[[list[str]], np.ndarray]], te
             vectors = fn(texts)
             seconds = time.perf_counter() - t
             print(f"  round {r + 1}: {name:20s} {seconds:.2f} s", flush=True)
+            if every_round is not None:
+                every_round.setdefault(name, []).append(seconds)
             if name not in results or seconds < results[name][1]:
                 results[name] = (vectors, seconds)
     return results

@@ -45,7 +45,7 @@ class Corpus:
     @property
     def rows(self) -> int:
         """Vectors in the output (a chunk output has more than its input rows)."""
-        return sum(r.get("output_rows", r["rows"]) for r in self.manifest.shards.values())
+        return sum(r.get("output_rows", r["rows"]) for _, r in self.manifest.records())
 
     @property
     def keys(self) -> list[str]:
@@ -64,8 +64,9 @@ class Corpus:
         return "ip" if self.manifest.fingerprint["engine"].get("normalize") else "l2"
 
     def shards(self) -> list[tuple[str, dict]]:
-        """(shard id, manifest record) of every committed shard in input order: one part each."""
-        return [(key, self.manifest.shards[key]) for key in sorted(self.manifest.shards, key=int)]
+        """(shard id, manifest record) of every committed shard in input order: one part each
+        (the records converted in bulk from the commit log's columns, not one lookup per shard)."""
+        return list(self.manifest.records())
 
     def parts(self):
         """(keys table, vectors) per part in input order (`shards()`'s): the `keys` columns, and

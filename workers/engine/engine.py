@@ -41,7 +41,7 @@ from ..loading.loader import load_side_weights, load_weights, meta_modules
 from ..loading.model_folder import open_model_folder
 from ..loading.resolve import resolve
 from ..models.packed_linear import pack_linears
-from ..quant import int8
+from ..quant import int8, int8_bert
 from ..workflow import input_processor
 from .chunk_outputs import ChunkOutputs
 from .feeder import feed_batches
@@ -173,7 +173,8 @@ class Engine(TokenOutputs, ChunkOutputs):
     def _finish_weights(self, device, dtype) -> str | None:
         """After loading (and LoRA): int8 quantization when asked (calibrated by running the
         float body; returns the calibration texts' hash), then the remaining linears packed
-        for oneDNN on CPU. A transformers body is left as it is."""
+        for oneDNN on CPU, then a BERT body's int8 layers fused into one flow (int8_bert.py).
+        A transformers body is left as it is."""
         if self.implementation != "native":
             return None
         calibration = None
@@ -185,6 +186,8 @@ class Engine(TokenOutputs, ChunkOutputs):
             int8.quantize(self.model, int8.calibrate(self.model, self._collect, texts), dtype)
             calibration = int8.calibration_hash(texts)
         pack_linears(self.model, dtype, self.resolved.max_num_batched_tokens)
+        if self.config.quantization == "int8":
+            int8_bert.fuse_bert_layers(self.model, dtype)
         return calibration
 
     def embed(self, texts: list[str]) -> np.ndarray:

@@ -15,9 +15,17 @@ outliers. So, per linear:
      (`torch.ops.onednn.qlinear_pointwise`, int32 accumulation, times the weight scales on the
      way out), then times scale_t, plus bias, then the layer's activation or residual.
 Linears named in `KEEP_FLOAT` (the most sensitive ones, measured) stay in the compute dtype.
+
+Step 4 runs as two row passes of our own around the matmul (int8_rows.cpp, built on first use
+like the attention kernel): one reads x and writes the uint8 input with its per-token scales,
+one reads the matmul's fp32 output and writes the finished rows (scale, bias, activation,
+residual in one pass). Without a C++ compiler the same steps run as torch ops (slower, same
+numbers up to rounding), said once in the log.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -25,6 +33,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from attention import native
 
 from ..models.layers import LinearAdd
 
@@ -42,6 +52,56 @@ def available() -> bool:
     """oneDNN's int8 linear ops exist in this torch (private ops, so checked)."""
     return (torch.backends.mkldnn.is_available() and hasattr(torch.ops, "onednn")
             and hasattr(torch.ops.onednn, "qlinear_pointwise") and hasattr(torch.ops.onednn, "qlinear_prepack"))
+
+
+ROWS_SOURCE = Path(__file__).with_name("int8_rows.cpp")
+_KINDS = {torch.float32: 0, torch.bfloat16: 1}
+# activation name -> the row kernel's code (others run as torch ops after the row pass)
+_ROW_ACTS = {"gelu": 1, "gelu_new": 2, "gelu_pytorch_tanh": 2, "relu": 3}
+
+
+@functools.cache
+def row_kernel() -> ctypes.CDLL | None:
+    """int8_rows.cpp built for this CPU, or None (said once) where it cannot be built."""
+    lib, reason = native.build(ROWS_SOURCE)
+    if lib is None:
+        logger.warning("int8: row kernel unavailable (%s); quantizing with torch ops (slower)", reason)
+        return None
+    lib.int8_rows.restype = ctypes.c_int
+    lib.int8_rows.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
+                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                              ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float,
+                              ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                              ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def rows(x: torch.Tensor, *, row_scale=None, bias=None, act: int = 0, residual=None, norm=None,
+         out_dtype: torch.dtype | None = None, quantize_with: torch.Tensor | None = None):
+    """One row pass of int8_rows.cpp over (T, n) `x` (fp32 or bf16, contiguous): times
+    `row_scale` (T,), plus `bias` (n,), activation code `act`, plus `residual` (T, n), LayerNorm
+    `norm` (weight, bias, eps); returns (out in `out_dtype` or None, (uint8 (T, n), scale (T,))
+    quantized with `quantize_with` (the next linear's 1/s, (n,) fp32) or None)."""
+    lib = row_kernel()
+    T, n = x.shape
+    out = None if out_dtype is None else torch.empty(T, n, dtype=out_dtype)
+    q = scale = None
+    if quantize_with is not None:
+        q, scale = torch.empty(T, n, dtype=torch.uint8), torch.empty(T, dtype=torch.float32)
+    ln_w, ln_b, eps = norm if norm is not None else (None, None, 0.0)
+    if residual is not None:
+        residual = residual.reshape(T, n).contiguous()
+    rc = lib.int8_rows(T, n, _ptr(x), _KINDS[x.dtype], _ptr(row_scale), _ptr(bias), act,
+                       _ptr(residual), _KINDS[residual.dtype] if residual is not None else 0,
+                       _ptr(ln_w), _ptr(ln_b), eps, _ptr(out), _KINDS[out_dtype] if out is not None else 0,
+                       _ptr(quantize_with), _ptr(q), _ptr(scale), torch.get_num_threads())
+    if rc:
+        raise ValueError(f"int8_rows refused its arguments (code {rc}): x {tuple(x.shape)} {x.dtype}")
+    return out, (None if q is None else (q, scale))
 
 
 def calibration_texts() -> list[str]:
@@ -70,31 +130,48 @@ class Int8Linear(nn.Module):
         w_int8 = (w / self.w_scale[:, None]).round().clamp(-127, 127).to(torch.int8)
         self.w_packed = torch.ops.onednn.qlinear_prepack(w_int8, None)
         self.w_zero = torch.zeros(self.out_features, dtype=torch.int64)
-        self.inv_s = (1 / s).to(dtype)                                           # (in,)
-        self.bias = None if linear.bias is None else linear.bias.detach().to(dtype)
+        self.inv_s = (1 / s).float().contiguous()                                # (in,) fp32
+        self.bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
         self.act = getattr(linear, "act", None)
+        self.act_code = _ROW_ACTS.get(getattr(linear, "act_name", None), 0)
         self.adds_residual = isinstance(linear, LinearAdd)
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
-        x = x.reshape(-1, shape[-1]) * self.inv_s                                 # (T, in)
-        scale = (x.abs().amax(1, keepdim=True).float() / 127).clamp_(min=1e-8)    # (T, 1)
+        if row_kernel() is None or x.dtype not in _KINDS:
+            return self._forward_torch(x, residual).view(*shape[:-1], self.out_features)
+        _, (xq, scale) = rows(x.reshape(-1, shape[-1]).contiguous(), quantize_with=self.inv_s)
+        y = self.matmul(xq)
+        y, _ = rows(y, row_scale=scale, bias=self.bias, act=self.act_code, residual=residual,
+                    out_dtype=self.dtype)
+        if self.act is not None and not self.act_code:
+            y = self.act(y)
+        return y.view(*shape[:-1], self.out_features)
+
+    def matmul(self, xq: torch.Tensor) -> torch.Tensor:
+        """(T, in) uint8 with zero point 128 -> (T, out) times the weight scales, in the compute
+        dtype: bf16 halves what the matmul writes and the next pass reads, and rounds where the
+        bf16 model itself rounds its matmul outputs."""
+        return torch.ops.onednn.qlinear_pointwise(xq, 1.0, 128, self.w_packed, self.w_scale, self.w_zero,
+                                                  None, 1.0, 0, self.dtype, "none", [], "")
+
+    def _forward_torch(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """The same steps as torch ops (no C++ compiler here)."""
+        x = x.reshape(-1, x.shape[-1]).float() * self.inv_s                       # (T, in)
+        scale = (x.abs().amax(1, keepdim=True) / 127).clamp_(min=1e-8)            # (T, 1)
         # uint8 with zero point 128 (the same numbers as int8 in [-127, 127]): oneDNN's JIT int8
         # matmul takes u8 activations everywhere, s8 only with AMX; without AMX (AVX512-VNNI,
         # e.g. Zen 4) s8 fell to its reference kernel, ~700x slower at MiniLM's shapes.
-        xq = torch.round(x.float() / scale).clamp_(-127, 127).add_(128).to(torch.uint8)
-        y = torch.ops.onednn.qlinear_pointwise(xq, 1.0, 128, self.w_packed, self.w_scale, self.w_zero,
-                                               None, 1.0, 0, torch.float32, "none", [], "")
-        y = y.mul_(scale)                                                          # (T, out)
+        xq = torch.round(x * (1 / scale)).clamp_(-127, 127).add_(128).to(torch.uint8)
+        y = self.matmul(xq).float().mul_(scale)                                    # (T, out)
         if self.bias is not None:
             y = y.add_(self.bias)
-        y = y.to(self.dtype)
         if self.act is not None:
             y = self.act(y)
         if residual is not None:
             y = y + residual.reshape(y.shape)
-        return y.view(*shape[:-1], self.out_features)
+        return y.to(self.dtype)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int8 (per-token x, per-channel W)"
