@@ -150,7 +150,8 @@ def drive(opt) -> list[dict]:
                 named = named_commit_files(folder)
                 check(len(named) == len(set(named)), f"run {k}: a shard twice in the commit files")
                 check(set(named) == now, f"run {k}: the commit files and Manifest.load differ")
-                sample = random.Random(k).sample(sorted(now), min(200, len(now)))  # rng's draws stay the seed's
+                # A sample of the records (its own generator: rng's draws must not depend on timing)
+                sample = random.Random(k).sample(sorted(now), min(200, len(now)))
                 check(all(manifest.shards[f"{s:06d}"] == record(shards[s]) for s in sample),
                       f"run {k}: a committed record changed")
             ever_acked |= acked
@@ -227,7 +228,8 @@ def main() -> None:
 
 
 def _cpu() -> str:  # lscpu's model name (benchlib's machine() would import torch)
-    return next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    names = (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    return next(names, "unknown CPU")
 
 
 if __name__ == "__main__":
