@@ -60,6 +60,7 @@ def record(shard) -> dict:
 
 
 def child(location: str, n: int, gap_s: float, redo: bool = False) -> None:
+    """Resume (or start) the run in `location` and commit the rest (see the module's docstring)."""
     import numpy as np
     from pipeline.output.commit_log import Commits
     from pipeline.output.manifest import Manifest, check_resumable
@@ -82,8 +83,8 @@ def child(location: str, n: int, gap_s: float, redo: bool = False) -> None:
     manifest.save(force=True)
     start = manifest.committed()
     print(f"R {load_s:.4f} {time.perf_counter() - t0:.4f} {len(start)}", flush=True)
-    todo = shards.subset(np.arange(len(shards)) if redo else  # redo: a broken resume (a check of the checks)
-                         np.setdiff1d(np.arange(len(shards)), start, assume_unique=True))
+    everything = np.arange(len(shards))
+    todo = shards.subset(everything if redo else np.setdiff1d(everything, start, assume_unique=True))
     waiting = []  # committed, not yet durable (object stores: the batch is not written yet)
 
     def acknowledge():
@@ -104,7 +105,6 @@ def child(location: str, n: int, gap_s: float, redo: bool = False) -> None:
     manifest.finish({"shards": len(shards)})
     manifest.save(force=True)
     print("D", flush=True)
-
 
 
 if __name__ == "__main__":
