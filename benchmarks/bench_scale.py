@@ -9,6 +9,7 @@
    segments, `OutputFolder`), each commit timed, then a resume's load. Reported: times, the
    plan's Python heap (tracemalloc), the manifest's Arrow memory and RSS growth, files' size.
 2. The duplicate-id pass of the finish step: benchmarks/bench_duplicates.py (old vs DuckDB).
+3. A driver SIGKILLed and resumed 20 times in a 10**5-shard run: benchmarks/bench_kill.py.
 
 Each measurement runs in its own process (peak RSS is per process). Times are wall clock on
 whatever else the machine runs: say so next to any figure.
