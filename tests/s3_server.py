@@ -12,21 +12,22 @@ KEY, SECRET = "AKIDPIPELINETEST", "Zq7SecretValue9xTopSecret"
 
 class Moto:
     """moto's S3 in a thread, with a per-request counter (method, S3 operation kind) and a log
-    of every request's kind and path (`requests`)."""
+    of every request's kind, path and byte range (`requests`; the range "" when none)."""
 
     def __init__(self):
         from moto.moto_server.werkzeug_app import (DomainDispatcherApplication, MotoRequestHandler,
                                                    create_backend_app)
         from werkzeug.serving import make_server
         app, self.counts = DomainDispatcherApplication(create_backend_app), Counter()
-        self.requests: list[tuple[str, str]] = []  # (request kind, path) in order
+        self.requests: list[tuple[str, str, str]] = []  # (request kind, path, Range header) in order
 
         def counting(environ, start_response):
             query = environ.get("QUERY_STRING", "")
             kind = next((k for k in ("uploads", "uploadId", "list-type", "delete") if k in query), "")
             self.counts[f"{environ['REQUEST_METHOD']} {kind}".strip()] += 1
             self.requests.append((f"{environ['REQUEST_METHOD']} {kind}".strip(),
-                                  environ.get("PATH_INFO", "") + (f"?{query}" if query else "")))
+                                  environ.get("PATH_INFO", "") + (f"?{query}" if query else ""),
+                                  environ.get("HTTP_RANGE", "")))
             return app(environ, start_response)
 
         self.server = make_server("127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler)

@@ -103,6 +103,7 @@ class EmbedWorker:
         self.engine = self._on_engine_thread(Engine, engine_config)
         self.lock = threading.Lock()
         self._run_key, self._run = None, None  # the current run: its ObjectRef hex (or context), _Run
+        self._run_lock = threading.Lock()  # the two first calls of a run share one _Run (its footers, manifest)
 
     def engine_fingerprint(self) -> dict:
         """The engine's part of the run fingerprint (model hash, pooling, dims, ...)."""
@@ -210,11 +211,12 @@ class EmbedWorker:
         ref = run_box[0]  # ObjectRef(RunContext); in the driver's own process the RunContext (local.py)
         remote = isinstance(ref, ray.ObjectRef)
         key = ref.hex() if remote else ref  # a context is its own key, held here: compared by identity
-        if (key != self._run_key) if remote else (key is not self._run_key):  # a new run
-            context = ray.get(ref) if remote else ref
-            fingerprint = {"engine": self.engine.fingerprint(), **context.config.fingerprint()}
-            self._run, self._run_key = _Run(context, fingerprint), key
-        return self._run
+        with self._run_lock:
+            if (key != self._run_key) if remote else (key is not self._run_key):  # a new run
+                context = ray.get(ref) if remote else ref
+                fingerprint = {"engine": self.engine.fingerprint(), **context.config.fingerprint()}
+                self._run, self._run_key = _Run(context, fingerprint), key
+            return self._run
 
     @staticmethod
     def _ids(config: PipelineConfig, shard: Shard, good: pa.Table, keep: np.ndarray | None) -> pa.Array:

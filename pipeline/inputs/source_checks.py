@@ -8,10 +8,10 @@ import glob
 import os
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..config import PipelineConfig
 from ..errors import InputError, InputNotFoundError
+from ..fs import parquet_fragment
 from ..redact import redact
 
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
@@ -35,11 +35,14 @@ def check_input_string(data) -> None:
             f"embed texts, pass a list of strings, e.g. pipeline.run([{shown!r}])" if text_like else ""))
 
 
-def footer(fs, path: str):
-    """The file's Parquet footer; InputError naming the file when it is not Parquet (a text file
-    named .parquet, a truncated or corrupt file) or cannot be opened."""
+def footer(fs, path: str, size: int | None = None):
+    """The file's Parquet footer (`size`: the file's, from the listing; then reading it is one
+    GET of the object's end, no HEAD); InputError naming the file when it is not Parquet (a text
+    file named .parquet, a truncated or corrupt file) or cannot be opened."""
     try:
-        return pq.ParquetFile(path, filesystem=fs).metadata
+        fragment = parquet_fragment(fs, path, size)
+        fragment.ensure_complete_metadata()
+        return fragment.metadata
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"cannot read the input file {redact(path)} as Parquet: {reason(e)}; "
                          "remove or replace it (or move it out of the input folder)") from None

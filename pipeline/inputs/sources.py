@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 
 from ..config import PipelineConfig
 from ..errors import InputError, InputNotFoundError, InputTypeError
 from ..fs import filesystem
 from ..redact import redact
+from .parquet_files import Footers, OpenedFile
 from .source_checks import check_column_types, check_spans_type, footer, reason
 
 _TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view())
@@ -52,41 +52,35 @@ class Source:
 
 
 class ParquetSource(Source):
-    """Parquet files on any pyarrow filesystem; only footers are read when planning."""
+    """Parquet files on any pyarrow filesystem; only footers are read when planning. Each file's
+    size (from the planner's listing) travels with the source, so an actor opens a file without
+    asking the store for it, and keeps the footers it read (`parquet_files.py`)."""
 
     kind = "parquet"
 
     def __init__(self, filesystem: pafs.FileSystem, paths: list[str], counts: list[int], sizes: list[int]):
         self.filesystem = filesystem
-        self.paths = list(paths)
+        self.paths, self.sizes = list(paths), list(sizes)
         self.fragments = tuple(Fragment(f"{p}#{s}", n) for p, n, s in zip(paths, counts, sizes))
+        self._footers = Footers()
 
     schemas: list = ()  # each file's Arrow schema, as planned (the driver's copy only)
 
-    def __getstate__(self):
-        return {**self.__dict__, "schemas": ()}  # actors need no schemas: keep the shipped source small
+    def __getstate__(self):  # actors need no schemas: keep the shipped source small
+        return {**self.__dict__, "schemas": (), "_footers": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._footers = Footers()  # each process reads the footers it needs, once per file
 
     def read(self, index, start, stop, columns):
         try:
-            return self._read(index, start, stop, columns)
+            opened = self._footers.get(index, lambda: OpenedFile(self.filesystem, self.paths[index],
+                                                                 self.sizes[index]))
+            return opened.read(start, stop, columns)
         except (pa.ArrowException, OSError) as e:  # corrupt pages, or the file changed since planned
             raise InputError(f"reading rows {start}..{stop - 1} of the input file "
                              f"{redact(self.paths[index])} failed: {reason(e)}") from None
-
-    def _read(self, index, start, stop, columns):
-        # Only the row groups that overlap [start, stop) are read, and only the asked columns.
-        pf = pq.ParquetFile(self.paths[index], filesystem=self.filesystem)
-        groups, first, offset = [], None, 0
-        for g in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(g).num_rows
-            if offset < stop and offset + n > start:
-                groups.append(g)
-                first = offset if first is None else first
-            offset += n
-        if not groups:
-            return pf.schema_arrow.empty_table().select(columns)
-        table = pf.read_row_groups(groups, columns=columns)
-        return table.slice(start - first, stop - start)
 
 
 class TableSource(Source):
@@ -264,18 +258,18 @@ def _is_hf_dataset(data) -> bool:
 
 def _open_paths(data):
     specs = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    fs, paths = None, []
+    fs, files = None, []
     for spec in specs:
         spec_fs, found = _expand(os.fspath(spec))
         if isinstance(found, tuple):  # a save_to_disk folder
             return found
         fs = fs or spec_fs
-        paths.extend(found)
-    if not paths:
+        files.extend(found)
+    if not files:
         raise InputNotFoundError(f"no Parquet files match {data!r}")
-    with ThreadPoolExecutor(8) as pool:  # footers only; many small files are common
-        metas = list(pool.map(lambda p: footer(fs, p), paths))
-    sizes = [info.size for info in fs.get_file_info(paths)]
+    paths, sizes = [p for p, _ in files], [n for _, n in files]
+    with ThreadPoolExecutor(8) as pool:  # footers only, the sizes known: one GET per file
+        metas = list(pool.map(lambda p, n: footer(fs, p, n), paths, sizes))
     schema = metas[0].schema.to_arrow_schema()
     for path, meta in zip(paths[1:], metas[1:]):
         other = meta.schema.to_arrow_schema()
@@ -289,26 +283,31 @@ def _open_paths(data):
 
 
 def _expand(spec: str):
-    """(filesystem, sorted Parquet paths) for a file, folder or glob; or (source, schema) for an HF folder."""
+    """(filesystem, sorted [(Parquet path, size)]) for a file, folder or glob (the sizes from
+    the listing: no request per file); or (filesystem, (source, schema)) for an HF folder."""
     fs, path = filesystem(spec)
     if _GLOB_CHARS.intersection(path):
         parts = path.split("/")
         cut = next(i for i, part in enumerate(parts) if _GLOB_CHARS.intersection(part))
         base = "/".join(parts[:cut]) or "/"
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-        return fs, sorted(i.path for i in infos if i.is_file and fnmatch.fnmatchcase(i.path, path)
+        return fs, _sized(i for i in infos if i.is_file and fnmatch.fnmatchcase(i.path, path)
                           and not _hidden(i.path[len(base):]))
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise InputNotFoundError(f"input {spec!r} does not exist")
     if info.type == pafs.FileType.File:
-        return fs, [path]
-    names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(path))}
+        return fs, [(path, info.size)]
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))  # one listing serves both
+    names = {i.path[len(path):].strip("/") for i in infos}  # a top-level name has no "/"
     if "state.json" in names or "dataset_dict.json" in names:
         return fs, _open_hf_folder(path, names)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return fs, sorted(i.path for i in infos if i.is_file and i.base_name.endswith(".parquet")
+    return fs, _sized(i for i in infos if i.is_file and i.base_name.endswith(".parquet")
                       and not _hidden(i.path[len(path):]))
+
+
+def _sized(infos) -> list[tuple[str, int]]:
+    return sorted((i.path, i.size) for i in infos)
 
 
 def _hidden(relative: str) -> bool:

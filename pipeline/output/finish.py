@@ -213,7 +213,7 @@ def _id_batches(folder: OutputFolder, shard_rows, first_rows: str | None = None)
     """One (id, shard, row) record batch per committed part, read when DuckDB asks for it."""
     id_type = None
     for shard_id, record, kept in shard_rows:
-        ids = _input_row_ids(folder, record["path"], first_rows)
+        ids = _input_row_ids(folder, record, first_rows)
         id_type = id_type or ids.type  # the first part's; a later all-null part's ids are cast to it
         if ids.type != id_type:
             ids = ids.cast(id_type)
@@ -221,11 +221,14 @@ def _id_batches(folder: OutputFolder, shard_rows, first_rows: str | None = None)
                               names=list(ID_SCHEMA_NAMES))
 
 
-def _input_row_ids(folder: OutputFolder, path: str, first_rows: str | None) -> pa.Array:
-    """The `id` of each input row of a part: every row's, or the rows where `first_rows` is 0."""
+def _input_row_ids(folder: OutputFolder, record: dict, first_rows: str | None) -> pa.Array:
+    """The `id` of each input row of a part: every row's, or the rows where `first_rows` is 0.
+    The part's size is its record's, so a Parquet part costs 2 GETs (its footer, the columns'
+    chunks) and no HEAD."""
+    path, size = record["path"], record.get("bytes")
     if first_rows is None:
-        return folder.read_part(path, ["id"]).column("id").combine_chunks()
-    table = folder.read_part(path, ["id", first_rows])
+        return folder.read_part(path, ["id"], size).column("id").combine_chunks()
+    table = folder.read_part(path, ["id", first_rows], size)
     return table.filter(pc.equal(table.column(first_rows), 0)).column("id").combine_chunks()
 
 

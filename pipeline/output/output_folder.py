@@ -173,14 +173,16 @@ class OutputFolder:
 
         # -- reading ---------------------------------------------------------------------------
 
-    def read_part(self, rel: str, columns: list[str] | None = None) -> pa.Table:
-        """A part (or an `_errors/` file), Parquet or Arrow IPC by its extension."""
-        return writer.read(self.fs, self.file(rel), columns)
+    def read_part(self, rel: str, columns: list[str] | None = None, size: int | None = None) -> pa.Table:
+        """A part (or an `_errors/` file), Parquet or Arrow IPC by its extension. `size`: its
+        size when known (a manifest record's `bytes`; a resume checked it against the listing):
+        a Parquet part is then read without a HEAD request."""
+        return writer.read(self.fs, self.file(rel), columns, size)
 
     def read_parts(self, records, columns: list[str] | None = None):
-        """Yield the table of each manifest record (`{"path": ...}`) in the order given."""
+        """Yield the table of each manifest record (`{"path": ..., "bytes": ...}`) in the order given."""
         for record in records:
-            yield self.read_part(record["path"], columns)
+            yield self.read_part(record["path"], columns, record.get("bytes"))
 
     # -- listing and cleaning ----------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ..fs import parquet_fragment
 from ..redact import redact
 from . import quantize
 
@@ -119,14 +120,18 @@ def _encode_arrow(table: pa.Table, sink) -> None:
         out.write_table(table)
 
 
-def _read_parquet(fs: pafs.FileSystem, path: str, columns) -> pa.Table:
+def _read_parquet(fs: pafs.FileSystem, path: str, columns, size: int | None = None) -> pa.Table:
+    if size is not None:  # no HEAD: one GET of the footer, then the GET(s) of `columns`' chunks
+        return parquet_fragment(fs, path, size).to_table(columns=columns)
     # Opened here, not by path: pq.read_table(path, filesystem=) asks an object store for the
     # object's info three times (3 HEAD requests on S3), this once.
     with fs.open_input_file(path) as f:
         return pq.read_table(f, columns=columns)
 
 
-def _read_arrow(fs: pafs.FileSystem, path: str, columns) -> pa.Table:
+def _read_arrow(fs: pafs.FileSystem, path: str, columns, size: int | None = None) -> pa.Table:
+    # One HEAD, then footer and batches (pyarrow's dataset reader of Arrow IPC files, which could
+    # take the size, reads each buffer apart: more GETs than this).
     with fs.open_input_file(path) as f:
         table = pa.ipc.open_file(f).read_all()
     return table.select(columns) if columns else table
@@ -138,7 +143,7 @@ class PartFormat:
 
     extension: str
     encode: Callable[[pa.Table, object], None]
-    read: Callable[[pafs.FileSystem, str, list | None], pa.Table]
+    read: Callable[[pafs.FileSystem, str, list | None, int | None], pa.Table]
 
 
 FORMATS = {"parquet": PartFormat(".parquet", _encode_parquet, _read_parquet),
@@ -153,10 +158,13 @@ def encode(table: pa.Table, fmt: str) -> pa.Buffer:
     return sink.getvalue()
 
 
-def read(fs: pafs.FileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
-    """One part file, its format chosen by its extension (Parquet when it has no known one)."""
+def read(fs: pafs.FileSystem, path: str, columns: list[str] | None = None,
+         size: int | None = None) -> pa.Table:
+    """One part file, its format chosen by its extension (Parquet when it has no known one).
+    `size`: the file's, when known (a manifest record's `bytes`): a Parquet part is then opened
+    without asking an object store for it."""
     fmt = _BY_EXTENSION.get(os.path.splitext(path)[1], FORMATS["parquet"])
-    return fmt.read(fs, path, columns)
+    return fmt.read(fs, path, columns, size)
 
 
 def to_numpy(table: pa.Table, column: str = "embedding", dequantize: bool = False) -> np.ndarray:

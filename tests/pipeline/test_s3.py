@@ -8,14 +8,18 @@
   driver's and the resumed run's stdout/stderr, the pipeline's log records, the Ray session's
   log files) and in no exception text;
 - requests are counted at the server for the killed run and the resume, by what they touch
-  (docs/SCALE.md quotes them): beyond the parts' uploads and the reads of data (the input's
-  rows, the finish step's id column), at most 3 per committed shard.
+  (docs/SCALE.md quotes them): per committed shard, besides its part's upload, at most 1 for
+  the bookkeeping, 1 GET per piece of an input file it reads (no HEAD, no footer: an actor reads
+  a file's footer once), 2 GETs for its part's ids in the finish step (no HEAD);
+- the same reads without Ray: a shard's rows and a part's ids, counted request by request.
 """
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -28,9 +32,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline
+from pipeline.config import PipelineConfig
 from pipeline.inputs.samples import sample_passages
+from pipeline.inputs.shards import ShardPlan, read_shard
+from pipeline.inputs.sources import open_source
+from pipeline.output.finish import _input_row_ids
 from pipeline.output.manifest import Manifest, read_manifest
 from pipeline.output.output_folder import OutputFolder
+from pipeline.output.writer import part_table
 from s3_server import SECRET  # the moto fixture is in conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,20 +125,23 @@ def test_killed_driver_resumes_on_s3_to_the_local_runs_output(moto, killed_and_r
     assert set(moto.objects("bucket/out")) == named | {"_manifest.json"}  # strays removed
 
 
-def requests_by_kind(requests: list[tuple[str, str]]) -> Counter:
+def requests_by_kind(requests: list[tuple[str, str, str]], sizes: dict[str, int]) -> Counter:
     """What each request touched. Per shard: a part's upload, the commit log's batch objects
-    (PUT), an errors file; data reads: the input, the parts' id column (the finish step's
-    duplicate-id pass); per run: the manifest (`_manifest.json`, the log's segments, reading the
-    log back on resume, a fold's clean-up), listings, folder markers."""
+    (PUT), an errors file; data reads: the input's rows (a GET of row groups), the input files'
+    footers (a GET that ends at the file's end: `sizes`, by key), any other request for an input
+    file (a HEAD), the parts' id column (the finish step's duplicate-id pass); per run: the
+    manifest (`_manifest.json`, the log's segments, reading the log back on resume, a fold's
+    clean-up), listings (the input's too), folder markers."""
     out = Counter()
-    for kind, path in requests:
+    for kind, path, ranged in requests:
         key = path.split("?")[0].split("/", 2)[2] if path.count("/") >= 2 else ""
         if kind == "GET list-type":
-            what = "input" if "prefix=corpus" in path else "per run"
+            what = "per run"
         elif key.startswith("corpus/"):
-            what = "input"
+            what = "input other" if kind != "GET" else \
+                "input footer" if ranged.endswith(f"-{sizes[key] - 1}") else "input rows"
         elif key.startswith("out/part-"):
-            what = "part upload" if kind.startswith(("PUT", "POST")) else "part read"
+            what = "part upload" if kind.startswith(("PUT", "POST")) else f"part read {kind}"
         elif key.startswith("out/_errors/"):
             what = "errors file"
         elif key.startswith("out/_commits/log-") and kind == "PUT":
@@ -140,21 +152,78 @@ def requests_by_kind(requests: list[tuple[str, str]]) -> Counter:
     return out
 
 
+def _pieces(shards) -> int:
+    plan = ShardPlan(np.array([0, 70, N]), SHARD_ROWS)  # the corpus: files of 70 and 50 rows
+    return sum(len(plan[k].pieces) for k in shards)
+
+
 @pytest.mark.slow
-def test_requests_per_committed_shard_beyond_uploads_and_data_reads(killed_and_resumed):
-    """Per committed shard, besides its part's upload: one PUT of the commit log's batch
-    object at most (and an errors file where it has bad rows): <= 3. What each run pays once
-    (the manifest, listings, reading the log back) is bounded apart from the shards; the data
-    reads (the input's rows, the id column of each part) are counted apart. Counts, not timings,
-    for the killed run (2 shards committed) and the resume (4 more and the finish step)."""
-    run = killed_and_resumed
-    for name, requests, shards in (("killed run", run["killed_requests"], 2),
-                                   ("resume", run["requests"], N // SHARD_ROWS - 2)):
-        kinds = requests_by_kind(requests)
+def test_requests_per_committed_shard_beyond_uploads_and_data_reads(moto, killed_and_resumed):
+    """Per committed shard, besides its part's upload: one PUT of the commit log's batch object
+    at most (the corpus has no bad rows: no errors file); one GET per piece of an input file
+    (its row groups; no HEAD, and the footer read once per file by the planner and once by the
+    actor); two GETs for the id column of its part in the finish step (the footer, the column's
+    chunk; no HEAD). What each run pays once (the manifest, listings, reading the log back) is
+    bounded apart from the shards. Counts, not timings, for the killed run (2 shards committed,
+    the next ones in flight) and the resume (4 more and the finish step)."""
+    run, files, total = killed_and_resumed, 2, Counter()
+    sizes = {k: len(v) for k, v in moto.objects("bucket").items() if k.startswith("corpus/")}
+    for name, requests, shards, read in (("killed run", run["killed_requests"], 2, range(4)),
+                                         ("resume", run["requests"], N // SHARD_ROWS - 2, range(2, 6))):
+        kinds = requests_by_kind(requests, sizes)
+        total.update(kinds)
         print(f"\n{name}: {shards} shards committed; requests {dict(sorted(kinds.items()))}")
         assert kinds["part upload"] <= shards + 1  # one PUT per part (+ one killed in flight)
-        assert kinds["commit log"] + kinds["errors file"] <= 3 * shards, kinds  # ~1 per shard
+        assert kinds["commit log"] <= shards and kinds["errors file"] == 0, kinds  # <= 1 per shard
+        assert kinds["input rows"] <= _pieces(read), kinds  # one GET per piece read (in flight too)
+        assert kinds["input footer"] <= 2 * files, kinds  # per file: the planner's, the actor's
+        assert kinds["input other"] == 0, kinds  # no HEAD of an input file
         assert kinds["per run"] <= 50, kinds  # per run, not per shard: no HEAD or GET per part
+    assert kinds["part read GET"] == 2 * N // SHARD_ROWS and kinds["part read HEAD"] == 0, kinds
+    per_shard = {k: total[k] / (N // SHARD_ROWS) for k in ("commit log", "input rows", "part read GET")}
+    print(f"both runs, per committed shard beyond its upload: {per_shard} (footers, per run apart)")
+
+
+def test_a_shard_costs_one_get_per_piece_and_a_file_its_footer_once(moto, corpus):
+    """Without Ray: the planner reads each input file's footer with one GET (the size from the
+    listing: no HEAD); the source as shipped to an actor opens a file with that size and reads
+    its footer once, however many shards read it, two calls at once included; a shard's piece of
+    a file is one GET of its row groups (pyarrow coalesces them); the rows are the file's."""
+    moto.clear()
+    source = open_source(corpus[1], PipelineConfig(id_column="doc"))
+    planned = [(k, p) for k, p, _ in moto.requests if k != "GET list-type"]
+    assert sorted(planned) == sorted([("HEAD", "/bucket/corpus")] + [("GET", f"/{p}") for p in source.paths])
+    shipped, sizes = pickle.loads(pickle.dumps(source)), dict(zip(source.paths, source.sizes))
+    assert len(shipped._footers) == 0  # no footer travels with the source
+    plan = ShardPlan(source.fragments, SHARD_ROWS)
+    reference = pa.concat_tables([pq.read_table(f"{corpus[0]}/c{k}.parquet") for k in range(2)])
+    moto.clear()
+    with ThreadPoolExecutor(2) as pool:  # an actor's two calls at once
+        tables = list(pool.map(lambda shard: read_shard(shipped, shard, ["doc", "text"]), plan))
+    for shard, table in zip(plan, tables):
+        assert table.equals(reference.slice(shard.row_offset, shard.num_rows)), shard.describe()
+    assert {k for k, _, _ in moto.requests} == {"GET"}  # no HEAD, no listing
+    footers = [p for _, p, r in moto.requests if r.endswith(f"-{sizes[p[1:]] - 1}")]
+    assert sorted(footers) == sorted(f"/{p}" for p in source.paths)  # once per file
+    assert len(moto.requests) - len(footers) == sum(len(s.pieces) for s in plan) == 7
+
+
+def test_the_id_pass_reads_a_part_with_two_gets_and_no_head(moto):
+    """The finish step's id pass opens a part with its record's size: its footer and its id
+    column's chunk, 2 GETs (a part of 300 KB: the footer's read does not reach the ids)."""
+    folder = OutputFolder.open(moto.uri("bucket/ids"))
+    ids = pa.array([f"x{i:05d}" for i in range(200)])
+    vectors = np.random.default_rng(0).random((200, 384), dtype=np.float32)
+    record = folder.publish_part("000000", part_table(ids, vectors, None, "float32", {"run": 1}), "parquet")
+    assert record["bytes"] > 256 * 1024
+    moto.clear()
+    assert _input_row_ids(folder, record, None).equals(ids)
+    assert [k for k, _, _ in moto.requests] == ["GET", "GET"]
+    moto.clear()
+    (table,) = folder.read_parts([record], ["id", "embedding"])  # read_embeddings' reads likewise
+    assert table.column("id").combine_chunks().equals(ids)
+    np.testing.assert_array_equal(pipeline.to_numpy(table), vectors)
+    assert [k for k, _, _ in moto.requests] == ["GET", "GET"]
 
 
 @pytest.mark.slow
