@@ -37,7 +37,8 @@ def cache_dir() -> Path:
         return Path(tempfile.gettempdir()) / "prefill-embed-kernels"
 
 
-def _cpu_flags() -> str:
+def cpu_flags() -> str:
+    """The `flags` line of /proc/cpuinfo (the processor name elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
@@ -58,7 +59,7 @@ def build(source: Path) -> tuple[ctypes.CDLL | None, str | None]:
                                  timeout=30).stdout.splitlines()[:1]
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"the C++ compiler {cxx} does not run: {e}"
-    key = hashlib.sha256("\0".join([source.read_text(), cxx, *version, *FLAGS, _cpu_flags(),
+    key = hashlib.sha256("\0".join([source.read_text(), cxx, *version, *FLAGS, cpu_flags(),
                                     torch.__version__]).encode()).hexdigest()[:16]
     name = f"{source.stem}-{key}.so"
     path = cache_dir() / name

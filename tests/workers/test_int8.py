@@ -188,3 +188,13 @@ print(int8.row_kernel() is None)
     with torch.inference_mode():
         want = q(x)
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("flags, path", [("fpu avx2 avx512f avx512_vnni avx512_bf16", "AVX512-VNNI"),
+                                         ("fpu avx512_vnni amx_bf16 amx_int8 amx_tile", "AMX int8 tiles"),
+                                         ("fpu avx2 avx_vnni", "AVX-VNNI (256-bit)"),
+                                         ("fpu sse4_2 avx2 fma", None)])
+def test_the_cpu_int8_path_is_named_and_its_absence_warned(flags, path):
+    got, note = int8.cpu_path(flags)
+    assert got == path
+    assert ("no int8 dot-product instructions" in note) == (path is None)

@@ -202,8 +202,34 @@ def calibrate(body: nn.Module, run, texts: list[str], keep: tuple[str, ...] | No
     return amax
 
 
+# CPU flag -> what oneDNN's int8 matmul runs on, best first; and what it means for int8 here.
+_INT8_PATHS = (
+    ("amx_int8", "AMX int8 tiles", "AMX bf16 is as fast per tile; int8 has not been measured faster "
+     "than bf16 on an AMX CPU yet: benchmarks/bench_int8.py says which wins here"),
+    ("avx512_vnni", "AVX512-VNNI", "measured 1.43x the bf16 engine on AMD Zen 4 at one thread "
+     "(docs/BENCHMARKS.md)"),
+    ("avx_vnni", "AVX-VNNI (256-bit)", "not measured; benchmarks/bench_int8.py says which wins here"),
+)
+
+
+def cpu_path(flags: str | None = None) -> tuple[str | None, str]:
+    """(oneDNN's int8 instruction set on this CPU or None, what that means for int8's speed)."""
+    flags = set((flags if flags is not None else native.cpu_flags()).split())
+    for flag, name, note in _INT8_PATHS:
+        if flag in flags:
+            return name, note
+    return None, ("this CPU has no int8 dot-product instructions (no VNNI, no AMX): int8 matmuls "
+                  "are emulated and slower than bf16 or float32; drop quantization='int8'")
+
+
 def quantize(body: nn.Module, amax: dict, dtype: torch.dtype, keep: tuple[str, ...] | None = None) -> int:
-    """Replace each calibrated linear by an Int8Linear in place; returns how many."""
+    """Replace each calibrated linear by an Int8Linear in place; returns how many. Says once
+    which int8 instructions this CPU gives oneDNN, and warns where there are none."""
+    path, note = cpu_path()
+    if path is None:
+        logger.warning("int8: %s", note)
+    else:
+        logger.info("int8: oneDNN matmuls on %s: %s", path, note)
     targets = [(n, m) for n, m in _targets(body, KEEP_FLOAT if keep is None else keep) if n in amax]
     for name, module in targets:
         parent, _, child = name.rpartition(".")
