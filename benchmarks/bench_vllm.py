@@ -180,6 +180,10 @@ def main_parent(args) -> None:
         engines[name] = Engine(EngineConfig(model=model, dtype=dtype, max_length=args.max_length,
                                             attention_backend=backend))
         engines[name].embed(texts)
+    if args.engine_int8:  # int8 linears (workers/quant/int8.py), bf16 elsewhere, default backend
+        engines["engine-int8"] = Engine(EngineConfig(model=model, dtype="bfloat16", max_length=args.max_length,
+                                                     quantization="int8"))
+        engines["engine-int8"].embed(texts)
     best = {}
     for _ in range(args.repeats):
         for name, engine in engines.items():
@@ -240,6 +244,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per system (best kept)")
     parser.add_argument("--engine-attention", default="cpu_varlen,sdpa",
                         help="engine attention backends, each timed in both dtypes (comma-separated)")
+    parser.add_argument("--engine-int8", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the engine with quantization='int8' (default: on)")
     parser.add_argument("--ref-texts", type=int, default=256,
                         help="texts embedded by sentence-transformers fp32 as the cosine reference")
     main_parent(parser.parse_args())
