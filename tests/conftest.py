@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray per test module that asks for it (no dashboard, 2 CPUs: docs/DESIGN.md).
+"""Shared fixtures: one local Ray per pytest worker, shared by the modules that ask for it (no
+dashboard, 2 CPUs: docs/DESIGN.md).
 
 `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`: a file's tests
 stay on one worker, so module fixtures are built once). Each worker gets a Ray temp folder of its
@@ -11,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -45,32 +47,70 @@ def _no_warm_actors_after_a_test():
         warm.stop_actors()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray with 2 CPUs for the whole module; shut down after its last test."""
+_RAY: dict = {}  # this worker's shared local Ray: its address, and the crash file its workers see
+
+
+def _shared_ray():
+    """This worker's one local Ray (2 CPUs, no dashboard; its workers see $PIPELINE_CRASH_FILE),
+    started on first use and kept across modules: a start and a shutdown cost ~4 s, paid once
+    per worker instead of once per module. A module that shut it down, or joined another
+    cluster, leaves the next one a fresh Ray."""
     import ray
     if ray.is_initialized():
+        if _RAY.get("address") == ray.get_runtime_context().gcs_address:
+            return ray
         ray.shutdown()
+    os.environ["PIPELINE_CRASH_FILE"] = _RAY["crash_file"]  # inherited by the raylet and its workers
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    _RAY["address"] = ray.get_runtime_context().gcs_address
+    return ray
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """One local Ray whose workers see $PIPELINE_CRASH_FILE (armed per test by writing it):
-    (gcs address, crash file). Used by the crash and task kill-and-resume tests."""
+def _release_module() -> None:
+    """What a module leaves behind for the next: no warm engine actors holding the Ray's CPUs."""
+    warm = sys.modules.get("pipeline.execution.warm")
+    if warm is not None:
+        warm.stop_actors()
+
+
+@pytest.fixture(scope="session")
+def _ray_session(tmp_path_factory):
+    _RAY["crash_file"] = str(tmp_path_factory.mktemp("crash") / "armed")
+    yield
     import ray
     if ray.is_initialized():
         ray.shutdown()
-    crash_file = tmp_path_factory.mktemp("crash") / "armed"
-    os.environ["PIPELINE_CRASH_FILE"] = str(crash_file)  # inherited by the raylet and its workers
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        yield ray.get_runtime_context().gcs_address, crash_file
-    finally:
-        ray.shutdown()
-        del os.environ["PIPELINE_CRASH_FILE"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_shared_ray_in_other_modules(request):
+    """A module that asks for neither `ray_local` nor `cluster` finds no Ray running, as if each
+    module had its own (some check that the pipeline starts one itself)."""
+    if not {"ray_local", "cluster"} & set(request.fixturenames) and "ray" in sys.modules:
+        ray = sys.modules["ray"]
+        if ray.is_initialized() and _RAY.get("address") == ray.get_runtime_context().gcs_address:
+            _release_module()
+            ray.shutdown()
+    yield
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_session):
+    """The worker's shared local Ray with 2 CPUs, for the whole module."""
+    yield _shared_ray()
+    _release_module()
+
+
+@pytest.fixture(scope="module")
+def cluster(_ray_session):
+    """The worker's shared local Ray, whose workers see $PIPELINE_CRASH_FILE (armed per test by
+    writing it): (gcs address, crash file). Used by the crash and task kill-and-resume tests."""
+    ray = _shared_ray()
+    crash_file = Path(_RAY["crash_file"])
+    crash_file.unlink(missing_ok=True)
+    yield ray.get_runtime_context().gcs_address, crash_file
+    crash_file.unlink(missing_ok=True)
+    _release_module()
 
 
 @pytest.fixture(scope="module")

@@ -172,9 +172,11 @@ def _interrupt_after_first_commit(command: list[str], out: Path, cluster,
 
 @pytest.fixture(scope="module")
 def long_corpus(tmp_path_factory):
-    """200 shards of 10 rows: still running when the first shard is committed."""
+    """2,000 shards of 10 rows: still running when the first shard is committed, however slow
+    the machine is at polling (with 200 a loaded run once finished before the signal); the
+    interrupted runs stop after a few shards, so the length costs nothing."""
     path = tmp_path_factory.mktemp("long") / "long.parquet"
-    pq.write_table(pa.table({"text": sample_passages(2000, seed=5, max_chars=200)}), path)
+    pq.write_table(pa.table({"text": [t for t in sample_passages(2000, seed=5, max_chars=200)] * 10}), path)
     return path
 
 
@@ -192,7 +194,7 @@ def test_ctrl_c_in_the_cli_prints_one_line_and_exits_130(cluster, long_corpus, t
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     line = done.stderr.strip().splitlines()[-1]
     committed = len(read_manifest(out)["shards"])
-    assert line == (f"interrupted: {committed} of 200 shards committed in {out}; rerun with the "
+    assert line == (f"interrupted: {committed} of 2000 shards committed in {out}; rerun with the "
                     "same output to resume") and committed >= 1
 
 
