@@ -170,7 +170,13 @@ def output_errors(folder: OutputFolder, manifest, id_type: pa.DataType | None = 
 # (tempfile's, e.g. $TMPDIR) instead of growing. ~45 bytes per row of 16-character ids spill.
 DUPLICATE_PASS_MEMORY = "2GB"
 ID_SCHEMA_NAMES = ("id", "shard", "row")
-_REPEATED = "SELECT id, shard, row FROM ids QUALIFY count(*) OVER (PARTITION BY id) > 1"
+# The ids are read once into a table DuckDB manages (spilled past its memory limit), grouped,
+# and the rows of the ids that occur more than once are found by a semi join; a null id that
+# repeats is a repeated id too (IS NOT DISTINCT FROM). At 10^7 rows this ran in 1.9-2.0 s
+# against 2.9-3.1 s for a window count over the stream (`QUALIFY count(*) OVER (PARTITION BY id)`).
+_COPY = "CREATE TEMP TABLE all_ids AS SELECT * FROM ids"
+_REPEATED = ("SELECT a.id, a.shard, a.row FROM all_ids a SEMI JOIN "
+             "(SELECT id FROM all_ids GROUP BY id HAVING count(*) > 1) d ON a.id IS NOT DISTINCT FROM d.id")
 
 
 def repeated_ids(reader: pa.RecordBatchReader, memory_limit: str | None = None,
@@ -178,8 +184,8 @@ def repeated_ids(reader: pa.RecordBatchReader, memory_limit: str | None = None,
     """(an `errors_table` of the rows of `reader` — batches of (id, shard int32, row int64) —
     whose id occurs more than once, every occurrence, in row order; the pass's figures).
 
-    One DuckDB query (a window count per id; a null id that repeats is a repeated id too),
-    reading `reader` once. DuckDB holds at most `memory_limit` (default DUPLICATE_PASS_MEMORY)
+    DuckDB reads `reader` once into a table, groups it by id and semi-joins the ids that occur
+    more than once (a null id that repeats is a repeated id too). DuckDB holds at most `memory_limit` (default DUPLICATE_PASS_MEMORY)
     and spills the rest to a temporary folder, removed at the end; `threads` (default: one per
     core). Figures: seconds, spilled_bytes (DuckDB's peak temporary-folder size),
     peak_memory_bytes (its peak buffer memory).
@@ -193,6 +199,7 @@ def repeated_ids(reader: pa.RecordBatchReader, memory_limit: str | None = None,
         try:
             con.execute("SET enable_profiling='no_output'")
             con.register("ids", reader)
+            con.execute(_COPY)
             found = con.sql(_REPEATED).to_arrow_table()
             system = json.loads(con.get_profiling_information(format="json")).get("system", {})
         except duckdb.OutOfMemoryException as e:
