@@ -29,7 +29,6 @@ from ..output.output_folder import OutputFolder, absolute, is_uri, redact
 from ..output.progress import Progress, RunStats, WorkerStats
 from ..tasks import TASKS, memory_results
 from . import cluster, reuse, warm
-from .interrupt import Interrupts
 from .local import LocalPool
 from .model_sync import model_spec
 from .pool import Pool
@@ -103,8 +102,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
                             task=config.task)
         collector = _Collector(manifest, progress, source.num_rows, pool.dim, config.task)
         startup = time.perf_counter() - t0
-        with Interrupts() as interrupts:  # a Ctrl-C is never lost inside Ray's callbacks
-            pool.run(todo, collector.done, lambda: (interrupts.check(), collector.tick()))
+        pool.run(todo, collector.done, collector.tick)
         if manifest is not None:
             manifest.flush()  # the last batch (object stores): committed before the finish step
         progress.close()
