@@ -153,8 +153,12 @@ def _interrupt_after_first_commit(command: list[str], out: Path, cluster,
     a terminal's Ctrl-C does) once a shard is committed, and wait for it."""
     pipeline.shutdown()  # this process's warm actors hold the CPUs the driver's actor needs
     env = {**os.environ, "RAY_ADDRESS": cluster[0]}
+    # With SIGINT at its default, as a terminal starts a driver: a pytest worker can have it
+    # ignored (an earlier test's library set SIG_IGN), and a child inherits that; then Python
+    # installs no KeyboardInterrupt handler and the run went on past the signal (seen in CI).
     driver = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     manifest = out / "_manifest.json"
     try:
         while driver.poll() is None:  # the CLI's own timeout guards the wait
