@@ -66,13 +66,6 @@ def _shared_ray():
     return ray
 
 
-def _release_module() -> None:
-    """What a module leaves behind for the next: no warm engine actors holding the Ray's CPUs."""
-    warm = sys.modules.get("pipeline.execution.warm")
-    if warm is not None:
-        warm.stop_actors()
-
-
 @pytest.fixture(scope="session")
 def _ray_session(tmp_path_factory):
     _RAY["crash_file"] = str(tmp_path_factory.mktemp("crash") / "armed")
@@ -89,7 +82,6 @@ def _no_shared_ray_in_other_modules(request):
     if not {"ray_local", "cluster"} & set(request.fixturenames) and "ray" in sys.modules:
         ray = sys.modules["ray"]
         if ray.is_initialized() and _RAY.get("address") == ray.get_runtime_context().gcs_address:
-            _release_module()
             ray.shutdown()
     yield
 
@@ -97,8 +89,7 @@ def _no_shared_ray_in_other_modules(request):
 @pytest.fixture(scope="module")
 def ray_local(_ray_session):
     """The worker's shared local Ray with 2 CPUs, for the whole module."""
-    yield _shared_ray()
-    _release_module()
+    yield _shared_ray()  # warm actors are stopped after every test (above)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +101,6 @@ def cluster(_ray_session):
     crash_file.unlink(missing_ok=True)
     yield ray.get_runtime_context().gcs_address, crash_file
     crash_file.unlink(missing_ok=True)
-    _release_module()
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ Linears named in `KEEP_FLOAT` (the most sensitive ones, measured) stay in the co
 
 Step 4 runs as two row passes of our own around the matmul (int8_rows.cpp, built on first use
 like the attention kernel): one reads x and writes the uint8 input with its per-token scales,
-one reads the matmul's fp32 output and writes the finished rows (scale, bias, activation,
-residual in one pass). Without a C++ compiler the same steps run as torch ops (slower, same
+one reads the matmul's output (in the compute dtype) and writes the finished rows (scale, bias,
+activation, residual in one pass). Without a C++ compiler the same steps run as torch ops (slower, same
 numbers up to rounding), said once in the log.
 """
 from __future__ import annotations
@@ -152,7 +152,10 @@ class Int8Linear(nn.Module):
     def matmul(self, xq: torch.Tensor) -> torch.Tensor:
         """(T, in) uint8 with zero point 128 -> (T, out) times the weight scales, in the compute
         dtype: bf16 halves what the matmul writes and the next pass reads, and rounds where the
-        bf16 model itself rounds its matmul outputs."""
+        bf16 model itself rounds its matmul outputs. uint8 + 128 holds the same numbers as int8
+        in [-127, 127]: oneDNN's JIT int8 matmul takes u8 activations everywhere, s8 only with
+        AMX; without AMX (AVX512-VNNI, e.g. Zen 4) s8 fell to its reference kernel, ~700x slower
+        at MiniLM's shapes."""
         return torch.ops.onednn.qlinear_pointwise(xq, 1.0, 128, self.w_packed, self.w_scale, self.w_zero,
                                                   None, 1.0, 0, self.dtype, "none", [], "")
 
@@ -160,9 +163,6 @@ class Int8Linear(nn.Module):
         """The same steps as torch ops (no C++ compiler here)."""
         x = x.reshape(-1, x.shape[-1]).float() * self.inv_s                       # (T, in)
         scale = (x.abs().amax(1, keepdim=True) / 127).clamp_(min=1e-8)            # (T, 1)
-        # uint8 with zero point 128 (the same numbers as int8 in [-127, 127]): oneDNN's JIT int8
-        # matmul takes u8 activations everywhere, s8 only with AMX; without AMX (AVX512-VNNI,
-        # e.g. Zen 4) s8 fell to its reference kernel, ~700x slower at MiniLM's shapes.
         xq = torch.round(x * (1 / scale)).clamp_(-127, 127).add_(128).to(torch.uint8)
         y = self.matmul(xq).float().mul_(scale)                                    # (T, out)
         if self.bias is not None:
