@@ -8,11 +8,13 @@ runs over the ids the actors returned. Both end in the `RunResult` that `pipelin
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import duckdb
@@ -170,13 +172,22 @@ def output_errors(folder: OutputFolder, manifest, id_type: pa.DataType | None = 
 # (tempfile's, e.g. $TMPDIR) instead of growing. ~45 bytes per row of 16-character ids spill.
 DUPLICATE_PASS_MEMORY = "2GB"
 ID_SCHEMA_NAMES = ("id", "shard", "row")
-# The ids are read once into a table DuckDB manages (spilled past its memory limit), grouped,
-# and the rows of the ids that occur more than once are found by a semi join; a null id that
-# repeats is a repeated id too (IS NOT DISTINCT FROM). At 10^7 rows this ran in 1.9-2.0 s
-# against 2.9-3.1 s for a window count over the stream (`QUALIFY count(*) OVER (PARTITION BY id)`).
-_COPY = "CREATE TEMP TABLE all_ids AS SELECT * FROM ids"
-_REPEATED = ("SELECT a.id, a.shard, a.row FROM all_ids a SEMI JOIN "
-             "(SELECT id FROM all_ids GROUP BY id HAVING count(*) > 1) d ON a.id IS NOT DISTINCT FROM d.id")
+# The ids are read once into a table DuckDB manages (spilled past its memory limit) beside a
+# 64-bit hash of each; the hashes are grouped, the rows whose hash occurs more than once are the
+# candidates (a semi join), and among them the ids that really repeat are found the same way on
+# the ids themselves (hash collisions drop out there; a null id that repeats is a repeated id
+# too: DuckDB's hash of NULL is a value, and the last join is IS NOT DISTINCT FROM). Grouping
+# 8-byte hashes instead of the id strings: at 10^7 16-character ids, ~1.05 s against ~1.3 s
+# for the same group + semi join on the ids (docs/SCALE.md).
+_HASH = "hash(id)"  # tests narrow it (e.g. `hash(id) % 4`) to check that collisions drop out
+_COPY = "CREATE TEMP TABLE all_ids AS SELECT {hash} AS h, id, shard, row FROM ids"
+_CANDIDATES = ("CREATE TEMP TABLE candidates AS SELECT a.id, a.shard, a.row FROM all_ids a SEMI JOIN "
+               "(SELECT h FROM all_ids GROUP BY h HAVING count(*) > 1) d USING (h)")
+_REPEATED = ("SELECT c.id, c.shard, c.row FROM candidates c SEMI JOIN "
+             "(SELECT id FROM candidates GROUP BY id HAVING count(*) > 1) d ON c.id IS NOT DISTINCT FROM d.id")
+# Parts whose id column is being read ahead of DuckDB's scan (threads: on an object store each
+# read waits on requests; on disk the Parquet decoding of the next parts overlaps the copy).
+READ_AHEAD = 4
 
 
 def repeated_ids(reader: pa.RecordBatchReader, memory_limit: str | None = None,
@@ -184,8 +195,9 @@ def repeated_ids(reader: pa.RecordBatchReader, memory_limit: str | None = None,
     """(an `errors_table` of the rows of `reader` — batches of (id, shard int32, row int64) —
     whose id occurs more than once, every occurrence, in row order; the pass's figures).
 
-    DuckDB reads `reader` once into a table, groups it by id and semi-joins the ids that occur
-    more than once (a null id that repeats is a repeated id too). DuckDB holds at most `memory_limit` (default DUPLICATE_PASS_MEMORY)
+    DuckDB reads `reader` once into a table with each id's hash, groups the hashes, and finds
+    the rows of the ids that occur more than once among those of the repeated hashes (a null id
+    that repeats is a repeated id too). DuckDB holds at most `memory_limit` (default DUPLICATE_PASS_MEMORY)
     and spills the rest to a temporary folder, removed at the end; `threads` (default: one per
     core). Figures: seconds, spilled_bytes (DuckDB's peak temporary-folder size),
     peak_memory_bytes (its peak buffer memory).
@@ -199,7 +211,8 @@ def repeated_ids(reader: pa.RecordBatchReader, memory_limit: str | None = None,
         try:
             con.execute("SET enable_profiling='no_output'")
             con.register("ids", reader)
-            con.execute(_COPY)
+            con.execute(_COPY.format(hash=_HASH))
+            con.execute(_CANDIDATES)
             found = con.sql(_REPEATED).to_arrow_table()
             system = json.loads(con.get_profiling_information(format="json")).get("system", {})
         except duckdb.OutOfMemoryException as e:
@@ -217,15 +230,24 @@ def repeated_ids(reader: pa.RecordBatchReader, memory_limit: str | None = None,
 
 
 def _id_batches(folder: OutputFolder, shard_rows, first_rows: str | None = None):
-    """One (id, shard, row) record batch per committed part, read when DuckDB asks for it."""
+    """One (id, shard, row) record batch per committed part, in shard order, when DuckDB asks
+    for it; the next READ_AHEAD parts' id columns are read meanwhile on threads."""
     id_type = None
-    for shard_id, record, kept in shard_rows:
-        ids = _input_row_ids(folder, record, first_rows)
-        id_type = id_type or ids.type  # the first part's; a later all-null part's ids are cast to it
-        if ids.type != id_type:
-            ids = ids.cast(id_type)
-        yield pa.record_batch([ids, pa.array(np.full(len(kept), int(shard_id), np.int32)), pa.array(kept)],
-                              names=list(ID_SCHEMA_NAMES))
+    with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="id-pass") as pool:
+        pending = collections.deque()
+        shards = iter(shard_rows)
+        while True:
+            for shard_id, record, kept in itertools.islice(shards, READ_AHEAD + 1 - len(pending)):
+                pending.append((shard_id, kept, pool.submit(_input_row_ids, folder, record, first_rows)))
+            if not pending:
+                return
+            shard_id, kept, future = pending.popleft()
+            ids = future.result()
+            id_type = id_type or ids.type  # the first part's; a later all-null part's ids are cast to it
+            if ids.type != id_type:
+                ids = ids.cast(id_type)
+            yield pa.record_batch([ids, pa.array(np.full(len(kept), int(shard_id), np.int32)), pa.array(kept)],
+                                  names=list(ID_SCHEMA_NAMES))
 
 
 def _input_row_ids(folder: OutputFolder, record: dict, first_rows: str | None) -> pa.Array:

@@ -80,6 +80,21 @@ def test_duplicate_pass_within_a_small_memory_limit_finds_the_same_rows(tmp_path
     assert table.column("id").to_pylist()[20_000] == ids[0]
 
 
+def test_ids_whose_hashes_collide_are_not_reported(tmp_path, monkeypatch):
+    """The pass groups a hash of each id first: with the hash narrowed to 3 values every id
+    collides with many others, and still only the ids that really repeat are listed (a
+    repeated null among them), every occurrence, in row order."""
+    from pipeline.output import finish
+    ids = [f"d{(i // 7) % 5}" if i % 7 == 0 else f"u{i}" for i in range(120)] + [None, None]
+    folder, manifest = build_output(tmp_path / "out", ids)
+    monkeypatch.setattr(finish, "_HASH", "hash(id) % 3")
+    table, _, n = output_errors(folder, manifest)
+    counts = {i: ids.count(i) for i in ids}
+    expected = [r for r, i in enumerate(ids) if counts[i] > 1]
+    assert n == len(expected) > 2 and table.column("row").to_pylist() == expected
+    assert table.column("id").to_pylist() == [ids[r] for r in expected]
+
+
 def test_rows_of_bad_texts_shift_the_global_rows_of_duplicates(tmp_path):
     # shard 0 holds input rows 0..4; row 1 was a bad text, so its part holds rows 0, 2, 3, 4.
     folder, manifest = build_output(tmp_path / "out", ["x", "y", "x", "z", "w", "y"], shard_rows=4,
