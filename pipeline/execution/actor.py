@@ -38,6 +38,7 @@ from ..inputs.shards import Shard, read_shard
 from ..inputs.sources import text_as_string
 from ..inputs.validate import embeddable_texts, errors_table, split_bad_rows
 from ..output.content_hash import HASH_COLUMN, row_hashes
+from ..output.id_spool import id_batch
 from ..output.manifest import Manifest
 from ..output.output_folder import OutputFolder
 from ..output.writer import task_part
@@ -178,6 +179,8 @@ class EmbedWorker:
         if run.folder is None:
             record.update(ids=ids, outputs=outputs, errors_list=errors.to_pylist())
             return record
+        if config.id_column is not None:  # the finish step's id pass takes them from the driver
+            record["id_batch"] = id_batch(ids, shard, keep)
         t2 = time.perf_counter()
         if run.task.output_rows is not None:  # several output rows per input row (chunks)
             rows = pa.array(run.task.output_rows(outputs))

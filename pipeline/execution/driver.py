@@ -24,6 +24,7 @@ from ..inputs.sources import check_schema, open_source, peek_schema
 from ..inputs.validate import check_model
 from ..output import part_size, quantize
 from ..output.finish import RunResult, finish, kept_rows
+from ..output.id_spool import IdSpool
 from ..output.manifest import MANIFEST_NAME, Manifest, check_resumable, crash_point
 from ..output.output_folder import OutputFolder, absolute, is_uri, redact
 from ..output.progress import Progress, RunStats, WorkerStats
@@ -252,6 +253,7 @@ class _Collector:
         self.task = TASKS[task]
         self.rows = self.tokens = self.truncated = self.chunked = self.bad_rows = self.shards = 0
         self.parts = {}
+        self.spool = IdSpool()  # the committed shards' ids, for the finish step's id pass
         self.stages: dict[str, float] = {}
         self.io = {"read_seconds": 0.0, "write_seconds": 0.0}
 
@@ -273,9 +275,12 @@ class _Collector:
                                        record.pop("ids"))
             return
         crash_point("after_publish", self.shards)  # the part is published, not yet committed
-        record = {k: v for k, v in record.items() if k not in ("pid",)}
+        ids = record.get("id_batch")
+        record = {k: v for k, v in record.items() if k not in ("pid", "id_batch")}
         self.manifest.commit(shard.id, {**record, "row_offset": shard.row_offset,
                                         "input_rows": shard.num_rows, "worker": worker.index})
+        if ids is not None:
+            self.spool.add(shard.id, ids)
         # other shards are still running; a batch of commits (object stores) is written first
         crash_point("mid_run", self.shards, before=self.manifest.flush)
 

@@ -1,9 +1,11 @@
 """The finish step (docs/DESIGN.md step 7): the reported rows, the final statistics, the summary.
 
 With an output folder it removes what no committed shard owns, builds `_errors.parquet` (each
-shard's bad rows plus one pass over the parts' id columns listing every row whose id is not
-unique: a DuckDB query over the parts streamed one at a time, its memory capped by DuckDB's
-memory_limit and the rest spilled to a temporary folder) before the manifest says complete, and prints the summary. In memory the same id pass
+shard's bad rows plus one pass over the ids of every committed shard listing every row whose id
+is not unique) before the manifest says complete, and prints the summary. The ids of the shards
+this driver committed come from the local spool their actors filled (`id_spool.py`); the other
+parts' `id` columns are read, a few ahead. The pass is a DuckDB query, its memory capped by
+DuckDB's memory_limit and the rest spilled to a temporary folder. In memory the same id pass
 runs over the ids the actors returned. Both end in the `RunResult` that `pipeline.run` returns.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pyarrow.compute as pc
 
 from ..inputs.validate import errors_table
 from . import writer
+from .id_spool import ID_COLUMNS, IdSpool
 from .output_folder import ERRORS_FILE, OutputFolder
 from .progress import RunStats, summary_line, summary_table
 
@@ -77,7 +80,12 @@ def finish(stats: RunStats, collector, manifest, folder: OutputFolder | None, co
     for a task with several output rows per input row, the column whose 0 marks a row's first."""
     if manifest:
         folder.remove_strays(keep=manifest.files())  # e.g. the part of an actor that died
-        bad_rows, duplicates = write_errors_file(folder, manifest, first_rows)  # before reporting it
+        spool = collector.spool if collector is not None else None  # the run's own shards' ids
+        try:
+            bad_rows, duplicates = write_errors_file(folder, manifest, first_rows, spool)  # before reporting it
+        finally:
+            if spool is not None:
+                spool.close()
         stats = dataclasses.replace(stats, bad_rows_total=bad_rows, duplicate_ids=duplicates)
         manifest.finish(stats.to_dict())
         manifest.save(force=True)
@@ -122,7 +130,7 @@ def duplicate_id_errors(ids: pa.Array, shards: pa.Array, rows: pa.Array) -> pa.T
     In memory (the in-memory run's ids are all in the driver already); the same DuckDB query as
     the output folder's pass."""
     batch = pa.record_batch([ids, shards.cast(pa.int32()), rows.cast(pa.int64())],
-                            names=list(ID_SCHEMA_NAMES))
+                            names=list(ID_COLUMNS))
     return repeated_ids(pa.RecordBatchReader.from_batches(batch.schema, [batch]))[0]
 
 
@@ -134,7 +142,8 @@ def sort_errors(tables: list[pa.Table]) -> pa.Table:
 
 def output_errors(folder: OutputFolder, manifest, id_type: pa.DataType | None = None,
                   memory_limit: str | None = None, threads: int | None = None,
-                  stats: dict | None = None, first_rows: str | None = None):
+                  stats: dict | None = None, first_rows: str | None = None,
+                  spool: IdSpool | None = None):
     """(errors table, bad-text rows, duplicate-id rows) of every committed shard in `folder`.
 
     Reads each shard's error file and, when the run has an id column, the `id` column of each
@@ -145,14 +154,16 @@ def output_errors(folder: OutputFolder, manifest, id_type: pa.DataType | None = 
     DUPLICATE_PASS_MEMORY), past which it spills to a temporary folder. `stats`, when given, is
     filled with the pass's figures (`repeated_ids`). With `first_rows` (a column whose 0 marks
     an input row's first output row: chunk outputs), only those output rows are read, one per
-    input row.
+    input row. `spool`: the ids of the shards this driver committed (`id_spool.py`), taken
+    from there instead of from their parts.
     """
     check_ids = manifest.fingerprint.get("id_column") is not None
     bad = []
     shard_rows = _shard_rows(folder, manifest, bad)
     duplicates = None
     if check_ids:
-        batches = _id_batches(folder, shard_rows, first_rows)
+        spooled = {int(k) for k in spool.shards} & {int(k) for k in manifest.shards} if spool else set()
+        batches = _id_batches(folder, shard_rows, first_rows, spool, spooled)
         first = next(batches, None)
         if first is not None:
             reader = pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], batches))
@@ -171,7 +182,6 @@ def output_errors(folder: OutputFolder, manifest, id_type: pa.DataType | None = 
 # DuckDB's memory_limit for the duplicate-id pass: past it the pass spills to a temporary folder
 # (tempfile's, e.g. $TMPDIR) instead of growing. ~45 bytes per row of 16-character ids spill.
 DUPLICATE_PASS_MEMORY = "2GB"
-ID_SCHEMA_NAMES = ("id", "shard", "row")
 # The ids are read once into a table DuckDB manages (spilled past its memory limit) beside a
 # 64-bit hash of each; the hashes are grouped, the rows whose hash occurs more than once are the
 # candidates (a semi join), and among them the ids that really repeat are found the same way on
@@ -229,13 +239,27 @@ def repeated_ids(reader: pa.RecordBatchReader, memory_limit: str | None = None,
     return table.combine_chunks(), figures
 
 
-def _id_batches(folder: OutputFolder, shard_rows, first_rows: str | None = None):
-    """One (id, shard, row) record batch per committed part, in shard order, when DuckDB asks
-    for it; the next READ_AHEAD parts' id columns are read meanwhile on threads."""
+def _id_batches(folder: OutputFolder, shard_rows, first_rows: str | None = None,
+                spool: IdSpool | None = None, spooled: set = frozenset()):
+    """(id, shard, row) record batches of every committed shard, when DuckDB asks for them: the
+    spool's for the shards in `spooled` (committed by this driver), then one per other part,
+    read from the output folder in shard order, the next READ_AHEAD parts' id columns on
+    threads meanwhile. Every batch's ids are cast to the first's type (an all-null part's ids
+    have type null)."""
+    kept = (b for b in spool.batches() if b.num_rows == 0 or b.column(1)[0].as_py() in spooled) if spooled else ()
     id_type = None
+    for batch in itertools.chain(kept, _part_batches(folder, shard_rows, first_rows, spooled)):
+        id_type = id_type or batch.column(0).type
+        if batch.column(0).type != id_type:
+            batch = pa.record_batch([batch.column(0).cast(id_type), *batch.columns[1:]], names=list(ID_COLUMNS))
+        yield batch
+
+
+def _part_batches(folder: OutputFolder, shard_rows, first_rows: str | None, skip: set):
+    """One (id, shard, row) batch per committed part whose shard index is not in `skip`."""
     with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="id-pass") as pool:
         pending = collections.deque()
-        shards = iter(shard_rows)
+        shards = (s for s in shard_rows if int(s[0]) not in skip)
         while True:
             for shard_id, record, kept in itertools.islice(shards, READ_AHEAD + 1 - len(pending)):
                 pending.append((shard_id, kept, pool.submit(_input_row_ids, folder, record, first_rows)))
@@ -243,11 +267,8 @@ def _id_batches(folder: OutputFolder, shard_rows, first_rows: str | None = None)
                 return
             shard_id, kept, future = pending.popleft()
             ids = future.result()
-            id_type = id_type or ids.type  # the first part's; a later all-null part's ids are cast to it
-            if ids.type != id_type:
-                ids = ids.cast(id_type)
             yield pa.record_batch([ids, pa.array(np.full(len(kept), int(shard_id), np.int32)), pa.array(kept)],
-                                  names=list(ID_SCHEMA_NAMES))
+                                  names=list(ID_COLUMNS))
 
 
 def _input_row_ids(folder: OutputFolder, record: dict, first_rows: str | None) -> pa.Array:
@@ -275,10 +296,11 @@ def _shard_rows(folder: OutputFolder, manifest, bad: list):
         yield shard_id, record, kept
 
 
-def write_errors_file(folder: OutputFolder, manifest, first_rows: str | None = None) -> tuple[int, int]:
+def write_errors_file(folder: OutputFolder, manifest, first_rows: str | None = None,
+                      spool: IdSpool | None = None) -> tuple[int, int]:
     """Publish `_errors.parquet` (atomically; none when nothing is reported); returns
-    (bad-text rows, duplicate-id rows) in the whole output."""
-    table, bad_rows, duplicates = output_errors(folder, manifest, first_rows=first_rows)
+    (bad-text rows, duplicate-id rows) in the whole output. `spool`: see `output_errors`."""
+    table, bad_rows, duplicates = output_errors(folder, manifest, first_rows=first_rows, spool=spool)
     if table.num_rows:
         folder.publish(ERRORS_FILE, writer.encode(table, "parquet"))
     elif folder.exists(ERRORS_FILE):

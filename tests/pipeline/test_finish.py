@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from pipeline.config import PipelineConfig
 from pipeline.output.finish import (DUPLICATE_ID, duplicate_id_errors, finish, memory_errors, output_errors,
                              write_errors_file)
+from pipeline.output.id_spool import IdSpool, id_batch
 from pipeline.output.manifest import Manifest, read_manifest
 from pipeline.output.output_folder import ERRORS_FILE, OutputFolder
 from pipeline.output.progress import RunStats
@@ -93,6 +94,43 @@ def test_ids_whose_hashes_collide_are_not_reported(tmp_path, monkeypatch):
     expected = [r for r, i in enumerate(ids) if counts[i] > 1]
     assert n == len(expected) > 2 and table.column("row").to_pylist() == expected
     assert table.column("id").to_pylist() == [ids[r] for r in expected]
+
+
+def test_the_spooled_shards_ids_are_not_read_back_and_the_report_is_the_same(tmp_path, monkeypatch):
+    """The ids the actors handed over for the shards this driver committed (the spool) replace
+    reading those parts; the other parts are still read. Same report as reading every part:
+    rows shifted by bad texts, a null id, an all-null shard (type null in the spool, cast)."""
+    ids = ["a", "b", "a", None, "c", None, "c", "d", None, None, None, None, "b", "e"]
+    bad = {1: [(5, "x")]}  # shard 1 (rows 4..8) has a bad text at row 5
+    folder, manifest = build_output(tmp_path / "out", ids, shard_rows=4, bad=bad)
+    whole = output_errors(folder, manifest)
+    spool = IdSpool()
+    for k, start in ((1, 4), (2, 9)):  # shards 1 and 2 committed by "this driver"
+        chunk, rows = ids[k * 4:k * 4 + 4], np.arange(start, start + 5 if k == 1 else start + 4)
+        keep = None if k == 2 else rows != 5
+        shard = Shard(k, start, len(rows), ())
+        spool.add(f"{k:06d}", id_batch(pa.array(chunk) if k == 1 else pa.nulls(4), shard, keep))
+    spool.add("000099", id_batch(pa.array(["a"]), Shard(99, 99, 1, ()), None))  # not committed: ignored
+    read = []
+    original = OutputFolder.read_part
+    monkeypatch.setattr(OutputFolder, "read_part", lambda self, rel, *a: read.append(rel) or original(self, rel, *a))
+    assert output_errors(folder, manifest, spool=spool)[0].to_pylist() == whole[0].to_pylist()
+    assert whole[2] == 12 and whole[1] == 1
+    parts = sorted(r for r in read if r.startswith("part-"))
+    assert [p[5:11] for p in parts] == ["000000", "000003"]  # shards 1 and 2 came from the spool
+    spool.close()
+    assert not list(spool.batches())
+
+
+def test_a_spool_the_disk_refuses_is_dropped_with_a_warning(tmp_path, monkeypatch, caplog):
+    spool = IdSpool()
+    spool.add("000000", id_batch(pa.array(["a"]), Shard(0, 0, 1, ()), None))
+    monkeypatch.setattr(spool, "_writer", None)  # the next add opens a file ...
+    monkeypatch.setattr(pa, "OSFile", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    spool.add("000001", id_batch(pa.array(["b"]), Shard(1, 1, 1, ()), None))  # ... which fails
+    assert spool.shards == set() and "could not be kept on local disk" in caplog.text
+    folder, manifest = build_output(tmp_path / "out", ["a", "a"], shard_rows=1)
+    assert output_errors(folder, manifest, spool=spool)[2] == 2  # every part read instead
 
 
 def test_rows_of_bad_texts_shift_the_global_rows_of_duplicates(tmp_path):
