@@ -10,10 +10,10 @@
 """
 from .config import EngineConfig
 from .engine.engine import Engine, EngineStats
-from .engine.startup import preflight
+from .engine.startup import preflight, preflight_fingerprint
 from .inputs.input_processor import TextTooLongError
 from .loading.model_folder import folder_task
 from .loading.resolve import query_prompt_name, token_row_shape
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "TextTooLongError", "folder_task", "preflight",
+__all__ = ["Engine", "EngineConfig", "EngineStats", "TextTooLongError", "folder_task", "preflight", "preflight_fingerprint",
            "query_prompt_name", "token_row_shape"]

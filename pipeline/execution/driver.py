@@ -7,6 +7,7 @@ of in-memory inputs).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -59,7 +60,9 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
         folder.check_usable()
     reuse.check_early(config, folder, TASKS[config.task])
     cluster.check_address(config.address)  # a dead address fails in seconds, before the model loads
-    _check_model_here(engine_options, config.address)
+    preview = _check_model_here(engine_options, config.address)
+    if folder is not None and preview and not config.overwrite:
+        _check_engine_preview(folder, preview)  # another run's settings: refused before Ray starts
     local = _runs_in_process(data, config, engine_options)  # small, in memory, no Ray here: local.py
     # A Ray this pipeline started; quiet unless progress was asked for (a notebook's one line).
     ours = not local and warm.connected(cluster.connect(config.address, quiet=config.progress is not True))
@@ -328,17 +331,32 @@ def _runs_in_process(data, config: PipelineConfig, engine_options: dict) -> bool
     return rows <= config.in_process_rows
 
 
-def _check_model_here(engine_options: dict, address: str | None) -> None:
-    """Open the model folder before Ray starts. A URI is opened by each node (after the driver
-    lists and hashes it, `model_sync`); on a cluster (RAY_ADDRESS or an address) a local folder
-    this node does not have is left for the actors' nodes to open (and report)."""
+def _check_model_here(engine_options: dict, address: str | None) -> dict:
+    """Open the model folder before Ray starts; returns the engine fingerprint's fields it
+    decides (`check_model`), or {} where it is not opened here. A URI is opened by each node
+    (after the driver lists and hashes it, `model_sync`); on a cluster (RAY_ADDRESS or an
+    address) a local folder this node does not have is left for the actors' nodes to open (and
+    report)."""
     model = engine_options.get("model")
     if model and is_uri(model):
-        return
+        return {}
     remote = os.environ.get("RAY_ADDRESS") or address not in (None, cluster.LOCAL)
     if model and remote and not os.path.exists(os.path.expanduser(model)):
-        return
-    check_model(engine_options)
+        return {}
+    return check_model(engine_options)
+
+
+def _check_engine_preview(folder: OutputFolder, preview: dict) -> None:
+    """Refuse, before Ray starts, to resume an output whose engine fingerprint differs from
+    this run's in a field the model folder and options decide (`preview`): the same
+    FingerprintMismatch the actors' full fingerprint would raise a few seconds later, after Ray
+    and a model load. Fields the output does not record are left to that later check."""
+    manifest = Manifest.load(folder)
+    recorded = (manifest.fingerprint.get("engine") or {}) if manifest is not None else {}
+    preview = json.loads(json.dumps(preview))  # as the manifest holds it
+    old = {k: recorded[k] for k in preview if k in recorded}
+    if old != {k: preview[k] for k in old}:
+        check_resumable(manifest, {**manifest.fingerprint, "engine": {**recorded, **preview}}, manifest.plan)
 
 
 def _model_spec(engine_options: dict, joined: bool):

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workers import EngineConfig, folder_task, preflight
+from workers import EngineConfig, folder_task, preflight_fingerprint
 
 from ..config import PipelineConfig
 from ..errors import BadRowsError, InputError
@@ -108,13 +108,15 @@ def embeddable_texts(table: pa.Table, column: str) -> list[str]:
     return table.column(column).filter(pa.array(~(null | empty | space))).to_pylist()
 
 
-def check_model(engine_options: dict) -> None:
+def check_model(engine_options: dict) -> dict:
     """Everything the engine would refuse at start-up that the model folder's files and the
     options already show (`workers.preflight`: a missing or unsafe folder, a module or key the
     engine does not implement, a task the folder cannot serve, max_length past the positions),
-    before Ray starts, as InputError (exit 2)."""
+    before Ray starts, as InputError (exit 2). Returns the part of the engine's fingerprint
+    that the folder and options decide (`workers.preflight_fingerprint`; may be empty)."""
     try:
-        preflight(EngineConfig(**{**engine_options, "allow_pickle": bool(engine_options.get("allow_pickle"))}))
+        return preflight_fingerprint(EngineConfig(**{**engine_options,
+                                                      "allow_pickle": bool(engine_options.get("allow_pickle"))}))[1]
     except FileNotFoundError:
         raise
     except ValueError as e:

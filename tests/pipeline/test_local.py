@@ -59,6 +59,20 @@ def test_a_small_list_runs_here_without_ray_and_matches_the_engine(texts, engine
     assert np.isnan(result.embeddings[[5, 6]]).all()
 
 
+def test_a_resume_with_other_model_settings_is_refused_before_an_engine_starts(texts, tmp_path):
+    """The engine's fields that the model folder and options decide (here max_length) are
+    compared with the output's before any engine or Ray starts: the warm engine is untouched."""
+    out = tmp_path / "out"
+    pipeline.run(texts, output=str(out), **RUN)
+    first = local_engine()
+    with pytest.raises(pipeline.FingerprintMismatch) as refused:
+        pipeline.run(texts, output=str(out), **RUN, max_length=64)
+    assert "engine.max_length: 256 in the output, 64 in this run" in str(refused.value)
+    assert "--overwrite" in str(refused.value)
+    assert local_engine() is first and not ray.is_initialized()  # nothing was started for it
+    assert pipeline.run(texts, output=str(out), **RUN).stats.resumed_shards == -(-N // RUN["shard_rows"])
+
+
 def test_a_later_call_reuses_the_engine_and_other_settings_replace_it(texts, engine_vectors):
     pipeline.run(texts, **RUN)
     first = local_engine()

@@ -25,14 +25,30 @@ def preflight(config: EngineConfig) -> EngineConfig:
     device): the folder reads and serves the task, the workflow exists, max_length fits the
     positions, pooling/prompt/dimensions resolve. Raises what `Engine` would raise at start-up;
     returns the config with its task resolved. Run by the pipeline's driver before Ray starts."""
+    return preflight_fingerprint(config)[0]
+
+
+# The fields of `Engine.fingerprint()` that the folder's files and the options decide alone,
+# wherever the engine runs (not the device's dtype or attention backend, nor the folder's
+# name, which differs in a node's copy).
+PREVIEW_FIELDS = ("model_hash", "architecture", "pooling", "normalize", "max_length", "truncation")
+
+
+def preflight_fingerprint(config: EngineConfig) -> tuple[EngineConfig, dict]:
+    """`preflight`, and the PREVIEW_FIELDS of the fingerprint an `Engine` on this folder
+    with these options will have (empty for a folder run through the transformers fallback,
+    whose body is only known once built): the driver compares them with an output's before Ray
+    starts, so a resume with other settings is refused in seconds."""
     folder = open_model_folder(config.model, allow_pickle=config.allow_pickle)
     config = with_task(config, folder)
     if implementation(config, folder) != "native":
         fallback_workflow(config, folder)
-        return config
+        return config, {}
     workflow = workflow_for(config, folder)
-    resolve(config, folder, native_body(folder).max_length, workflow, torch.device("cpu"), torch.float32)
-    return config
+    r = resolve(config, folder, native_body(folder).max_length, workflow, torch.device("cpu"), torch.float32)
+    preview = {"model_hash": folder.identity(), "architecture": folder.architecture, "pooling": r.pooling,
+               "normalize": r.normalize, "max_length": r.max_length, "truncation": config.truncation}
+    return config, preview
 
 
 def with_task(config: EngineConfig, folder: ModelFolder) -> EngineConfig:
