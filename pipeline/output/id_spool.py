@@ -8,7 +8,8 @@ per part (its footer at the object's end, then the id column's chunk at its star
 parts of shards that an earlier, interrupted driver committed are still read back.
 
 The spool is Arrow IPC (zstd) in a temporary folder (tempfile's: $TMPDIR), removed by `close`;
-about 10-30 bytes per row of 16-character ids, like the duplicate pass's own spill. It dies
+measured 4.2 bytes per row for sequential 16-character ids and 11.6 for random ones (10^9 rows:
+4-12 GB on the driver's disk). It dies
 with its driver, which is why nothing in it is trusted across runs. Writing it is best effort:
 if the disk refuses (full, removed), the spool is dropped with one warning and the finish step
 reads every part, as without it.
