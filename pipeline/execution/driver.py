@@ -351,7 +351,7 @@ def _check_engine_preview(folder: OutputFolder, preview: dict) -> None:
     this run's in a field the model folder and options decide (`preview`): the same
     FingerprintMismatch the actors' full fingerprint would raise a few seconds later, after Ray
     and a model load. Fields the output does not record are left to that later check."""
-    manifest = Manifest.load(folder)
+    manifest = Manifest.load(folder, commits=False)  # `_manifest.json` alone: no commit log read
     recorded = (manifest.fingerprint.get("engine") or {}) if manifest is not None else {}
     preview = json.loads(json.dumps(preview))  # as the manifest holds it
     old = {k: recorded[k] for k in preview if k in recorded}
