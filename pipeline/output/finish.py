@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from ..inputs.validate import errors_table
 from . import writer
-from .id_spool import ID_COLUMNS, IdSpool
+from .id_spool import ID_COLUMNS, IdSpool, rows_batch
 from .output_folder import ERRORS_FILE, OutputFolder
 from .progress import RunStats, summary_line, summary_table
 
@@ -268,8 +268,7 @@ def _part_batches(folder: OutputFolder, shard_rows, first_rows: str | None, skip
                 return
             shard_id, kept, future = pending.popleft()
             ids = future.result()
-            yield pa.record_batch([ids, pa.array(np.full(len(kept), int(shard_id), np.int32)), pa.array(kept)],
-                                  names=list(ID_COLUMNS))
+            yield rows_batch(ids, int(shard_id), kept)
 
 
 def _input_row_ids(folder: OutputFolder, record: dict, first_rows: str | None) -> pa.Array:

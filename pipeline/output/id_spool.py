@@ -33,9 +33,14 @@ def id_batch(ids: pa.Array, shard, keep: np.ndarray | None) -> pa.RecordBatch:
     """The id pass's batch of a shard: `ids` of its embedded input rows, `keep` the mask of
     those among the shard's rows (None: all of them)."""
     rows = np.arange(shard.row_offset, shard.row_offset + shard.num_rows, dtype=np.int64)
-    rows = rows if keep is None else rows[keep]
-    return pa.record_batch([ids, pa.array(np.full(len(rows), shard.index, np.int32)), pa.array(rows)],
+    return rows_batch(ids, shard.index, rows if keep is None else rows[keep])
+
+
+def rows_batch(ids: pa.Array, shard_index: int, rows: np.ndarray) -> pa.RecordBatch:
+    """(id, shard, row) of one shard's rows: `rows` their global input rows (int64)."""
+    return pa.record_batch([ids, pa.array(np.full(len(rows), shard_index, np.int32)), pa.array(rows)],
                            names=list(ID_COLUMNS))
+
 
 _OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
