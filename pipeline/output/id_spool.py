@@ -10,13 +10,16 @@ parts of shards that an earlier, interrupted driver committed are still read bac
 The spool is Arrow IPC (zstd) in a temporary folder (tempfile's: $TMPDIR), removed by `close`;
 measured 4.2 bytes per row for sequential 16-character ids and 11.6 for random ones (10^9 rows:
 4-12 GB on the driver's disk). It dies
-with its driver, which is why nothing in it is trusted across runs. Writing it is best effort:
+with its driver, which is why nothing in it is trusted across runs. A driver that was killed
+cannot remove its spool, so the folder's name carries the driver's pid and a new spool removes
+those of drivers no longer running on this machine. Writing it is best effort:
 if the disk refuses (full, removed), the spool is dropped with one warning and the finish step
 reads every part, as without it.
 """
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +29,7 @@ import pyarrow as pa
 
 log = logging.getLogger("pipeline")
 
+PREFIX = "pipeline-id-spool-"
 ID_COLUMNS = ("id", "shard", "row")  # the batches of the id pass: id, shard index int32, global row int64
 
 
@@ -89,7 +93,8 @@ class IdSpool:
     def _open(self, schema: pa.Schema) -> None:
         self._close_writer()
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="pipeline-id-spool-"))
+            remove_stale(Path(tempfile.gettempdir()))
+            self._dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
         path = self._dir / f"{len(self._files):06d}.arrow"
         self._sink = pa.OSFile(str(path), "wb")
         self._writer, self._schema = pa.ipc.new_stream(self._sink, schema, options=_OPTIONS), schema
@@ -103,3 +108,21 @@ class IdSpool:
 
     def __del__(self):
         self.close()
+
+
+def remove_stale(tmp: Path) -> None:
+    """Remove the spools in `tmp` of drivers that no longer run (killed, so never closed): at
+    10^9 rows each held gigabytes. A spool without a pid in its name, or whose pid runs (maybe
+    another driver's), or that this user may not remove, is left alone."""
+    for path in tmp.glob(f"{PREFIX}*-*"):
+        pid = path.name[len(PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # another user's running process
+            continue
+        shutil.rmtree(path, ignore_errors=True)

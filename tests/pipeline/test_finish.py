@@ -4,6 +4,7 @@ removed, the in-memory error records. Real parts in a real folder; no Ray, no en
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -182,3 +183,31 @@ def test_in_memory_errors_and_matrix_rows():
         ("a", 0, DUPLICATE_ID), ("c", 2, DUPLICATE_ID), ("a", 3, DUPLICATE_ID), ("n", 4, "null"),
         ("c", 5, DUPLICATE_ID)]
     assert memory_errors(parts, check_ids=False) == ([{"id": "n", "shard": "000001", "row": 4, "reason": "null"}], 0)
+
+
+def test_a_new_spool_removes_those_of_drivers_no_longer_running(tmp_path, monkeypatch):
+    """A killed driver never closes its spool (gigabytes at 10^9 rows): the next spool on the
+    machine removes it; a running driver's spool, and a folder without a pid, are kept."""
+    import subprocess
+    import tempfile
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # exited and reaped: its pid runs nothing (until reused)
+    dead = tmp_path / f"pipeline-id-spool-{ended.pid}-x"
+    alive_proc = subprocess.Popen(["sleep", "60"])
+    try:
+        alive = tmp_path / f"pipeline-id-spool-{alive_proc.pid}-y"
+        other = tmp_path / "pipeline-id-spool-abc"
+        for path in (dead, alive, other):
+            path.mkdir()
+            (path / "000000.arrow").write_bytes(b"x")
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        spool = IdSpool()
+        spool.add("000000", id_batch(pa.array(["a"]), Shard(0, 0, 1, ()), None))
+        left = sorted(p.name for p in tmp_path.iterdir())
+        mine = [n for n in left if n.startswith(f"pipeline-id-spool-{os.getpid()}-")]
+        assert dead.name not in left and {alive.name, other.name} <= set(left) and len(mine) == 1
+        spool.close()
+        assert not (tmp_path / mine[0]).exists()
+    finally:
+        alive_proc.kill()
+        alive_proc.wait()

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,11 +85,13 @@ def assert_same_as_reference(out: Path, reference) -> None:
     assert on_disk == named | {"_manifest.json", "_errors.parquet"}  # nothing half-written left
 
 
-def kill_driver_at(point: str, corpus, cluster, out: Path) -> dict:
-    """Run the CLI driver with PIPELINE_CRASH_AT=point; it must die by SIGKILL there."""
+def kill_driver_at(point: str, corpus, cluster, out: Path, tmp: Path | None = None) -> dict:
+    """Run the CLI driver with PIPELINE_CRASH_AT=point (and TMPDIR=tmp); it must die by SIGKILL there."""
     pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     env = {**os.environ, "PIPELINE_CRASH_AT": point, "RAY_ADDRESS": cluster[0],
            FOLD_ENV: "3"}  # the commit log folds every 3 commits: 3 folds in a 10-shard run
+    if tmp is not None:
+        env["TMPDIR"] = str(tmp)
     done = subprocess.run([sys.executable, "jobs/embed_corpus.py", "--input", corpus[0],
                            "--output", str(out), *CLI_ARGS], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -108,16 +111,21 @@ def committed_parts(out: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("point, committed", [("plan", 0), ("mid_run:2", 2), ("after_publish:3", 2),
                                               ("fold_written:1", 3), ("fold_switched:2", 6)])
-def test_driver_killed_then_resumed(cluster, corpus, reference, tmp_path, point, committed):
-    out = tmp_path / "out"
-    manifest = kill_driver_at(point, corpus, cluster, out)
+def test_driver_killed_then_resumed(cluster, corpus, reference, tmp_path, point, committed, monkeypatch):
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    manifest = kill_driver_at(point, corpus, cluster, out, tmp)
+    spools = lambda: list(tmp.glob("pipeline-id-spool-*"))  # noqa: E731
+    assert len(spools()) == (committed > 0)  # the killed driver's ids of its commits (id_spool.py)
     assert not manifest["complete"] and not (out / "_errors.parquet").exists()
     assert len(manifest["shards"]) == committed  # every commit the driver made is in the log
     if point == "after_publish:3":  # the third part is on disk, published, uncommitted
         parts = {p.name for p in out.glob("part-*")}
         assert len(parts - {r["path"] for r in manifest["shards"].values()}) >= 1
     before = committed_parts(out)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     resumed = pipeline.run(corpus[0], output=str(out), **RUN)
+    assert not spools()  # the dead driver's spool removed, the resume's own closed
     assert resumed.stats.resumed_shards == committed and resumed.stats.shards == N // SHARD_ROWS - committed
     assert resumed.stats.rows_total == N - len(BAD)
     after = committed_parts(out)
