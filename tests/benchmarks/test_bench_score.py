@@ -1,18 +1,13 @@
 """benchmarks/bench_score.py runs end to end and prints its table (a smoke test; no timings asserted)."""
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from scripts import run_script
 
 
 @pytest.mark.slow
 def test_bench_score_prints_the_table():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_score.py"), "--pairs", "6",
-                          "--bf16-pairs", "2", "--rounds", "1", "--max-length", "48", "--threads", "1"],
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+    out = run_script("benchmarks/bench_score.py", "--pairs", "6", "--bf16-pairs", "2", "--rounds", "1",
+                     "--max-length", "48", "--threads", "1")  # in this process: tests/scripts.py
     print(out)
     assert "| system | pairs | pairs/s | tokens/s | vs ce-bf16 | vs ce-fp32 | max abs diff vs ce-fp32 |" in out
     rows = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines()

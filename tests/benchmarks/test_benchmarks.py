@@ -13,9 +13,16 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the tests import the helper module the scripts use
 
 import benchlib  # noqa: E402
+from scripts import run_script  # noqa: E402
 
 
 def _run(script: str, *args: str) -> str:
+    """The script run whole in this process (tests/scripts.py: no second import of torch and
+    the peers per script)."""
+    return run_script(f"benchmarks/{script}", *args)
+
+
+def _run_subprocess(script: str, *args: str) -> str:
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
                           capture_output=True, text=True, timeout=300, check=True).stdout
 
@@ -173,7 +180,7 @@ def test_cpu_account_charges_this_process():
 
 
 def test_bench_pipeline_prints_rounds_and_notebook_calls(tmp_path):
-    out = _run("bench_pipeline.py", "--rows", "40", "--rounds", "1", "--notebook", "20",
+    out = _run_subprocess("bench_pipeline.py", "--rows", "40", "--rounds", "1", "--notebook", "20",
                "--out", str(tmp_path / "scratch"))
     assert "| 1 | in-actor forward stage |" in out and "round 1 pipeline: cpu over" in out
     assert "ray::EmbedWorker" in out  # the actor's CPU is accounted under its Ray title
