@@ -166,14 +166,15 @@ class EmbedWorker:
                     e.index = int(np.flatnonzero(~mask)[e.index])
                 raise self._too_long(config, shard, good, keep, e) from None
             seconds = time.perf_counter() - start
-            stages = {k: v - stages0[k] for k, v in stats.stage_seconds().items()}
+            # Taken before letting go: the other call waits on the lock and adds to them next.
+            record = {"rows": good.num_rows, "tokens": stats.tokens - tokens0,
+                      "truncated": stats.truncated - truncated0, "chunked": stats.chunked - chunked0,
+                      "bad_rows": errors.num_rows, "embed_seconds": seconds,
+                      "read_seconds": t1 - t0, "pid": os.getpid(),
+                      "stages": {k: v - stages0[k] for k, v in stats.stage_seconds().items()}}
         if probe:
             return {"probe": True, "rows": good.num_rows}
         _crash_point(shard, "mid_shard")
-        record = {"rows": good.num_rows, "tokens": stats.tokens - tokens0,
-                  "truncated": stats.truncated - truncated0, "chunked": stats.chunked - chunked0,
-                  "bad_rows": errors.num_rows, "embed_seconds": seconds,
-                  "read_seconds": t1 - t0, "stages": stages, "pid": os.getpid()}
         ids = self._ids(config, shard, good, keep)
         extra = good.select(list(config.passthrough_columns)) if config.passthrough_columns else None
         if run.folder is None:
