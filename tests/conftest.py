@@ -37,14 +37,28 @@ def pytest_unconfigure(config):
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(autouse=True)
-def _no_warm_actors_after_a_test():
-    """After each test, stop the engine actors `pipeline.run` kept warm (pipeline/execution/warm.py): they
-    hold CPUs of the module's Ray, which the next test's actors or CLI driver need."""
-    yield
+def _stop_warm_actors():
     warm = sys.modules.get("pipeline.execution.warm")
     if warm is not None:
         warm.stop_actors()
+
+
+@pytest.fixture(autouse=True)
+def _no_warm_actors_after_a_test(request):
+    """After each test, stop the engine actors `pipeline.run` kept warm (pipeline/execution/warm.py):
+    they hold CPUs of the module's Ray, which the next test's actors or CLI driver need. A module
+    whose runs may share them sets `KEEP_WARM = True`: a test's run then takes the actors an
+    earlier test left when its settings are the same (a notebook's second call), and a test that
+    needs the CPUs free calls `pipeline.shutdown()`; they are stopped when the module ends."""
+    yield
+    if not getattr(request.module, "KEEP_WARM", False):
+        _stop_warm_actors()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_warm_actors_after_a_module():
+    yield
+    _stop_warm_actors()
 
 
 _RAY: dict = {}  # this worker's shared local Ray: its address, and the crash file its workers see
