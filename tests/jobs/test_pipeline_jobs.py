@@ -27,7 +27,7 @@ from pipeline.output.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "jobs/embed_corpus.py"
-N = 400  # 20 shards of 20: seconds of work, so the driver is reliably caught mid-run
+N = 240  # 12 shards of 20: the driver is caught after 2 commits with 10 still to run
 
 
 @pytest.fixture(scope="module")
