@@ -4,7 +4,9 @@ exactly the uninterrupted run's output (same ids in the same order, same vectors
 `_errors.parquet`, and no file the manifest does not name).
 
 One local Ray for the module; killed drivers run `jobs/embed_corpus.py` in a subprocess that
-joins it (RAY_ADDRESS), so no test starts a second cluster. Kill points are the test-only hooks
+joins it (RAY_ADDRESS), so no test starts a second cluster. Every engine actor takes one of its
+two CPUs, so the actor this process keeps warm (KEEP_WARM: the reference run's, reused by the
+resumes, as a notebook's second call would) leaves a CPU to a CLI driver's actor. Kill points are the test-only hooks
 `PIPELINE_CRASH_AT` (driver, `pipeline/execution/driver.py`) and `PIPELINE_CRASH_FILE` (actors,
 `pipeline/execution/actor.py`): real SIGKILLs at exact points, so no test depends on timing.
 """
@@ -35,10 +37,11 @@ ROOT = Path(__file__).resolve().parents[2]
 N, SHARD_ROWS = 200, 20
 BAD = {7: None, 33: "", 61: "  \t\n", 150: "\u3000"}  # row -> bad text
 DUPLICATE = {90: "d0010", 151: "d0010", 199: "d0005"}  # row -> id already used by another row
-RUN = {"id_column": "doc", "num_workers": 1, "shard_rows": SHARD_ROWS, "dtype": "float32",
-       "progress": False}
-CLI_ARGS = ["--id-column", "doc", "--num-workers", "1", "--shard-rows", str(SHARD_ROWS),
-            "--dtype", "float32", "--no-progress"]
+RUN = {"id_column": "doc", "num_workers": 1, "threads_per_worker": 1, "shard_rows": SHARD_ROWS,
+       "dtype": "float32", "progress": False}
+CLI_ARGS = ["--id-column", "doc", "--num-workers", "1", "--threads-per-worker", "1",
+            "--shard-rows", str(SHARD_ROWS), "--dtype", "float32", "--no-progress"]
+KEEP_WARM = True  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +89,8 @@ def assert_same_as_reference(out: Path, reference) -> None:
 
 
 def kill_driver_at(point: str, corpus, cluster, out: Path, tmp: Path | None = None) -> dict:
-    """Run the CLI driver with PIPELINE_CRASH_AT=point (and TMPDIR=tmp); it must die by SIGKILL there."""
-    pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
+    """Run the CLI driver with PIPELINE_CRASH_AT=point (and TMPDIR=tmp); it must die by SIGKILL there.
+    Its actor takes the CPU this process's warm actor leaves."""
     env = {**os.environ, "PIPELINE_CRASH_AT": point, "RAY_ADDRESS": cluster[0],
            FOLD_ENV: "3"}  # the commit log folds every 3 commits: 3 folds in a 10-shard run
     if tmp is not None:
@@ -228,7 +231,6 @@ def test_a_row_that_kills_its_worker_is_isolated_and_the_rest_embedded(cluster, 
     """Issue 24: one row killed its worker on every try, the shard failed 3 times and so did
     every rerun. Now the shard is narrowed down to that row, which is reported as a bad row
     (the error as its reason), and everything else is embedded; a rerun finds the run done."""
-    pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     cluster[1].write_text(f"row {POISON}")  # every actor call that runs row 45 SIGKILLs itself
     out, stats = tmp_path / "out", tmp_path / "stats.json"
     command = [sys.executable, "jobs/embed_corpus.py", "--input", corpus[0], "--output", str(out),
