@@ -255,5 +255,20 @@ def test_a_row_that_kills_its_worker_is_isolated_and_the_rest_embedded(cluster, 
     assert isolated[0]["reason"].startswith("the row fails alone (") and "Actor" in isolated[0]["reason"]
     others = written.filter(pc.not_equal(written.column("row"), POISON))
     assert others.equals(errors)  # every other report as in the uninterrupted run
-    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 4 and json.loads(stats.read_text())["resumed_shards"] == N // SHARD_ROWS
+    # A rerun of the finished output does nothing, without Ray or an actor (driver.py
+    # `_nothing_to_do`), says so (progress on: what a terminal shows) and still exits 4: rows
+    # were reported.
+    again = subprocess.run([c for c in command if c != "--no-progress"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    summary = json.loads(stats.read_text())
+    assert again.returncode == 4 and summary["resumed_shards"] == N // SHARD_ROWS
+    assert summary["workers"] == [] and "nothing to do: " in again.stdout, again.stdout[-2000:]
+    # With a committed part gone, the rerun is a resume again: that shard is redone, the same.
+    part = read_manifest(out)["shards"]["000005"]["path"]
+    (out / part).unlink()
+    redone = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert redone.returncode == 4 and json.loads(stats.read_text())["resumed_shards"] == N // SHARD_ROWS - 1
+    assert f"part {part} of shard 000005 is missing or changed" in redone.stderr, redone.stderr[-2000:]
+    final = pipeline.read_embeddings(out)
+    assert final.column("id").equals(got.column("id"))
+    np.testing.assert_allclose(pipeline.to_numpy(final), pipeline.to_numpy(got), atol=1e-6, rtol=0)
