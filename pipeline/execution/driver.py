@@ -270,9 +270,9 @@ def _nothing_to_do(earlier: Manifest | None, folder: OutputFolder, source, confi
     are the output's (else FingerprintMismatch, as a resume would raise), the engine options are
     the ones the output recorded and its model folder hashes the same (`preview`), no reuse= is
     asked for, and every committed part (and `_errors.parquet` when rows were reported) is there
-    with its size. Then the
-    engine would be built as before; only a dtype or attention backend left to "auto" could
-    resolve otherwise on other hardware, and no vector would be written with it."""
+    with its size. Then the engine would be built as before; only a dtype or attention backend
+    left at "auto" could resolve otherwise on other hardware, and no vector would be written
+    with it."""
     if earlier is None or not earlier.data.get("complete") or config.reuse or source is None:
         return None
     recorded = earlier.fingerprint.get("engine") or {}
