@@ -27,10 +27,10 @@ from ..output import part_size, quantize
 from ..output.finish import RunResult, finish, kept_rows
 from ..output.id_spool import IdSpool
 from ..output.manifest import MANIFEST_NAME, Manifest, check_resumable, crash_point
-from ..output.output_folder import ERRORS_FILE, OutputFolder, absolute, is_uri, redact
+from ..output.output_folder import OutputFolder, absolute, is_uri, redact
 from ..output.progress import Progress, RunStats, WorkerStats
 from ..tasks import TASKS, memory_results
-from . import cluster, reuse, warm
+from . import cluster, rerun, reuse, warm
 from .local import LocalPool
 from .model_sync import model_spec
 from .pool import Pool
@@ -63,7 +63,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
     preview = _check_model_here(engine_options, config.address)
     if folder is not None and preview and not config.overwrite:
         earlier = _check_engine_preview(folder, preview)  # another run's settings: refused before Ray starts
-        done = _nothing_to_do(earlier, folder, source, config, engine_options, preview, t0)
+        done = rerun.nothing_to_do(earlier, folder, source, config, engine_options, preview, t0)
         if done is not None:  # a finished output and the same settings: no Ray, no model load
             return done
     local = _runs_in_process(data, config, engine_options)  # small, in memory, no Ray here: local.py
@@ -236,68 +236,11 @@ def _record_run(manifest: Manifest, pool: Pool | LocalPool, source, config: Pipe
         # It describes the `embedding` column: bge-m3's is float32 whatever its tokens' dtype.
         stored = config.output_dtype if TASKS[config.task].quantized else "float32"
         manifest.put("quantization", quantize.record(stored, pool.dim, calibration))
-    manifest.put("engine_options", _recorded_options(engine_options))
+    manifest.put("engine_options", rerun.recorded_options(engine_options))
     paths = [data] if isinstance(data, (str, os.PathLike)) else data if _is_path(data) else None
     paths = [redact(absolute(p)) for p in paths] if paths else None
     manifest.put("input", paths)
     manifest.save(force=True)
-
-
-def _recorded_options(engine_options: dict) -> dict:
-    """The engine options as the manifest keeps them: the model as an absolute, redacted path."""
-    options = dict(engine_options)
-    if options.get("model"):
-        options["model"] = redact(absolute(options["model"]))
-    return options
-
-
-def _with_defaults(options: dict | None) -> dict | None:
-    """Engine options with every unset option at its default, as JSON holds them: the CLI passes
-    some defaults by name that a Python call leaves out."""
-    if options is None:
-        return None
-    defaults = {f.name: f.default for f in dataclasses.fields(EngineConfig)
-                if f.default is not dataclasses.MISSING}
-    return json.loads(json.dumps({**defaults, **options}))
-
-
-def _nothing_to_do(earlier: Manifest | None, folder: OutputFolder, source, config: PipelineConfig,
-                   engine_options: dict, preview: dict, t0: float) -> RunResult | None:
-    """The result of rerunning a finished run, without Ray, an actor or a model load, or None
-    when the run has work to do (or may have: then it goes on as a resume, which checks all).
-
-    It applies when the output is complete, the input and this config's part of the fingerprint
-    are the output's (else FingerprintMismatch, as a resume would raise), the engine options are
-    the ones the output recorded and its model folder hashes the same (`preview`), no reuse= is
-    asked for, and every committed part (and `_errors.parquet` when rows were reported) is there
-    with its size. Then the engine would be built as before; only a dtype or attention backend
-    left at "auto" could resolve otherwise on other hardware, and no vector would be written
-    with it."""
-    if earlier is None or not earlier.data.get("complete") or config.reuse or source is None:
-        return None
-    recorded = earlier.fingerprint.get("engine") or {}
-    if any(recorded.get(k) != v for k, v in json.loads(json.dumps(preview)).items()):
-        return None
-    if _with_defaults(earlier.data.get("engine_options")) != _with_defaults(_recorded_options(engine_options)):
-        return None
-    manifest = Manifest.load(folder)  # the shard records too: every part must still be there
-    shards, plan = _plan(source, config, manifest, 1, engine_options)
-    check_resumable(manifest, {**manifest.fingerprint, **config.fingerprint()}, plan)
-    listing, summary = folder.sizes(), manifest.data.get("summary") or {}
-    reported = summary.get("bad_rows_total", 0) or summary.get("duplicate_ids", 0)
-    if (reported and ERRORS_FILE not in listing) or len(manifest.shards) != len(shards) or any(
-            listing.get(r["path"]) != r["bytes"] for _, r in manifest.records()):
-        return None  # a part (or the errors file) is missing or changed: the resume redoes it
-    stats = RunStats(rows=0, rows_total=int(manifest.shards.total("rows")), tokens=0,
-                     seconds=time.perf_counter() - t0, startup_seconds=0.0, truncated=0,
-                     bad_rows=0, shards=0, resumed_shards=len(shards), retries=0, workers=(),
-                     bad_rows_total=summary.get("bad_rows_total", 0),
-                     duplicate_ids=summary.get("duplicate_ids", 0))
-    if config.progress or config.progress is None:
-        print(f"nothing to do: {folder} holds the finished run of this input with these settings "
-              f"({len(shards):,} shard(s), {stats.rows_total:,} rows); pass overwrite=True "
-              "(--overwrite) to redo it", flush=True)
-    return RunResult(output=folder.location, stats=stats, manifest=manifest.data, errors=())
 
 
 class _NONE:  # a pool that narrows nothing down (the in-process one): no isolated rows

@@ -255,8 +255,8 @@ def test_a_row_that_kills_its_worker_is_isolated_and_the_rest_embedded(cluster, 
     assert isolated[0]["reason"].startswith("the row fails alone (") and "Actor" in isolated[0]["reason"]
     others = written.filter(pc.not_equal(written.column("row"), POISON))
     assert others.equals(errors)  # every other report as in the uninterrupted run
-    # A rerun of the finished output does nothing, without Ray or an actor (driver.py
-    # `_nothing_to_do`), says so (progress on: what a terminal shows) and still exits 4: rows
+    # A rerun of the finished output does nothing, without Ray or an actor
+    # (pipeline/execution/rerun.py), says so (progress on: what a terminal shows) and still exits 4: rows
     # were reported.
     again = subprocess.run([c for c in command if c != "--no-progress"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=600)
