@@ -9,11 +9,13 @@ The actor runs two calls at once (`max_concurrency=2`): while one call holds the
 other reads its rows, so the engine never waits for I/O between shards (the "prefetched shard").
 Writing a part also happens outside the engine lock, overlapping the next shard's compute.
 
-An actor outlives one run (warm actors, `pipeline/execution/warm.py`): it is built from the engine
-settings only, and everything that belongs to a run (the PipelineConfig, the output folder, the
-source) arrives with every call as `run_box = [ObjectRef(RunContext)]`, fetched once per run.
-So a run never sees the previous run's settings, and an actor that Ray restarts mid-run (its
-constructor replayed with the engine settings) serves the run's next call unchanged.
+An actor outlives one run (warm actors, `pipeline/execution/warm.py`), and its engine may be
+rebuilt in place for a later run with other engine settings (`build`: the process, its imports
+and its threads are kept; only the model is loaded again). Everything that belongs to a run (the
+PipelineConfig, the output folder, the source, the engine settings) arrives with every call as
+`run_box = [ObjectRef(RunContext)]`, fetched once per run. So a run never sees the previous
+run's settings, and an actor that Ray restarts mid-run (its constructor replayed with the
+settings it was first built from) rebuilds the run's engine before its next call.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ class RunContext:
     config: PipelineConfig
     folder: OutputFolder | None
     source: object  # a pipeline.inputs.sources.Source
+    engine: tuple | None = None  # (EngineConfig, model spec or None) the run's engines are built from
 
 CRASH_FILE_ENV = "PIPELINE_CRASH_FILE"
 
@@ -96,15 +99,31 @@ class EmbedWorker:
             # The tokenizer's Rust pool would otherwise start one thread per core of the node,
             # oversubscribing the cores reserved for this actor (docs/DESIGN.md: deadly with torch).
             os.environ["RAYON_NUM_THREADS"] = os.environ["RAYON_RS_NUM_CPUS"] = str(threads)
-        if model_spec is not None:  # this node's copy of the model (pipeline/execution/model_sync.py)
-            engine_config = dataclasses.replace(engine_config, model=ensure_local_model(model_spec))
-        self.model_path = engine_config.model
         # `inline`: engine calls run on the caller's thread (the driver's own process, local.py).
         self._on_engine_thread = EngineThread(inline)
-        self.engine = self._on_engine_thread(Engine, engine_config)
         self.lock = threading.Lock()
         self._run_key, self._run = None, None  # the current run: its ObjectRef hex (or context), _Run
         self._run_lock = threading.Lock()  # the two first calls of a run share one _Run (its footers, manifest)
+        self.engine, self._built_from = None, None
+        self.build(engine_config, model_spec)
+
+    def build(self, engine_config, model_spec=None) -> dict:
+        """Build the engine from `engine_config` (and `model_spec`, the model's files for this
+        node: `pipeline/execution/model_sync.py`) unless it already is; returns `info()`.
+
+        A warm actor given other engine settings is rebuilt here rather than replaced: the
+        process, its imports (seconds of CPU) and its threads stay; the old model is dropped
+        before the new one loads, so one model at a time is in memory."""
+        key = (engine_config, model_spec and model_spec.digest)
+        with self.lock:
+            if key != self._built_from:
+                self.engine = self._built_from = None
+                if model_spec is not None:
+                    engine_config = dataclasses.replace(engine_config, model=ensure_local_model(model_spec))
+                self.model_path = engine_config.model
+                self.engine = self._on_engine_thread(Engine, engine_config)
+                self._built_from = key
+        return self.info()
 
     def engine_fingerprint(self) -> dict:
         """The engine's part of the run fingerprint (model hash, pooling, dims, ...)."""
@@ -218,6 +237,8 @@ class EmbedWorker:
         with self._run_lock:
             if (key != self._run_key) if remote else (key is not self._run_key):  # a new run
                 context = ray.get(ref) if remote else ref
+                if context.engine is not None:  # a no-op unless Ray restarted this actor
+                    self.build(*context.engine)
                 fingerprint = {"engine": self.engine.fingerprint(), **context.config.fingerprint()}
                 self._run, self._run_key = _Run(context, fingerprint), key
             return self._run

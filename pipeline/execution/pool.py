@@ -77,15 +77,25 @@ class Pool(Growth):
             max_restarts=max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
         handles = [remote.remote(*args) for _ in range(n)]
         pool = cls([Worker(i, h) for i, h in enumerate(handles)], spawn=(resources, max_restarts, args))
-        pool._wait_started(resources)
+        pool._wait_started([w.handle.info.remote() for w in pool.workers], resources)
         pool.engine_fingerprint = pool._engine_fingerprint()
         return pool
+
+    def rebuild(self, args: tuple) -> None:
+        """Rebuild every actor's engine from `args` (engine config, threads, model spec) in
+        place (`EmbedWorker.build`): a warm pool given other engine settings keeps its processes."""
+        resources, max_restarts, _ = self.spawn
+        engine_config, _, spec = args
+        self.spawn = (resources, max_restarts, args)
+        self._wait_started([w.handle.build.remote(engine_config, spec) for w in self.workers], resources)
+        self.engine_fingerprint = self._engine_fingerprint()
 
     def begin(self, config, folder, source) -> None:
         """Prepare for one run: its RunContext goes to the object store once, and the per-run
         bookkeeping (stats, restarts, errors, retries) starts from zero."""
         self.max_retries, self.restart_timeout_s = config.max_retries, config.restart_timeout_s
-        self.run_box = [ray.put(RunContext(config, folder, source))]
+        engine_config, _, spec = self.spawn[2]  # a restarted actor rebuilds this engine
+        self.run_box = [ray.put(RunContext(config, folder, source, (engine_config, spec)))]
         self.workers = [Worker(w.index, w.handle, node=w.node) for w in self.workers]
         self.retries, self.tasks, self.elastic = 0, {}, None  # `follow` again to grow this run
         self.narrowing = Narrowing()
@@ -96,8 +106,8 @@ class Pool(Growth):
         restarted one would start the next run with less of its restart budget)."""
         return all(w.state == "alive" and not w.restarts for w in self.workers) and not self.tasks
 
-    def _wait_started(self, resources: dict) -> None:
-        refs = [w.handle.info.remote() for w in self.workers]
+    def _wait_started(self, refs: list, resources: dict) -> None:
+        """Wait for each worker's `info` (`refs`, in order), as its engine is up."""
         try:
             infos = ray.get(refs, timeout=START_TIMEOUT_S)
             self.dim = infos[0]["dim"]
@@ -108,9 +118,10 @@ class Pool(Growth):
                 f"{len(self.workers)} engine actor(s) needing {resources} each did not start in "
                 f"{START_TIMEOUT_S} s; the cluster may not have enough resources "
                 f"({ray.cluster_resources()}): lower num_workers or threads_per_worker") from None
-        except (RayActorError, OutOfMemoryError) as e:
-            # The last line of Ray's report is the engine's own exception, e.g. a missing model;
-            # a worker Ray killed for memory is said so, with Ray's figures.
+        except (RayActorError, OutOfMemoryError, RayTaskError) as e:
+            # The last line of Ray's report is the engine's own exception, e.g. a missing model
+            # (RayTaskError: an engine rebuilt in place); a worker Ray killed for memory is said
+            # so, with Ray's figures.
             lines = [line for line in str(e).splitlines() if line.strip()]
             detail = explain(str(e)) or (lines[-1] if lines else repr(e))
             raise WorkersLostError(f"an engine actor failed to start: {detail}") from None

@@ -4,12 +4,14 @@ time, keyed by its `EngineConfig`).
 
 A notebook calls `pipeline.run` again and again; starting Ray, the actors and their models each
 time cost far more than embedding a few hundred texts (issue 16 item 4). So after a run that
-ended cleanly the pool is kept, keyed by what its actors were built from: the Ray session (the
-driver's job id: actors die with the driver connection that owns them), the engine settings
-(`workers.EngineConfig`, threads included), the Ray resources of each actor and the restart
-budget. A later run with the same key and no more workers than the pool holds takes it; any
-other run stops it first (its actors are killed, so a GPU or the CPUs they reserved are free for
-the new ones). Nothing about a run lives in an actor between runs (see `pipeline/execution/actor.py`).
+ended cleanly the pool is kept, keyed by how its actors were started: the Ray session (the
+driver's job id: actors die with the driver connection that owns them), the threads and Ray
+resources of each actor and the restart budget. A later run with the same key and no more
+workers than the pool holds takes it; when its engine settings (`workers.EngineConfig`, the
+model) differ, each actor rebuilds its engine in place (`EmbedWorker.build`: the model loads
+again, the process and its seconds of imports are kept). Any other run stops the pool first (its
+actors are killed, so a GPU or the CPUs they reserved are free for the new ones). Nothing about
+a run lives in an actor between runs (see `pipeline/execution/actor.py`).
 
 A run that raised, or whose actors restarted or were lost, does not keep its pool: the next run
 starts fresh actors with their whole restart budget, so a crash never carries over.
@@ -37,7 +39,8 @@ log = logging.getLogger("pipeline")
 
 @dataclass
 class _Warm:
-    key: tuple | None = None
+    key: tuple | None = None     # how the warm actors were started: threads, resources, restarts
+    engine: tuple | None = None  # what their engines were built from: engine config, model digest
     pool: Pool | None = None
     session: str | None = None  # the Ray connection the pool (and an owned Ray) belongs to
     owns_ray: bool = False      # the pipeline started this Ray: shut it down with the pool
@@ -71,19 +74,31 @@ def connected(started_ray: bool) -> bool:
 
 
 def acquire(n: int, resources: dict, max_restarts: int, args: tuple) -> Pool:
-    """The warm pool when it was built the same way (`args`: the actors' engine config, threads
-    and model spec) and holds at least `n` actors (it is taken: a failing run cannot leave it
-    behind); else a new pool of `n`, the warm one stopped first."""
+    """The warm pool when its actors were started the same way (threads, resources, restart
+    budget) and it holds at least `n` of them (it is taken: a failing run cannot leave it
+    behind), its engines rebuilt in place when `args` (engine config, threads, model spec) give
+    other engine settings; else a new pool of `n`, the warm one stopped first."""
     engine_config, threads, spec = args  # a spec's object-store refs are new each run: its digest
-    key = (engine_config, threads, spec and spec.digest, tuple(sorted(resources.items())), max_restarts)
+    key = (threads, tuple(sorted(resources.items())), max_restarts)
+    engine = (engine_config, spec and spec.digest)
     pool, _state.pool, _state.local = _state.pool, None, None  # actors now: no in-process engine kept
     if pool is not None and _state.key == key and len(pool.workers) >= n:
-        log.info("reusing %d warm engine actor(s)", len(pool.workers))
+        if engine == _state.engine:
+            log.info("reusing %d warm engine actor(s)", len(pool.workers))
+        else:
+            log.info("engine settings changed: rebuilding the engines of %d warm actor(s) in place",
+                     len(pool.workers))
+            try:
+                pool.rebuild(args)
+            except BaseException:
+                pool.stop()  # its engines are half rebuilt: not kept, not left holding CPUs
+                raise
+        _state.engine = engine
         return pool
     if pool is not None:
-        log.info("engine settings changed: replacing the warm engine actors")
+        log.info("worker settings changed: replacing the warm engine actors")
         pool.stop()
-    _state.key = key
+    _state.key, _state.engine = key, engine
     return Pool.start(n, resources, max_restarts, args)
 
 

@@ -1,5 +1,6 @@
 """Warm actors (issue 16 item 4): later `pipeline.run` calls in one process reuse the engine
-actors when the engine settings match, and nothing of one run leaks into the next.
+actors when the worker settings match (rebuilding their engines in place when the engine settings
+differ), and nothing of one run leaks into the next.
 
 One local Ray for the module (the `cluster` fixture, whose actors see $PIPELINE_CRASH_FILE);
 the bundled MiniLM in float32 on a few short texts, compared with the engine in this process.
@@ -77,18 +78,33 @@ def test_same_settings_reuse_the_actors_and_give_the_same_vectors(cluster, texts
     assert [w.shards for w in second.stats.workers] == [N // SHARD_ROWS]  # per-run bookkeeping
 
 
-def test_other_engine_settings_replace_the_actors(cluster, texts, engine_vectors):
+def test_other_engine_settings_rebuild_the_engine_in_the_same_actor(cluster, texts, engine_vectors, tmp_path):
+    _, crash_file = cluster
+    pipeline.shutdown()  # actors started for max_length 32, then given the default settings
+    short = pipeline.run(texts, **RUN, max_length=32)
+    warm_actors = actors()
+    np.testing.assert_allclose(short.embeddings, engine_vectors[32], atol=1e-5, rtol=0)
+    default = pipeline.run(texts, **RUN)
+    assert actors() == warm_actors  # the same process: only the engine was built again
+    np.testing.assert_allclose(default.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
+    # Ray restarts the actor mid-run: its constructor replays the settings it was started with
+    # (max_length 32); it must rebuild this run's engine before its next shard.
+    crash_file.write_text("000002 mid_shard")
+    again = pipeline.run(texts, output=str(tmp_path / "out"), **RUN)
+    assert not crash_file.exists(), "the crash point was never reached"
+    assert [w.restarts for w in again.stats.workers] == [1]
+    np.testing.assert_allclose(pipeline.read_embeddings(tmp_path / "out", as_numpy=True),
+                               engine_vectors[None], atol=1e-5, rtol=0)
+
+
+def test_other_worker_settings_replace_the_actors(cluster, texts, engine_vectors):
     pipeline.run(texts, **RUN)
     (old, _), = actors()
     old_handle = handles()[0]
-    short = pipeline.run(texts, **RUN, max_length=32)
+    two = pipeline.run(texts, **{**RUN, "threads_per_worker": 1})  # 2 threads before: a new process
     (new, _), = actors()
-    new_handle = handles()[0]
     assert new != old and is_dead(old_handle)  # the old actor was killed, not left holding its CPUs
-    np.testing.assert_allclose(short.embeddings, engine_vectors[32], atol=1e-5, rtol=0)
-    back = pipeline.run(texts, **RUN)  # and back: a fresh actor again, the default vectors
-    assert actors()[0][0] not in (old, new) and is_dead(new_handle)
-    np.testing.assert_allclose(back.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(two.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
 
 
 def test_shutdown_releases_the_actors_but_not_a_ray_the_user_started(cluster, texts, engine_vectors):
