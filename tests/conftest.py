@@ -44,21 +44,25 @@ def _stop_warm_actors():
 
 
 @pytest.fixture(autouse=True)
-def _no_warm_actors_after_a_test(request):
-    """After each test, stop the engine actors `pipeline.run` kept warm (pipeline/execution/warm.py):
-    they hold CPUs of the module's Ray, which the next test's actors or CLI driver need. A module
-    whose runs may share them sets `KEEP_WARM = True`: a test's run then takes the actors an
-    earlier test left when its settings are the same (a notebook's second call), and a test that
-    needs the CPUs free calls `pipeline.shutdown()`; they are stopped when the module ends."""
+def _warm_actors(request):
+    """The engine actors `pipeline.run` keeps warm (pipeline/execution/warm.py) stay from test to
+    test and module to module while this worker's shared Ray lives, as in a notebook: a later run
+    takes them when its worker settings are the same (its engine rebuilt in place when only the
+    engine settings differ). They hold the shared Ray's CPUs: a test that needs them free (a CLI
+    driver or plain Ray work on that Ray) calls `pipeline.shutdown()` first. A module that sets
+    `KEEP_WARM = False` has them stopped after each of its tests."""
     yield
-    if not getattr(request.module, "KEEP_WARM", False):
+    if not getattr(request.module, "KEEP_WARM", True):
         _stop_warm_actors()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _no_warm_actors_after_a_module():
+def _no_warm_actors_in_a_module_that_opts_out(request):
+    """A module with `KEEP_WARM = False` (its own Ray work, e.g. Ray Data, needs the CPUs) starts
+    with no engine actor left by an earlier module."""
+    if not getattr(request.module, "KEEP_WARM", True):
+        _stop_warm_actors()
     yield
-    _stop_warm_actors()
 
 
 _RAY: dict = {}  # this worker's shared local Ray: its address, and the crash file its workers see

@@ -105,7 +105,7 @@ class EmbedWorker:
         self._run_key, self._run = None, None  # the current run: its ObjectRef hex (or context), _Run
         self._run_lock = threading.Lock()  # the two first calls of a run share one _Run (its footers, manifest)
         self.engine, self._built_from = None, None
-        self.build(engine_config, model_spec)
+        self._build(engine_config, model_spec)
 
     def build(self, engine_config, model_spec=None) -> dict:
         """Build the engine from `engine_config` (and `model_spec`, the model's files for this
@@ -114,6 +114,10 @@ class EmbedWorker:
         A warm actor given other engine settings is rebuilt here rather than replaced: the
         process, its imports (seconds of CPU) and its threads stay; the old model is dropped
         before the new one loads, so one model at a time is in memory."""
+        self._build(engine_config, model_spec)
+        return self.info()
+
+    def _build(self, engine_config, model_spec) -> None:
         key = (engine_config, model_spec and model_spec.digest)
         with self.lock:
             if key != self._built_from:
@@ -123,7 +127,6 @@ class EmbedWorker:
                 self.model_path = engine_config.model
                 self.engine = self._on_engine_thread(Engine, engine_config)
                 self._built_from = key
-        return self.info()
 
     def engine_fingerprint(self) -> dict:
         """The engine's part of the run fingerprint (model hash, pooling, dims, ...)."""
@@ -238,7 +241,7 @@ class EmbedWorker:
             if (key != self._run_key) if remote else (key is not self._run_key):  # a new run
                 context = ray.get(ref) if remote else ref
                 if context.engine is not None:  # a no-op unless Ray restarted this actor
-                    self.build(*context.engine)
+                    self._build(*context.engine)
                 fingerprint = {"engine": self.engine.fingerprint(), **context.config.fingerprint()}
                 self._run, self._run_key = _Run(context, fingerprint), key
             return self._run

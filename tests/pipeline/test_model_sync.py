@@ -29,6 +29,8 @@ from pipeline.inputs.samples import sample_passages
 from ray_nodes import multinode
 from s3_server import SECRET
 
+KEEP_WARM = False  # Ray Data and plain Ray tasks need the CPUs warm actors would hold (tests/conftest.py)
+
 N = 48
 RUN = {"num_workers": 2, "threads_per_worker": 1, "shard_rows": 12, "dtype": "float32",
        "progress": False}

@@ -21,7 +21,6 @@ from pipeline.output import quantize, writer
 from pipeline.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
-KEEP_WARM = True  # runs with the same settings share actors (tests/conftest.py)
 N = 36
 
 

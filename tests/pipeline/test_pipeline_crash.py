@@ -41,7 +41,6 @@ RUN = {"id_column": "doc", "num_workers": 1, "threads_per_worker": 1, "shard_row
        "dtype": "float32", "progress": False}
 CLI_ARGS = ["--id-column", "doc", "--num-workers", "1", "--threads-per-worker", "1",
             "--shard-rows", str(SHARD_ROWS), "--dtype", "float32", "--no-progress"]
-KEEP_WARM = True  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

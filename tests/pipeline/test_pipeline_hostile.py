@@ -28,7 +28,6 @@ from tiny_models import make_tiny_model
 from pipeline.output.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
-KEEP_WARM = True  # runs with the same settings share actors (tests/conftest.py)
 F32 = {"dtype": "float32", "progress": False}
 ODD_TEXTS = [
     "a", "é", "🙂", "日", "control\x00char\x07s\x1b[31m", "tab\tand\r\nnewline", "e\u0301\u0301\u0301",

@@ -23,7 +23,6 @@ from pipeline.output.manifest import read_manifest
 
 N = 90
 F32 = {"dtype": "float32", "progress": False}
-KEEP_WARM = True  # runs with the same settings share actors (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

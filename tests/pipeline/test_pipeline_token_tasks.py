@@ -171,6 +171,7 @@ def test_tokens_killed_then_resumed_gives_the_same_output(cluster, models, corpu
     workers resumes. (One worker makes the order certain; see test_pipeline_tasks.py.)"""
     out = tmp_path / "out"
     cluster[1].write_text("000001 mid_shard")
+    pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     env = {**os.environ, "PIPELINE_CRASH_AT": "mid_run:2", "RAY_ADDRESS": cluster[0]}
     killed = subprocess.run(
         [sys.executable, "jobs/embed_corpus.py", "--task", "tokens", "--model", str(models["tokens"]),

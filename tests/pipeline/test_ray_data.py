@@ -11,6 +11,8 @@ import pytest
 import pipeline
 from pipeline.inputs.samples import sample_passages
 
+KEEP_WARM = False  # Ray Data needs the CPUs warm actors would hold (tests/conftest.py)
+
 N = 40
 
 

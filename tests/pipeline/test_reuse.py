@@ -31,7 +31,6 @@ from s3_server import SECRET  # the moto fixture is in conftest.py
 ROOT = Path(__file__).resolve().parents[2]
 N, SHARD_ROWS = 300, 50
 EDITED, ADDED, REMOVED = 15, 6, 3  # 5%, 2%, 1% of N
-KEEP_WARM = True  # runs with the same settings share actors (tests/conftest.py)
 RUN = {"id_column": "doc", "num_workers": 1, "shard_rows": SHARD_ROWS, "dtype": "float32",
        "progress": False}
 
