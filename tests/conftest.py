@@ -70,9 +70,11 @@ _RAY: dict = {}  # this worker's shared local Ray: its address, and the crash fi
 
 def _shared_ray():
     """This worker's one local Ray (2 CPUs, no dashboard; its workers see $PIPELINE_CRASH_FILE),
-    started on first use and kept across modules: a start and a shutdown cost ~4 s, paid once
-    per worker instead of once per module. A module that shut it down, or joined another
-    cluster, leaves the next one a fresh Ray."""
+    started on first use and kept across modules, those that do not ask for it included: a start
+    and a shutdown cost ~4 s of CPU, paid once per worker instead of once per module (a module
+    that needs no Ray in this process, as one checking that the pipeline starts its own or one
+    building a multi-node cluster, shuts it down itself). A module that shut it down, or joined
+    another cluster, leaves the next one a fresh Ray."""
     import ray
     if ray.is_initialized():
         if _RAY.get("address") == ray.get_runtime_context().gcs_address:
@@ -93,21 +95,10 @@ def _ray_session(tmp_path_factory):
         ray.shutdown()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_shared_ray_in_other_modules(request):
-    """A module that asks for neither `ray_local` nor `cluster` finds no Ray running, as if each
-    module had its own (some check that the pipeline starts one itself)."""
-    if not {"ray_local", "cluster"} & set(request.fixturenames) and "ray" in sys.modules:
-        ray = sys.modules["ray"]
-        if ray.is_initialized() and _RAY.get("address") == ray.get_runtime_context().gcs_address:
-            ray.shutdown()
-    yield
-
-
 @pytest.fixture(scope="module")
 def ray_local(_ray_session):
     """The worker's shared local Ray with 2 CPUs, for the whole module."""
-    yield _shared_ray()  # warm actors are stopped after every test (above)
+    yield _shared_ray()
 
 
 @pytest.fixture(scope="module")
