@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import runpy
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,3 +38,45 @@ def run_script(script: str | Path, *args: str) -> str:
         sys.argv, sys.path[:] = saved[0], saved[1]
         torch.set_num_threads(saved[2])
     return out.getvalue()
+
+
+@dataclass
+class Ran:
+    """What a job's `main()` run here gave: as `subprocess.CompletedProcess` names it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_job(script: str, *args: str, env: dict | None = None) -> Ran:
+    """`python ROOT/jobs/SCRIPT ARGS` as its `main(argv)` in this process: its exit status and
+    what it printed. `env` is this process's environment during the call (put back after).
+
+    For tests of what a job answers (exit codes, messages, outputs). A test of what the process
+    itself does (a kill, a signal, start-up, `ray job submit`) runs it as a subprocess. The job's
+    run shares this process's Ray and warm actors, where a subprocess would start its own (seconds
+    of CPU each). The SIGINT/SIGTERM handlers `main` installs are put back."""
+    import signal
+    path = ROOT / "jobs" / script
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved_env, saved_path = dict(os.environ), list(sys.path)
+    out, err = io.StringIO(), io.StringIO()
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    sys.path.insert(0, str(path.parent))  # as `python path` puts the script's folder first
+    try:
+        module = runpy.run_path(str(path), run_name=f"job_{path.stem}")  # its functions, not __main__
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = module["main"](list(args))
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.path[:] = saved_path
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return Ran(int(code or 0), out.getvalue(), err.getvalue())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from pipeline import errors
 from pipeline.errors import EXIT_CODES, ExitCode, exit_code
+from scripts import run_job
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "jobs"))
@@ -90,8 +90,8 @@ def test_skip_bad_rows_is_the_alias_of_record_and_refused_with_error(capsys):
 # -- real CLI runs ---------------------------------------------------------------------------------
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "jobs/embed_corpus.py", "--no-progress", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=env)
+    """The CLI's answer (exit code, what it printed), its `main` run in this process (tests/scripts.py)."""
+    return run_job("embed_corpus.py", "--no-progress", *args, env=env)
 
 
 @pytest.fixture
@@ -114,8 +114,6 @@ def test_cli_exit_2_before_ray_for_a_bad_option_and_a_foreign_output(corpus, tmp
 def test_cli_exit_3_and_1_on_a_running_cluster(ray_local, corpus, tmp_path):
     """3: the output's manifest records another input (refused before any actor starts);
     1: the engine actors cannot start (the model folder exists on no node of the cluster)."""
-    import pipeline
-    pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     out = tmp_path / "out"
     out.mkdir()

@@ -11,9 +11,6 @@ of 3 rows, so the streaming and the heap are exercised across part and batch bou
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -25,8 +22,8 @@ from pipeline.index import late_search
 from pipeline.errors import InputError
 from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_bge_m3, make_tiny_multi_vector, make_tiny_splade
+from scripts import run_job
 
-ROOT = Path(__file__).resolve().parents[2]
 N = 16
 COMMON = {"dtype": "float32", "progress": False, "num_workers": 1, "id_column": "pid"}
 
@@ -137,16 +134,13 @@ def test_export_sparse_round_trips(outputs, tmp_path):
 def test_search_cli_prints_the_passage_first(outputs, corpus, tmp_path):
     folder = outputs["sparse"][0]
     query = corpus[1][5]
-    done = subprocess.run([sys.executable, "jobs/search.py", "--embeddings", str(folder), "--query",
-                           query, "-k", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_job("search.py", "--embeddings", str(folder), "--query", query, "-k", "2")
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert "sparse output, exact sparse dot product, 16 rows" in lines[0]
     assert lines[1].split()[2] == "d05" and query[:20] in lines[1]  # the passage is shown
     out = tmp_path / "cli.jsonl"
-    done = subprocess.run([sys.executable, "jobs/search.py", "--embeddings", str(folder),
-                           "--export-sparse", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    done = run_job("search.py", "--embeddings", str(folder), "--export-sparse", str(out))
     assert done.returncode == 0 and len(out.read_text().splitlines()) == N, done.stderr[-2000:]
 
 
@@ -155,6 +149,5 @@ def test_search_refuses_embeddings_without_index(ray_local, tmp_path):
     pipeline.run(["one passage", "another"], output=str(out), progress=False, num_workers=1)
     with pytest.raises(InputError, match="jobs/build_index.py"):
         late_search.search(out, ["one"])
-    done = subprocess.run([sys.executable, "jobs/search.py", "--embeddings", str(out), "--query", "x"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_job("search.py", "--embeddings", str(out), "--query", "x")
     assert done.returncode == 2 and "--index" in done.stderr

@@ -6,9 +6,6 @@ every output precision, encoded and read back. One Ray start, one actor (the spa
 the warm one)."""
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,8 +16,8 @@ import pipeline
 from pipeline.errors import InputError
 from pipeline.output import quantize, writer
 from pipeline.tasks import TASKS
+from scripts import run_job
 
-ROOT = Path(__file__).resolve().parents[2]
 N = 36
 
 
@@ -91,8 +88,7 @@ def test_index_and_search_jobs_find_chunks(run, docs, tmp_path):
     row = 17                                                 # query with one chunk's own text
     doc, start, end = (table.column(c)[row].as_py() for c in ("id", "char_start", "char_end"))
     span = texts[ids.index(doc)][start:end]
-    found = subprocess.run([sys.executable, "jobs/search.py", "--index", str(index), "--query", span,
-                            "-k", "3", "--chars", "30"], cwd=ROOT, capture_output=True, text=True)
+    found = run_job("search.py", "--index", str(index), "--query", span, "-k", "3", "--chars", "30")
     assert found.returncode == 0, found.stderr
     lines = found.stdout.splitlines()
     assert "chunk vectors" in lines[0]

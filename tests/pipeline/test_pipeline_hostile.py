@@ -26,6 +26,7 @@ import pipeline
 from pipeline.inputs.samples import sample_passages
 from tiny_models import make_tiny_model
 from pipeline.output.manifest import read_manifest
+from scripts import run_job
 
 ROOT = Path(__file__).resolve().parents[2]
 F32 = {"dtype": "float32", "progress": False}
@@ -47,8 +48,8 @@ def assert_vectors(got, want):
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "jobs/embed_corpus.py", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=env)
+    """The CLI's answer (exit code, what it printed), its `main` run in this process (tests/scripts.py)."""
+    return run_job("embed_corpus.py", *args, env=env)
 
 
 # -- refused before any work -------------------------------------------------------------------
@@ -328,7 +329,6 @@ def test_cli_exit_codes_for_reported_rows_and_bad_row_errors(ray_local, tmp_path
     """Exit 4 (rows reported) and 2 (a bad row under --on-bad-row error); exit 3 (another run in
     the output) is tests/jobs/test_pipeline_jobs.py::test_driver_sigkilled_mid_run_then_resumed."""
     import ray
-    pipeline.shutdown()  # this process's warm actors hold the cluster's CPUs that the CLI's actor needs
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     texts = sample_passages(12, seed=2, max_chars=100)
     texts[4] = "   "

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +23,9 @@ import pipeline
 from test_st_conformance import TEXTS, assert_rows_match
 from tiny_models import CONFIGS, make_tiny_model, save_tiny
 from workers import Engine, EngineConfig
+from scripts import run_job
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "st_layouts"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _layout_folder(tmp_path: Path, name: str) -> Path:
@@ -113,9 +111,8 @@ def test_pipeline_refuses_it_before_ray_starts(refused, tmp_path):
 def test_cli_refuses_it_with_exit_2(refused, tmp_path):
     folder, corpus = refused
     env = {**os.environ, "RAY_ADDRESS": ""}
-    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "embed_corpus.py"), "--input", str(corpus),
-                           "--output", str(tmp_path / "out"), "--model", str(folder)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = run_job("embed_corpus.py", "--input", str(corpus), "--output", str(tmp_path / "out"),
+                   "--model", str(folder), env=env)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "sentence_transformers.models.LayerNorm" in done.stderr + done.stdout
 
@@ -133,8 +130,7 @@ def test_cli_cross_encoder_folder_without_task_asks_for_the_pair_column(tmp_path
     from tiny_models import make_tiny_classifier
     make_tiny_classifier(tmp_path / "clf", "BertForSequenceClassification")
     CrossEncoder(str(tmp_path / "clf"), device="cpu").save(str(tmp_path / "ce"))
-    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "embed_corpus.py"), "--input", "x.parquet",
-                           "--output", str(tmp_path / "out"), "--model", str(tmp_path / "ce")],
-                          capture_output=True, text=True, timeout=300)
+    done = run_job("embed_corpus.py", "--input", "x.parquet", "--output", str(tmp_path / "out"),
+                   "--model", str(tmp_path / "ce"))
     assert done.returncode == 2, done.stderr[-2000:]
     assert "the --model folder is a cross-encoder, so the task is score" in done.stderr
