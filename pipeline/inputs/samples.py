@@ -7,6 +7,7 @@ lengths. The result is deterministic for a given Python installation.
 from __future__ import annotations
 
 import ast
+import functools
 import random
 import sysconfig
 from pathlib import Path
@@ -14,15 +15,24 @@ from pathlib import Path
 _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "turtledemo", "__pycache__"}
 
 
-def _source_files(root: Path, skip: set[str]) -> list[Path]:
-    return [p for p in sorted(root.rglob("*.py")) if skip.isdisjoint(p.relative_to(root).parts[:-1])]
+@functools.lru_cache(maxsize=None)
+def _source_files(root: Path, skip: frozenset[str]) -> tuple[Path, ...]:
+    """Every source file under `root` outside `skip` folders, sorted; walked once per process."""
+    return tuple(p for p in sorted(root.rglob("*.py")) if skip.isdisjoint(p.relative_to(root).parts[:-1]))
 
 
-def _roots() -> list[tuple[Path, set[str]]]:
+@functools.lru_cache(maxsize=None)
+def _file_paragraphs(path: Path) -> tuple[str, ...]:
+    """The docstring paragraphs of one file, parsed once per process (a later call, say a test
+    module's fixture after another's, reads none of the files again)."""
+    return tuple(p for doc in _docstrings(path) for p in _paragraphs(doc))
+
+
+def _roots() -> list[tuple[Path, frozenset[str]]]:
     """The stdlib first; then the interpreter's installed packages, for corpora larger than it."""
     paths = sysconfig.get_paths()
-    stdlib = (Path(paths["stdlib"]), _SKIP_DIRS)
-    purelib = (Path(paths["purelib"]), {"test", "tests", "__pycache__"})
+    stdlib = (Path(paths["stdlib"]), frozenset(_SKIP_DIRS))
+    purelib = (Path(paths["purelib"]), frozenset({"test", "tests", "__pycache__"}))
     return [stdlib] if stdlib[0] == purelib[0] else [stdlib, purelib]
 
 
@@ -65,8 +75,7 @@ def sample_passages(n: int = 3000, seed: int = 0, max_chars: int = 2000) -> list
         for path in _source_files(root, skip):
             if len(paras) > 4 * (n - len(passages)):  # ~3.5 paragraphs per passage: enough
                 break
-            for doc in _docstrings(path):
-                paras.extend(p for p in _paragraphs(doc) if p not in seen and not seen.add(p))
+            paras.extend(p for p in _file_paragraphs(path) if p not in seen and not seen.add(p))
         i = 0
         while i < len(paras):
             k = rng.randint(1, 6)

@@ -22,7 +22,7 @@ from pipeline.inputs.samples import sample_passages
 from pipeline.output.manifest import read_manifest
 
 N = 90
-F32 = {"dtype": "float32", "progress": False}
+F32 = {"dtype": "float32", "progress": False, "threads_per_worker": 1}  # 1-CPU actors: every run can take the warm ones
 
 
 @pytest.fixture(scope="module")
