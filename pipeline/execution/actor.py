@@ -20,6 +20,7 @@ settings it was first built from) rebuilds the run's engine before its next call
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import os
 import signal
@@ -121,7 +122,9 @@ class EmbedWorker:
         key = (engine_config, model_spec and model_spec.digest)
         with self.lock:
             if key != self._built_from:
-                self.engine = self._built_from = None
+                if self.engine is not None:
+                    self.engine = self._built_from = None
+                    gc.collect()  # the old model's memory (a GPU's too) is free before the new one's profile
                 if model_spec is not None:
                     engine_config = dataclasses.replace(engine_config, model=ensure_local_model(model_spec))
                 self.model_path = engine_config.model
