@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import runpy
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,6 @@ def run_job(script: str, *args: str, env: dict | None = None) -> Ran:
     itself does (a kill, a signal, start-up, `ray job submit`) runs it as a subprocess. The job's
     run shares this process's Ray and warm actors, where a subprocess would start its own (seconds
     of CPU each). The SIGINT/SIGTERM handlers `main` installs are put back."""
-    import signal
     path = ROOT / "jobs" / script
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     saved_env, saved_path = dict(os.environ), list(sys.path)

@@ -7,7 +7,6 @@ process (importing torch and the engine again costs ~15 s per subprocess on a bu
 """
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -22,22 +21,10 @@ from tiny_models import make_tiny_classifier
 
 faiss = pytest.importorskip("faiss", reason="faiss-cpu is the optional extra 'index' (make setup installs it)")
 from pipeline.index import Index, build  # noqa: E402  (needs faiss)
+from scripts import run_job
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 40
-
-
-@pytest.fixture(scope="module")
-def rerank_main():
-    """jobs/rerank.py's `main`, imported as the script sees its folder (first on sys.path)."""
-    sys.path.insert(0, str(ROOT / "jobs"))
-    try:
-        spec = importlib.util.spec_from_file_location("rerank_job", ROOT / "jobs" / "rerank.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module.main
-    finally:
-        sys.path.remove(str(ROOT / "jobs"))
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +70,15 @@ def test_printed_order_is_the_engine_scores_sorted(corpus, reranker):
     assert repr(texts[best[0]][:30])[1:-1] in done.stdout.splitlines()[1]  # the passage itself
 
 
-def test_queries_file_to_ranked_parquet(corpus, reranker, rerank_main, tmp_path):
+def test_queries_file_to_ranked_parquet(corpus, reranker, tmp_path):
     index, ids, texts, ce = corpus
     queries = [texts[7][:50], texts[20][:50]]
     pq.write_table(pa.table({"qid": ["a", "b"], "query": queries}), tmp_path / "q.parquet")
     out = tmp_path / "ranked.parquet"
-    assert rerank_main(["--index", str(index), "--queries", str(tmp_path / "q.parquet"),
-                        "--query-id-column", "qid", "-k", "8", "--reranker", str(ce), "-n", "3",
-                        "--dtype", "float32", "--output", str(out)]) == 0
+    done = run_job("rerank.py", "--index", str(index), "--queries", str(tmp_path / "q.parquet"),
+                   "--query-id-column", "qid", "-k", "8", "--reranker", str(ce), "-n", "3",
+                   "--dtype", "float32", "--output", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
     table = pq.read_table(out)
     assert table.column_names == ["query_id", "query", "rank", "score", "id", "retrieval_rank",
                                   "retrieval_score", "passage"]
@@ -111,19 +99,19 @@ def test_queries_file_to_ranked_parquet(corpus, reranker, rerank_main, tmp_path)
         assert all(r["passage"] == by_id[r["id"]] for r in got)
 
 
-def test_refusals_exit_2(corpus, rerank_main, tmp_path, capsys):
+def test_refusals_exit_2(corpus, tmp_path):
     from workers.loading.model_folder import default_model_path
     index, _, _, ce = corpus
     # An embedding model is no reranker: the engine names the architecture and the task.
-    assert rerank_main(["--index", str(index), "--query", "x", "--reranker", str(default_model_path())]) == 2
-    assert "SentenceTransformer folder, which serves task 'embed'" in capsys.readouterr().err
+    done = run_job("rerank.py", "--index", str(index), "--query", "x", "--reranker", str(default_model_path()))
+    assert done.returncode == 2 and "SentenceTransformer folder, which serves task 'embed'" in done.stderr
     pq.write_table(pa.table({"text": ["q"]}), tmp_path / "q.parquet")
-    assert rerank_main(["--index", str(index), "--queries", str(tmp_path / "q.parquet"),
-                        "--reranker", str(ce)]) == 2
-    assert "its columns are ['text']" in capsys.readouterr().err
+    done = run_job("rerank.py", "--index", str(index), "--queries", str(tmp_path / "q.parquet"),
+                   "--reranker", str(ce))
+    assert done.returncode == 2 and "its columns are ['text']" in done.stderr
 
 
-def test_lance_index_retrieves_and_reranks_like_flat(corpus, reranker, rerank_main, tmp_path):
+def test_lance_index_retrieves_and_reranks_like_flat(corpus, reranker, tmp_path):
     """--index names a Lance index (kind="lance"): on this 40-passage corpus its hits are the
     exact ones (refine re-scores every candidate), so the ranked output equals the flat one's."""
     pytest.importorskip("lance", reason="pylance is in the optional extra 'index'")
@@ -133,8 +121,9 @@ def test_lance_index_retrieves_and_reranks_like_flat(corpus, reranker, rerank_ma
     out = {}
     for kind, path in (("flat", index), ("lance", tmp_path / "idx.lance")):
         out[kind] = tmp_path / f"{kind}.parquet"
-        assert rerank_main(["--index", str(path), "--queries", str(tmp_path / "q.parquet"), "-k", "8",
-                            "--reranker", str(ce), "-n", "3", "--dtype", "float32", "--output", str(out[kind])]) == 0
+        done = run_job("rerank.py", "--index", str(path), "--queries", str(tmp_path / "q.parquet"), "-k", "8",
+                       "--reranker", str(ce), "-n", "3", "--dtype", "float32", "--output", str(out[kind]))
+        assert done.returncode == 0, done.stderr[-2000:]
     lance, flat = pq.read_table(out["lance"]).to_pylist(), pq.read_table(out["flat"]).to_pylist()
     assert [r["id"] for r in lance] == [r["id"] for r in flat] and len(lance) == 6
     np.testing.assert_allclose([r["retrieval_score"] for r in lance], [r["retrieval_score"] for r in flat], atol=1e-5)

@@ -18,6 +18,7 @@ import pipeline
 
 faiss = pytest.importorskip("faiss", reason="faiss-cpu is the optional extra 'index' (make setup installs it)")
 from pipeline.index import Index, build  # noqa: E402  (needs faiss)
+from scripts import run_job
 
 ROOT = Path(__file__).resolve().parents[2]
 N, HELD_OUT = 150, 30
@@ -112,36 +113,23 @@ def test_build_and_search_jobs_end_to_end(embeddings, texts, tmp_path):
     assert repr(texts[7][:40])[1:-1] in lines[1]  # the passage itself, read from the input Parquet
 
 
-def _job_main(name: str):
-    """jobs/NAME.py's `main`, imported as the script sees its folder (first on sys.path)."""
-    import importlib.util
-    sys.path.insert(0, str(ROOT / "jobs"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"{name}_job", ROOT / "jobs" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.main
-    finally:
-        sys.path.remove(str(ROOT / "jobs"))
-
-
-def test_lance_kind_built_and_searched_by_the_jobs(flat, embeddings, texts, queries, tmp_path, capsys):
+def test_lance_kind_built_and_searched_by_the_jobs(flat, embeddings, texts, queries, tmp_path):
     """--kind lance through jobs/build_index.py, opened by Index.load, searched by jobs/search.py
     (in this process): the same hits as the exact flat index on this small corpus (1 partition,
     and refine_factor 10 re-scores every candidate with the stored vectors)."""
     pytest.importorskip("lance", reason="pylance is in the optional extra 'index'")
     index = tmp_path / "idx.lance"
-    assert _job_main("build_index")(["--embeddings", str(embeddings[0]), "--index", str(index),
-                                     "--kind", "lance"]) == 0
-    assert "built lance index (ip num_partitions=1" in capsys.readouterr().out
+    built = run_job("build_index.py", "--embeddings", str(embeddings[0]), "--index", str(index), "--kind", "lance")
+    assert built.returncode == 0 and "built lance index (ip num_partitions=1" in built.stdout, built.stderr
     lance = Index.load(index)
     assert lance.meta["kind"] == "lance" and lance.meta["vectors"] == N
     k = 10
     got, want = lance.search(queries[N:], k), flat.search(queries[N:], k)
     assert [[h[0] for h in g] for g in got] == [[h[0] for h in w] for w in want]
     np.testing.assert_allclose([[h[1] for h in g] for g in got], [[h[1] for h in w] for w in want], atol=1e-5)
-    assert _job_main("search")(["--index", str(index), "--query", texts[7], "-k", "3"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    found = run_job("search.py", "--index", str(index), "--query", texts[7], "-k", "3")
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.splitlines()
     assert "(lance index, ip, 150 vectors)" in lines[0]
     top = lines[1].split()
     assert top[0] == "1" and top[2] == "passage/0007" and float(top[1]) > 0.999
