@@ -18,7 +18,7 @@ import ray
 from workers import EngineConfig
 
 from ..config import PipelineConfig
-from ..errors import InputError, RunInterrupted
+from ..errors import FingerprintMismatch, InputError, RunInterrupted
 from ..inputs.shards import ShardPlan, calibration_shards, default_shard_rows, plan_record
 from ..inputs.source_checks import check_input_string
 from ..inputs.sources import check_schema, open_source, peek_schema
@@ -70,7 +70,7 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
     # A Ray this pipeline started; quiet unless progress was asked for (a notebook's one line).
     ours = not local and warm.connected(cluster.connect(config.address, quiet=config.progress is not True))
     pool = manifest = plan = reused = None
-    finished = False
+    finished = refused = False
     try:
         if source is None and type(data).__module__.startswith("ray.data"):
             # Executing a Ray Dataset needs CPUs that warm actors may hold all of (Ray Data
@@ -121,12 +121,16 @@ def execute(data, output, config: PipelineConfig, engine_options: dict, keep_war
         return result
     except KeyboardInterrupt:  # Ctrl-C (or the CLI's SIGTERM): one line, not Ray's frames
         raise _interrupted(manifest, folder, plan) from None
+    except (InputError, FingerprintMismatch):
+        refused = True  # the input or the settings, not the actors: the caller fixes them and calls again
+        raise
     finally:
         if manifest is not None:
             manifest.save(force=True)
-        # A clean run leaves its actors warm for the next call (pipeline/execution/warm.py); a failed one
-        # stops them (and a Ray the pipeline started, when no actor is left warm).
-        warm.release(pool, keep=finished and keep_warm)
+        # A clean run leaves its actors warm for the next call (pipeline/execution/warm.py), and so
+        # does one refused for its input or settings while every actor is alive and idle; a failed
+        # one stops them (and a Ray the pipeline started, when no actor is left warm).
+        warm.release(pool, keep=(finished or refused) and keep_warm)
 
 
 def _interrupted(manifest: Manifest | None, folder: OutputFolder | None, plan: dict | None):

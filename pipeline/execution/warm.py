@@ -13,8 +13,13 @@ again, the process and its seconds of imports are kept). Any other run stops the
 actors are killed, so a GPU or the CPUs they reserved are free for the new ones). Nothing about
 a run lives in an actor between runs (see `pipeline/execution/actor.py`).
 
-A run that raised, or whose actors restarted or were lost, does not keep its pool: the next run
-starts fresh actors with their whole restart budget, so a crash never carries over.
+A run that failed, or whose actors restarted or were lost, does not keep its pool: the next run
+starts fresh actors with their whole restart budget, so a crash never carries over. A run refused
+for its input or settings (an `InputError` such as a bad row with on_bad_row="error", or a
+`FingerprintMismatch` with the output folder) keeps it when every actor is alive, never
+restarted and idle (`Pool.healthy`): the caller fixes the argument and calls again without
+waiting for new actors and their models. One refused while other shards were still in flight
+is not kept (those calls would run into the next run).
 
 A local Ray the pipeline started itself stays up while actors are warm and is shut down with
 them; a Ray the user started (or a cluster) is never shut down here. `pipeline.shutdown()`

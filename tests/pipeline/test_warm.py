@@ -14,6 +14,7 @@ import os
 import time
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import ray
 from ray.exceptions import RayActorError
@@ -95,6 +96,23 @@ def test_other_engine_settings_rebuild_the_engine_in_the_same_actor(cluster, tex
     assert [w.restarts for w in again.stats.workers] == [1]
     np.testing.assert_allclose(pipeline.read_embeddings(tmp_path / "out", as_numpy=True),
                                engine_vectors[None], atol=1e-5, rtol=0)
+
+
+def test_a_run_refused_for_its_input_or_settings_keeps_the_actors(cluster, texts, engine_vectors, tmp_path):
+    """Refused after the actors started (the engine's part of the fingerprint is known only then;
+    a bad row is found by the actor reading it): the actors are fine and stay warm."""
+    out = tmp_path / "out"
+    pipeline.run(texts, output=str(out), **RUN)
+    warm_actors = actors()
+    with pytest.raises(pipeline.FingerprintMismatch, match="dimensions"):
+        pipeline.run(texts, output=str(out), **RUN, dimensions=64)
+    assert actors() == warm_actors
+    with_null = pa.table({"text": [*texts[:-1], None]})  # one shard: nothing else in flight
+    with pytest.raises(pipeline.BadRowsError, match=f"row {N - 1}"):
+        pipeline.run(with_null, **{**RUN, "shard_rows": N}, on_bad_row="error")
+    assert actors() == warm_actors
+    again = pipeline.run(texts, **RUN)
+    np.testing.assert_allclose(again.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
 
 
 def test_other_worker_settings_replace_the_actors(cluster, texts, engine_vectors):
