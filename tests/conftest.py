@@ -1,10 +1,11 @@
 """Shared fixtures: one local Ray per pytest worker, shared by the modules that ask for it (no
 dashboard, 2 CPUs: docs/DESIGN.md).
 
-`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadfile`: a file's tests
-stay on one worker, so module fixtures are built once). Each worker gets a Ray temp folder of its
-own, so the cluster file one worker's Ray writes never sends the other's `ray.init` to it, and
-one torch thread.
+`make test` runs the suite on three pytest-xdist workers (`-n 3 --dist loadfile`: a file's tests
+stay on one worker, so module fixtures are built once; three on two cores, because a worker often
+waits on a subprocess, a Ray start or a killed actor's restart). Each worker gets a Ray temp
+folder of its own, so the cluster file one worker's Ray writes never sends another's `ray.init`
+to it, and one torch thread.
 """
 from __future__ import annotations
 
