@@ -73,13 +73,20 @@ class Pool(Growth):
         """Start `n` actors with `resources` (num_cpus / num_gpus), each restarted by Ray at most
         `max_restarts` times, built from `args` (EmbedWorker's: engine config, threads, model
         spec), and wait until every engine is up."""
+        pool = cls([], spawn=(resources, max_restarts, args))
+        pool.grow(n)
+        return pool
+
+    def grow(self, n: int) -> None:
+        """Start actors (as `spawn` says) until the pool holds `n`, and wait until every new
+        engine is up: a warm pool asked for more workers keeps the ones it has."""
+        resources, max_restarts, args = self.spawn
         remote = ray.remote(EmbedWorker).options(
             max_restarts=max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
-        handles = [remote.remote(*args) for _ in range(n)]
-        pool = cls([Worker(i, h) for i, h in enumerate(handles)], spawn=(resources, max_restarts, args))
-        pool._wait_started([w.handle.info.remote() for w in pool.workers], resources)
-        pool.engine_fingerprint = pool._engine_fingerprint()
-        return pool
+        new = [Worker(i, remote.remote(*args)) for i in range(len(self.workers), n)]
+        self.workers = self.workers + new
+        self._wait_started([w.handle.info.remote() for w in new], resources, new)
+        self.engine_fingerprint = self._engine_fingerprint()
 
     def rebuild(self, args: tuple) -> None:
         """Rebuild every actor's engine from `args` (engine config, threads, model spec) in
@@ -87,7 +94,8 @@ class Pool(Growth):
         resources, max_restarts, _ = self.spawn
         engine_config, _, spec = args
         self.spawn = (resources, max_restarts, args)
-        self._wait_started([w.handle.build.remote(engine_config, spec) for w in self.workers], resources)
+        self._wait_started([w.handle.build.remote(engine_config, spec) for w in self.workers], resources,
+                           self.workers)
         self.engine_fingerprint = self._engine_fingerprint()
 
     def begin(self, config, folder, source) -> None:
@@ -106,16 +114,16 @@ class Pool(Growth):
         restarted one would start the next run with less of its restart budget)."""
         return all(w.state == "alive" and not w.restarts for w in self.workers) and not self.tasks
 
-    def _wait_started(self, refs: list, resources: dict) -> None:
-        """Wait for each worker's `info` (`refs`, in order), as its engine is up."""
+    def _wait_started(self, refs: list, resources: dict, workers: list[Worker]) -> None:
+        """Wait for each of `workers`' `info` (`refs`, in the same order), as its engine is up."""
         try:
             infos = ray.get(refs, timeout=START_TIMEOUT_S)
-            self.dim = infos[0]["dim"]
-            for w, info in zip(self.workers, infos):
+            self.dim = infos[0]["dim"] if infos else self.dim
+            for w, info in zip(workers, infos):
                 w.node = info.get("node_id", "")
         except GetTimeoutError:
             raise WorkerStartTimeout(
-                f"{len(self.workers)} engine actor(s) needing {resources} each did not start in "
+                f"{len(workers)} engine actor(s) needing {resources} each did not start in "
                 f"{START_TIMEOUT_S} s; the cluster may not have enough resources "
                 f"({ray.cluster_resources()}): lower num_workers or threads_per_worker") from None
         except (RayActorError, OutOfMemoryError, RayTaskError) as e:

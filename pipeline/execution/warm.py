@@ -6,11 +6,12 @@ A notebook calls `pipeline.run` again and again; starting Ray, the actors and th
 time cost far more than embedding a few hundred texts (issue 16 item 4). So after a run that
 ended cleanly the pool is kept, keyed by how its actors were started: the Ray session (the
 driver's job id: actors die with the driver connection that owns them), the threads and Ray
-resources of each actor and the restart budget. A later run with the same key and no more
-workers than the pool holds takes it; when its engine settings (`workers.EngineConfig`, the
-model) differ, each actor rebuilds its engine in place (`EmbedWorker.build`: the model loads
-again, the process and its seconds of imports are kept). Any other run stops the pool first (its
-actors are killed, so a GPU or the CPUs they reserved are free for the new ones). Nothing about
+resources of each actor and the restart budget. A later run with the same key takes it; when
+its engine settings (`workers.EngineConfig`, the model) differ, each actor rebuilds its engine in
+place (`EmbedWorker.build`: the model loads again, the process and its seconds of imports are
+kept); when it asks for more workers than the pool holds, the missing ones are started beside
+them (`Pool.grow`). Any other run stops the pool first (its actors are killed, so a GPU or the
+CPUs they reserved are free for the new ones). Nothing about
 a run lives in an actor between runs (see `pipeline/execution/actor.py`).
 
 A run that failed, or whose actors restarted or were lost, does not keep its pool: the next run
@@ -80,24 +81,27 @@ def connected(started_ray: bool) -> bool:
 
 def acquire(n: int, resources: dict, max_restarts: int, args: tuple) -> Pool:
     """The warm pool when its actors were started the same way (threads, resources, restart
-    budget) and it holds at least `n` of them (it is taken: a failing run cannot leave it
-    behind), its engines rebuilt in place when `args` (engine config, threads, model spec) give
-    other engine settings; else a new pool of `n`, the warm one stopped first."""
+    budget) (it is taken: a failing run cannot leave it behind), its engines rebuilt in place
+    when `args` (engine config, threads, model spec) give other engine settings, and grown to
+    `n` actors when it holds fewer; else a new pool of `n`, the warm one stopped first."""
     engine_config, threads, spec = args  # a spec's object-store refs are new each run: its digest
     key = (threads, tuple(sorted(resources.items())), max_restarts)
     engine = (engine_config, spec and spec.digest)
     pool, _state.pool, _state.local = _state.pool, None, None  # actors now: no in-process engine kept
-    if pool is not None and _state.key == key and len(pool.workers) >= n:
-        if engine == _state.engine:
-            log.info("reusing %d warm engine actor(s)", len(pool.workers))
-        else:
-            log.info("engine settings changed: rebuilding the engines of %d warm actor(s) in place",
-                     len(pool.workers))
-            try:
+    if pool is not None and _state.key == key:
+        try:
+            if engine == _state.engine:
+                log.info("reusing %d warm engine actor(s)", len(pool.workers))
+            else:
+                log.info("engine settings changed: rebuilding the engines of %d warm actor(s) in place",
+                         len(pool.workers))
                 pool.rebuild(args)
-            except BaseException:
-                pool.stop()  # its engines are half rebuilt: not kept, not left holding CPUs
-                raise
+            if len(pool.workers) < n:
+                log.info("starting %d engine actor(s) beside the warm one(s)", n - len(pool.workers))
+                pool.grow(n)
+        except BaseException:
+            pool.stop()  # half rebuilt, or not all started: not kept, not left holding CPUs
+            raise
         _state.engine = engine
         return pool
     if pool is not None:

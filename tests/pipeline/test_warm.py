@@ -115,6 +115,19 @@ def test_a_run_refused_for_its_input_or_settings_keeps_the_actors(cluster, texts
     np.testing.assert_allclose(again.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
 
 
+def test_more_workers_start_beside_the_warm_ones(cluster, texts, engine_vectors):
+    one = {**RUN, "threads_per_worker": 1}
+    pipeline.run(texts, **one)
+    first = actors()
+    two = pipeline.run(texts, **{**one, "num_workers": 2}, max_length=32)  # more workers, other engine
+    assert len(actors()) == 2 and actors()[0] == first[0]  # the warm one kept (rebuilt), one started
+    assert len(two.stats.workers) == 2 and sum(w.shards for w in two.stats.workers) == N // SHARD_ROWS
+    np.testing.assert_allclose(two.embeddings, engine_vectors[32], atol=1e-5, rtol=0)
+    again = pipeline.run(texts, **one)  # fewer than warm: all of them are used, none started
+    assert actors()[:1] == first and len(actors()) == 2 and len(again.stats.workers) == 2
+    np.testing.assert_allclose(again.embeddings, engine_vectors[None], atol=1e-5, rtol=0)
+
+
 def test_other_worker_settings_replace_the_actors(cluster, texts, engine_vectors):
     pipeline.run(texts, **RUN)
     (old, _), = actors()
