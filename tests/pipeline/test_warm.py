@@ -9,7 +9,6 @@ process, so its model was not loaded again.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
