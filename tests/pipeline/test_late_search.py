@@ -25,7 +25,8 @@ from tiny_models import make_tiny_bge_m3, make_tiny_multi_vector, make_tiny_spla
 from scripts import run_job
 
 N = 16
-COMMON = {"dtype": "float32", "progress": False, "num_workers": 1, "id_column": "pid"}
+COMMON = {"dtype": "float32", "progress": False, "num_workers": 1, "id_column": "pid",
+          "threads_per_worker": 1}  # 1-CPU actors, as most modules: a warm pool carries over
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,8 @@ from s3_server import SECRET  # the moto fixture is in conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
 N, SHARD_ROWS = 120, 20
-RUN = {"id_column": "doc", "num_workers": 1, "shard_rows": SHARD_ROWS, "dtype": "float32"}
+RUN = {"id_column": "doc", "num_workers": 1, "shard_rows": SHARD_ROWS, "dtype": "float32",
+       "threads_per_worker": 1}  # 1-CPU actors, as most modules: a warm pool carries over
 CLI = ["--id-column", "doc", "--num-workers", "1", "--shard-rows", str(SHARD_ROWS), "--dtype", "float32"]
 
 
