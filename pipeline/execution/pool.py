@@ -84,6 +84,8 @@ class Pool(Growth):
         remote = ray.remote(EmbedWorker).options(
             max_restarts=max_restarts, max_task_retries=0, max_concurrency=DEPTH, **resources)
         new = [Worker(i, remote.remote(*args)) for i in range(len(self.workers), n)]
+        if not new:
+            return
         self.workers = self.workers + new
         self._wait_started([w.handle.info.remote() for w in new], resources, new)
         self.engine_fingerprint = self._engine_fingerprint()
@@ -118,7 +120,7 @@ class Pool(Growth):
         """Wait for each of `workers`' `info` (`refs`, in the same order), as its engine is up."""
         try:
             infos = ray.get(refs, timeout=START_TIMEOUT_S)
-            self.dim = infos[0]["dim"] if infos else self.dim
+            self.dim = infos[0]["dim"]
             for w, info in zip(workers, infos):
                 w.node = info.get("node_id", "")
         except GetTimeoutError:

@@ -11,8 +11,8 @@ its engine settings (`workers.EngineConfig`, the model) differ, each actor rebui
 place (`EmbedWorker.build`: the model loads again, the process and its seconds of imports are
 kept); when it asks for more workers than the pool holds, the missing ones are started beside
 them (`Pool.grow`). Any other run stops the pool first (its actors are killed, so a GPU or the
-CPUs they reserved are free for the new ones). Nothing about
-a run lives in an actor between runs (see `pipeline/execution/actor.py`).
+CPUs they reserved are free for the new ones). Nothing about a run lives in an actor between
+runs (see `pipeline/execution/actor.py`).
 
 A run that failed, or whose actors restarted or were lost, does not keep its pool: the next run
 starts fresh actors with their whole restart budget, so a crash never carries over. A run refused
