@@ -1,5 +1,5 @@
 """Shared fixtures: one local Ray per pytest worker, shared by the modules that ask for it (no
-dashboard, 2 CPUs: docs/DESIGN.md).
+dashboard, 2 CPUs: docs/DESIGN.md; tests/shared_ray.py).
 
 `make test` runs the suite on three pytest-xdist workers (`-n 3 --dist loadfile`: a file's tests
 stay on one worker, so module fixtures are built once; three on two cores, because a worker often
@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+import shared_ray
 
 
 def pytest_configure(config):
@@ -66,30 +68,9 @@ def _no_warm_actors_in_a_module_that_opts_out(request):
     yield
 
 
-_RAY: dict = {}  # this worker's shared local Ray: its address, and the crash file its workers see
-
-
-def _shared_ray():
-    """This worker's one local Ray (2 CPUs, no dashboard; its workers see $PIPELINE_CRASH_FILE),
-    started on first use and kept across modules, those that do not ask for it included: a start
-    and a shutdown cost ~4 s of CPU, paid once per worker instead of once per module (a module
-    that needs no Ray in this process, as one checking that the pipeline starts its own or one
-    building a multi-node cluster, shuts it down itself). A module that shut it down, or joined
-    another cluster, leaves the next one a fresh Ray."""
-    import ray
-    if ray.is_initialized():
-        if _RAY.get("address") == ray.get_runtime_context().gcs_address:
-            return ray
-        ray.shutdown()
-    os.environ["PIPELINE_CRASH_FILE"] = _RAY["crash_file"]  # inherited by the raylet and its workers
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    _RAY["address"] = ray.get_runtime_context().gcs_address
-    return ray
-
-
 @pytest.fixture(scope="session")
 def _ray_session(tmp_path_factory):
-    _RAY["crash_file"] = str(tmp_path_factory.mktemp("crash") / "armed")
+    shared_ray.set_crash_file(str(tmp_path_factory.mktemp("crash") / "armed"))
     yield
     import ray
     if ray.is_initialized():
@@ -99,15 +80,15 @@ def _ray_session(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_local(_ray_session):
     """The worker's shared local Ray with 2 CPUs, for the whole module."""
-    yield _shared_ray()
+    yield shared_ray.shared()
 
 
 @pytest.fixture(scope="module")
 def cluster(_ray_session):
     """The worker's shared local Ray, whose workers see $PIPELINE_CRASH_FILE (armed per test by
     writing it): (gcs address, crash file). Used by the crash and task kill-and-resume tests."""
-    ray = _shared_ray()
-    crash_file = Path(_RAY["crash_file"])
+    ray = shared_ray.shared()
+    crash_file = Path(shared_ray.crash_file())
     crash_file.unlink(missing_ok=True)
     yield ray.get_runtime_context().gcs_address, crash_file
     crash_file.unlink(missing_ok=True)

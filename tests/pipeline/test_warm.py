@@ -19,6 +19,7 @@ import ray
 from ray.exceptions import RayActorError
 
 import pipeline
+import shared_ray
 from pipeline.execution import warm
 from pipeline.inputs.samples import sample_passages
 from pipeline.output.manifest import read_manifest
@@ -198,7 +199,7 @@ def test_a_new_ray_session_forgets_the_old_actors(cluster, texts, engine_vectors
     pipeline.run(texts, **RUN)
     (old, _), = actors()
     ray.shutdown()  # the user restarts Ray: the warm actors died with the old session
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    shared_ray.start()  # the worker's shared Ray from now on (tests/shared_ray.py)
     assert warm.warm_pool() is None
     again = pipeline.run(texts, **RUN)
     assert actors()[0][0] != old
@@ -220,4 +221,4 @@ def test_a_ray_the_pipeline_starts_runs_its_actors_at_nice_0(cluster, texts, eng
         assert not ray.is_initialized()  # the pipeline's own Ray goes with its warm actors
     finally:
         if not ray.is_initialized():
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            shared_ray.start()
