@@ -7,8 +7,8 @@ with it, so it is started once per worker instead of once per module. conftest's
 
 A module that needs no Ray in this process, or that builds its own multi-node cluster, shuts it
 down; the next module that asks for it starts a new one. (Running those modules first, so that
-each worker starts it once, was tried: grouping the Ray-heavy modules together oversubscribed the
-two cores and cost more CPU than the restarts it saved.)
+each worker starts it once, was tried: no faster within the run-to-run spread, and it left the
+longest module to the end; docs/BENCHMARKS.md, "Test suite time".)
 """
 from __future__ import annotations
 
