@@ -13,8 +13,8 @@ setup: $(STAMP)
 # torch first and pinned: an unpinned torch (or a dependency range resolved without it) is a
 # multi-GB CUDA build. The constraint file keeps every later install on the same torch.
 # pip compiles each package's bytecode on one core as it installs; compileall does it once at
-# the end on every core (51 s instead of 71 s for the set-up on 2 cores). Like pip, a file that does not compile
-# (a package's Python-2 test data, say) is skipped.
+# the end on every core (51 s instead of 71 s for the set-up on 2 cores). Like pip, a file that
+# does not compile (a package's Python-2 test data, say) is skipped.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -qq --upgrade pip

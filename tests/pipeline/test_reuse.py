@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 N, SHARD_ROWS = 300, 50
 EDITED, ADDED, REMOVED = 15, 6, 3  # 5%, 2%, 1% of N
 RUN = {"id_column": "doc", "num_workers": 1, "shard_rows": SHARD_ROWS, "dtype": "float32",
-       "progress": False, "threads_per_worker": 1}  # 1-CPU actors, as most modules: a warm pool carries over
+       "progress": False,
+       "threads_per_worker": 1}  # 1-CPU actors, as most modules: a warm pool carries over
 
 
 def test_python_and_duckdb_hashes_agree():
