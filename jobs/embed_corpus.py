@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-timeout", type=float, default=None, metavar="SECONDS",
                    help="give up a worker whose restart Ray cannot place in this time (a lost "
                         "node); its shards go to the others (default: 180)")
+    p.add_argument("--max-retries", type=int, default=None, metavar="N",
+                   help="times a shard is redone after its worker died or it raised; then a shard "
+                        "that still fails is narrowed down to the rows that fail alone, reported "
+                        "as bad rows (default: 2; 0: the run stops at the first failure)")
     p.add_argument("--num-workers", type=_workers, default="auto", metavar="N|auto",
                    help="engine actors, or 'auto' (the default): one per GPU, else one per 8 CPU "
                    "cores at most, and nodes that join mid-run get workers too; a number is fixed")
@@ -275,6 +279,7 @@ def _main(args: argparse.Namespace) -> int:
             output_dtype=args.output_dtype, on_bad_row=args.on_bad_row, cast_text=args.cast,
             overwrite=args.overwrite, progress=not args.no_progress, address=args.address,
             **({"restart_timeout_s": args.restart_timeout} if args.restart_timeout else {}),
+            **({"max_retries": args.max_retries} if args.max_retries is not None else {}),
             **({"max_part_bytes": args.max_part_bytes} if args.max_part_bytes else {}),
             **({"reuse": args.reuse} if args.reuse else {}),
             **({"reuse_mismatch": "ignore"} if args.reuse_ignore_mismatch else {}),

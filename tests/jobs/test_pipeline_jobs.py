@@ -99,6 +99,7 @@ def test_pipeline_errors_are_put_in_the_cli_flags():
         "max_length=1000 is over 512; lower max_num_batched_tokens=": "--max-length 1000 is over 512; "
                                                                        "lower --batch-tokens",
         "run fewer workers (num_workers= / --num-workers)": "run fewer workers (--num-workers)",
+        "max_retries=-1 must be an integer >= 0": "--max-retries -1 must be an integer >= 0",
     }
     for python, cli_words in cases.items():
         assert in_flags(python, parser, FLAG_ALIASES) == cli_words

@@ -229,11 +229,14 @@ POISON = 45  # in shard 2 (rows 40..59), neither a bad text nor a repeated id
 def test_a_row_that_kills_its_worker_is_isolated_and_the_rest_embedded(cluster, corpus, reference, tmp_path):
     """Issue 24: one row killed its worker on every try, the shard failed 3 times and so did
     every rerun. Now the shard is narrowed down to that row, which is reported as a bad row
-    (the error as its reason), and everything else is embedded; a rerun finds the run done."""
+    (the error as its reason), and everything else is embedded; a rerun finds the run done.
+    One retry (`--max-retries 1`), not the default two: narrowing starts after the last retry,
+    and each retry here is one more actor killed and started again (tests/pipeline/test_narrow.py
+    counts the probes for any shard size)."""
     cluster[1].write_text(f"row {POISON}")  # every actor call that runs row 45 SIGKILLs itself
     out, stats = tmp_path / "out", tmp_path / "stats.json"
     command = [sys.executable, "jobs/embed_corpus.py", "--input", corpus[0], "--output", str(out),
-               *CLI_ARGS, "--summary-json", str(stats)]
+               *CLI_ARGS, "--max-retries", "1", "--summary-json", str(stats)]
     env = {**os.environ, "RAY_ADDRESS": cluster[0]}
     try:
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
