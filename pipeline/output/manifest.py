@@ -4,14 +4,16 @@
 output's form), the shard plan, what readers need (quantization, engine options, input) and
 which commit files are live; the committed shards (part path, rows, tokens, sha256, ...) are in
 those files (`commit_log.py`): columnar segments plus an append-only log. A shard is done only
-once its record is durable in the log: `commit` appends one line and fsyncs it (local), or
-writes its batch as one object (object stores; batches span at most FLUSH_S seconds, and a
+once its record is durable in the log (its part was made durable before: `OutputFolder.publish`):
+`commit` appends one line and fsyncs it (local), or writes its batch as one object (object
+stores; batches span at most FLUSH_S seconds, and a
 shard counts as committed only once its batch object is written). A commit costs O(1) in the
 number of shards; nothing committed is ever redone after a crash. Every `fold_every()` commits
 the log is folded into segments and `_manifest.json` is replaced atomically to name them.
 
 Version 1 manifests (every record inside `_manifest.json`) still load; a run resuming one
-rewrites it as version 2 at start.
+rewrites it as version 2 at start. A `_manifest.json` that is not a manifest (cut short, emptied,
+edited) is refused naming the file: what it committed cannot be known.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import time
 
 import numpy as np
 
-from ..errors import FingerprintMismatch
+from ..errors import FingerprintMismatch, OutputFolderError
 from ..redact import redact
 from . import commit_log, writer
 from .commit_log import Commits, ShardRecords
@@ -70,7 +72,7 @@ class Manifest:
 
     @classmethod
     def _load(cls, folder: OutputFolder, body: bytes, commits: bool) -> "Manifest":
-        data = json.loads(body.decode())
+        data = _parse(folder, body)
         version = data.get("version")
         if version not in READS:
             raise FingerprintMismatch(
@@ -249,6 +251,27 @@ class Manifest:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _parse(folder: OutputFolder, body: bytes) -> dict:
+    """The JSON object in `_manifest.json`; a file that is not one (cut short, emptied, edited)
+    is refused naming it: what was committed cannot be known, so nothing is resumed from it."""
+    try:
+        data = json.loads(body.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _damaged(folder, f"is not valid JSON ({e})" if body.strip() else "is empty") from None
+    if not isinstance(data, dict):
+        raise _damaged(folder, f"holds a JSON {type(data).__name__}, not a manifest")
+    if data.get("version") in READS and not isinstance(data.get("fingerprint"), dict):
+        raise _damaged(folder, "has no fingerprint")
+    return data
+
+
+def _damaged(folder: OutputFolder, problem: str) -> OutputFolderError:
+    return OutputFolderError(
+        f"{folder.show(MANIFEST_NAME)} {problem}: it was damaged (edited, or cut short by a crash "
+        "of the machine) and what it committed cannot be known; write to a new folder, or pass "
+        "overwrite=True (--overwrite) to start this one again")
 
 
 def read_manifest(location) -> dict:

@@ -3,8 +3,9 @@
 It parses the location (a local path, made absolute, or a `scheme://` URI resolved by
 `pyarrow.fs.FileSystem.from_uri`; `is_uri` is the only place that asks), publishes files
 atomically, saves and loads the manifest's bytes, lists and removes stray files, and reads
-parts back. Publishing: on a local (POSIX) filesystem the bytes go to a hidden temporary name
-that is renamed into place, so a file appears whole or not at all; on an object store, where
+parts back. Publishing: on a local (POSIX) filesystem the bytes go to a hidden temporary name,
+fsynced, that is renamed into place (its folder fsynced after), so a file appears whole or not
+at all, and a crash of the machine cannot empty a file that a commit names; on an object store, where
 rename is a copy and not atomic, they go in one object write (the object appears when the
 upload completes). Either way only the manifest commit makes a part count. The manifest's
 commit log (`commit_log.py`) is appended to a file where the filesystem can append (local).
@@ -90,22 +91,37 @@ class OutputFolder:
 
     def create(self) -> None:
         self.fs.create_dir(self.path, recursive=True)
+        if self.is_local:  # its name durable before any commit inside it
+            _fsync_dir(os.path.dirname(self.path))
 
     # -- publish ---------------------------------------------------------------------------
 
     def publish(self, rel: str, data, owner: str = "") -> None:
         """Make `rel` hold `data` (bytes or a pyarrow Buffer), whole or not at all; replaces an
         existing `rel` atomically. On failure nothing was published (a temporary is removed)
-        and OutputWriteError names the file."""
+        and OutputWriteError names the file.
+
+        Locally the bytes and then the new name are fsynced before this returns: a commit
+        record (fsynced too) that names the file never outlives the file's contents when the
+        machine crashes; without it a part or `_manifest.json` could come back empty after a
+        power loss, the rename durable and the data not."""
         final = self.file(rel)
         target = final if not self.atomic_rename else self.file(f".part-{uuid.uuid4().hex}.tmp")
         try:
             if "/" in rel and self.is_local:  # object stores have no folders to make
                 self.fs.create_dir(self.file(rel.rsplit("/", 1)[0]), recursive=True)
-            with self.fs.open_output_stream(target) as f:
-                f.write(data)
-            if target != final:
-                self.fs.move(target, final)
+            if target == final:
+                with self.fs.open_output_stream(target) as f:
+                    f.write(data)
+            else:
+                with open(target, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(target, final)
+                _fsync_dir(os.path.dirname(final))
+                if "/" in rel:  # a folder made above: its name too
+                    _fsync_dir(self.path)
         except OSError as e:
             if target != final:
                 self._remove_quietly(target)

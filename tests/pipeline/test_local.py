@@ -6,6 +6,8 @@ that an input over `in_process_rows` still starts a local Ray (and stops it at s
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -99,6 +101,31 @@ def test_an_output_folder_written_here_is_complete_and_resumable(texts, engine_v
     resumed = pipeline.run(texts, output=str(out), **RUN, output_dtype="int8")
     assert resumed.stats.resumed_shards == 4 and resumed.stats.rows == 0
     assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("damage", ["cut short", "emptied", "not a manifest", "no fingerprint"])
+def test_a_damaged_manifest_is_refused_naming_it_and_overwrite_starts_again(texts, engine_vectors,
+                                                                           tmp_path, damage):
+    """A `_manifest.json` that is not one (cut short by a machine crash, emptied, edited) raised
+    a bare JSONDecodeError naming nothing; now the run, and a reader, refuse it naming the file
+    and the two ways on."""
+    out = tmp_path / "out"
+    pipeline.run(texts, output=str(out), **RUN)
+    path = out / "_manifest.json"
+    body = path.read_text()
+    damaged, problem = {"cut short": (body[:len(body) // 2], "is not valid JSON"),
+                        "emptied": ("", "is empty"),
+                        "not a manifest": ("[1, 2]", "holds a JSON list, not a manifest"),
+                        "no fingerprint": (json.dumps({"version": 2}), "has no fingerprint")}[damage]
+    path.write_text(damaged)
+    expected = rf"{path} {problem}.*overwrite=True \(--overwrite\)"
+    with pytest.raises(pipeline.InputError, match=expected):
+        pipeline.run(texts, output=str(out), **RUN)
+    with pytest.raises(pipeline.InputError, match=expected):
+        pipeline.read_embeddings(out)
+    again = pipeline.run(texts, output=str(out), **RUN, overwrite=True)
+    assert again.stats.resumed_shards == 0 and again.stats.rows == N
+    np.testing.assert_allclose(pipeline.read_embeddings(out, as_numpy=True), engine_vectors, atol=1e-5, rtol=0)
 
 
 def test_a_failing_shard_is_retried_in_place_then_named(texts, engine_vectors, monkeypatch):

@@ -85,6 +85,27 @@ def test_publish_is_atomic_a_reader_sees_old_or_new_never_partial(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["f.bin"]
 
 
+def test_local_publish_makes_the_bytes_then_the_name_durable(tmp_path, monkeypatch):
+    """Locally the temporary is fsynced before its rename, and the folders holding the new name
+    after it: a commit record (fsynced) then never names a file that a machine crash can empty.
+    os.fsync and os.replace are observed here (each still runs), not replaced."""
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", a, b)), replace(a, b))[1])
+    folder = OutputFolder.open(tmp_path / "out")
+    folder.create()
+    assert events == [("fsync", str(tmp_path))]  # the new folder's name
+    events.clear()
+    folder.publish("_errors/000001-ab.parquet", b"data")
+    (_, temporary), moved, *folders = events
+    final = str(tmp_path / "out" / "_errors" / "000001-ab.parquet")
+    assert os.path.basename(temporary).startswith(".part-") and moved == ("replace", temporary, final)
+    assert folders == [("fsync", str(tmp_path / "out" / "_errors")), ("fsync", str(tmp_path / "out"))]
+    assert (tmp_path / "out" / "_errors" / "000001-ab.parquet").read_bytes() == b"data"
+
+
 def test_failed_publish_leaves_nothing_and_names_the_file(tmp_path):
     folder = OutputFolder.open(tmp_path)
     (tmp_path / "part-000001-aa.parquet").mkdir()  # a folder where the file must go: rename fails
