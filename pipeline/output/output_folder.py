@@ -5,9 +5,9 @@ It parses the location (a local path, made absolute, or a `scheme://` URI resolv
 atomically, saves and loads the manifest's bytes, lists and removes stray files, and reads
 parts back. Publishing: on a local (POSIX) filesystem the bytes go to a hidden temporary name,
 fsynced, that is renamed into place (its folder fsynced after), so a file appears whole or not
-at all, and a crash of the machine cannot empty a file that a commit names; on an object store, where
-rename is a copy and not atomic, they go in one object write (the object appears when the
-upload completes). Either way only the manifest commit makes a part count. The manifest's
+at all, and a crash of the machine cannot empty a file that a commit names; on an object
+store, where rename is a copy and not atomic, they go in one object write (the object appears
+when the upload completes). Either way only the manifest commit makes a part count. The manifest's
 commit log (`commit_log.py`) is appended to a file where the filesystem can append (local).
 
 Requests to object stores are kept few (docs/SCALE.md counts them): S3 outputs are opened with
