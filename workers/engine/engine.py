@@ -37,7 +37,7 @@ from ..heads.classifier_head import labels_of
 from ..inputs.chunking import WindowLedger
 from ..loading import lora
 from ..loading.fallback import fallback_body, fallback_head, fallback_workflow, implementation
-from ..loading.loader import load_side_weights, load_weights, meta_modules
+from ..loading.loader import load_side_weights, load_weights, materialize, meta_modules
 from ..loading.model_folder import open_model_folder
 from ..loading.resolve import resolve
 from ..models.packed_linear import pack_linears
@@ -159,7 +159,7 @@ class Engine(TokenOutputs, ChunkOutputs):
             head = fallback_head(self.folder, head, device, dtype)
         else:
             modules = [body] + ([head] if isinstance(head, torch.nn.Module) else [])
-            modules = [m.to_empty(device=device).to(dtype) for m in modules]
+            modules = [materialize(m, device, dtype) for m in modules]
             side = getattr(head, "side_weights", None)
             load_weights(modules[:1] if side else modules, self.folder.weights)
             if side:

@@ -27,7 +27,7 @@ from ..heads.pooling import cls_pool
 from ..models import MODEL_REGISTRY, model_class
 from ..workflow import _PAIR, _TEXT, DECODERS, WORKFLOWS, Workflow, dense_pooler, select_workflow
 from .hf_model import TransformersModel, native_class_name
-from .loader import load_side_weights
+from .loader import load_side_weights, materialize
 from .model_folder import ModelFolder
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def fallback_head(folder: ModelFolder, head, device, dtype):
     (parameters named `<module folder>.linear.*`, as in pooling.py)."""
     if not isinstance(head, nn.Module):
         return head
-    head = head.to_empty(device=device).to(dtype)
+    head = materialize(head, device, dtype)
     side = getattr(head, "side_weights", None)
     if side:
         load_side_weights(head, side)
