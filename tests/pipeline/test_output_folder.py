@@ -89,11 +89,18 @@ def test_local_publish_makes_the_bytes_then_the_name_durable(tmp_path, monkeypat
     """Locally the temporary is fsynced before its rename, and the folders holding the new name
     after it: a commit record (fsynced) then never names a file that a machine crash can empty.
     os.fsync and os.replace are observed here (each still runs), not replaced."""
-    events = []
-    fsync, replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
-                                                 fsync(fd))[1])
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", a, b)), replace(a, b))[1])
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("replace", source, target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     folder = OutputFolder.open(tmp_path / "out")
     folder.create()
     assert events == [("fsync", str(tmp_path))]  # the new folder's name

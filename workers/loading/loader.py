@@ -57,9 +57,9 @@ def _no_init(tensor, *args, **kwargs):
 def materialize(module: nn.Module, device, dtype) -> nn.Module:
     """`module.to_empty(device=device).to(dtype)`, without the import it costs: `to_empty` calls
     `torch.empty_like` on each meta tensor, whose Python reference imports sympy to work out the
-    strides (0.6 s of a worker's start-up on a 2-core CPU, once per process). Modules built
-    under `meta_modules` hold contiguous tensors, so an empty tensor of the same shape is the
-    same thing. (`_apply` is what `to_empty` itself uses.)"""
+    strides (0.3-0.6 s of CPU on a 2-core machine, once per process: in every engine actor's
+    start-up). Modules built under `meta_modules` hold contiguous tensors, so an empty tensor of
+    the same shape is the same thing. (`_apply` is what `to_empty` itself uses.)"""
     return module._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device)).to(dtype)
 
 
